@@ -1,0 +1,111 @@
+"""Readers that turn a file on disk into a flat {key: tensor} dict, one small function per format.
+
+Every failure becomes a `CheckpointError` naming the file and the problem in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+
+from rwkv_deploy.errors import CheckpointError
+
+TensorDict = dict[str, torch.Tensor]
+
+# Wrappers some training scripts put around the weights, and prefixes added by DDP / torch.compile.
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrap(obj: object, path: Path) -> TensorDict:
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(path, f"not a checkpoint: expected a dict of tensors, found {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(path, "not a checkpoint: the file holds no tensors")
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_pth(path: Path) -> TensorDict:
+    """A PyTorch `.pth`/`.bin` file, loaded with weights_only=True and memory-mapped where the format allows."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80":  # neither a zip archive nor a legacy pickle
+            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"truncated or corrupt PyTorch file ({msg})") from None
+    except Exception as exc:  # unpickling refused by weights_only
+        msg = str(exc).strip().splitlines()[0]
+        raise CheckpointError(path, f"not a plain weights file ({type(exc).__name__}: {msg})") from None
+    return _unwrap(obj, path)
+
+
+def read_safetensors(path: Path) -> TensorDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return _unwrap(load_file(str(path), device="cpu"), path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"truncated or corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def read_hf_directory(path: Path) -> TensorDict:
+    """A Hugging Face model directory: config.json plus (possibly sharded) safetensors or .bin weights."""
+    if not (path / "config.json").is_file():
+        raise CheckpointError(path, "a directory, but not a Hugging Face model (no config.json)")
+    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
+                               ("pytorch_model.bin.index.json", read_pth)):
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            tensors: TensorDict = {}
+            for shard in shards:
+                tensors.update(reader(path / shard))
+            return tensors
+    for name, reader in (("model.safetensors", read_safetensors), ("pytorch_model.bin", read_pth)):
+        if (path / name).is_file():
+            return reader(path / name)
+    raise CheckpointError(path, "Hugging Face directory without model.safetensors or pytorch_model.bin")
+
+
+def read_hf_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path / "config.json", f"unreadable config ({exc})") from None
+
+
+def read_tensors(path: str | os.PathLike) -> TensorDict:
+    """Dispatch on what the file is (by content, then by suffix), never on trust in the name alone."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(p, "no such file or directory")
+    if p.is_dir():
+        return read_hf_directory(p)
+    if p.stat().st_size == 0:
+        raise CheckpointError(p, "empty file")
+    from .rwkvcpp import is_rwkvcpp_file, read_rwkvcpp
+
+    if is_rwkvcpp_file(p):
+        return read_rwkvcpp(p)
+    if p.suffix == ".safetensors":
+        return read_safetensors(p)
+    return read_pth(p)

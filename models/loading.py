@@ -1,0 +1,127 @@
+"""Checkpoint file -> canonical fp32 tensors -> configured reference model.
+
+Pipeline: read (any format) -> BlinkDL key names -> detect version -> squeeze vectors -> sizes ->
+version's load-time transforms -> check keys and shapes against the model -> load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rwkv_deploy.errors import CheckpointError
+
+from .checkpoint.hf_rwkv4 import hf_rwkv4_to_blinkdl, is_hf_rwkv4
+from .checkpoint.readers import read_tensors
+from .config import ModelConfig
+from .detect import detect_version
+from .reference.base import RWKVModel
+from .registry import model_class, version_module
+from .sizes import common_sizes, squeeze_vectors
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint in canonical form: fp32 tensors named as the reference model's parameters."""
+
+    path: Path
+    config: ModelConfig
+    tensors: dict[str, torch.Tensor]
+    stored_dtype: str
+    source_format: str
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+
+def _dtype_summary(tensors: dict[str, torch.Tensor]) -> str:
+    counts = Counter(_DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", "")) for t in tensors.values())
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed (" + ", ".join(f"{name} {n}" for name, n in counts.most_common()) + ")"
+
+
+def _source_format(path: Path, raw: dict[str, torch.Tensor]) -> str:
+    if path.is_dir():
+        return "huggingface"
+    if is_hf_rwkv4(raw):
+        return "huggingface-weights"
+    from .checkpoint.rwkvcpp import is_rwkvcpp_file
+
+    if is_rwkvcpp_file(path):
+        return "rwkv.cpp"
+    return "safetensors" if path.suffix == ".safetensors" else "pytorch"
+
+
+def _check_against_model(tensors: dict[str, torch.Tensor], config: ModelConfig, path: Path) -> None:
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in model_class(config.version)(config).state_dict().items()}
+    name = f"RWKV-{config.version}"
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
+        raise CheckpointError(path, f"incomplete {name} checkpoint: missing keys {shown}")
+    unexpected = [k for k in tensors if k not in expected]
+    if unexpected:
+        shown = ", ".join(unexpected[:4]) + (f" (+{len(unexpected) - 4} more)" if len(unexpected) > 4 else "")
+        raise CheckpointError(path, f"keys that {name} does not have: {shown}")
+    for key, shape in expected.items():
+        got = tuple(tensors[key].shape)
+        if got != shape:
+            raise CheckpointError(
+                path, f"{key} has shape {list(got)}, expected {list(shape)} (sizes read from layer 0 and emb.weight)")
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(path, f"{key} contains NaN or infinite values")
+
+
+def canonicalize(
+    raw: dict[str, torch.Tensor], path: str | os.PathLike = "<state dict>", **overrides: Any
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Raw tensors (BlinkDL or HF names, any float dtype) -> (config, checked fp32 model tensors)."""
+    path = Path(path)
+    if is_hf_rwkv4(raw):
+        raw = hf_rwkv4_to_blinkdl(raw)
+    version = detect_version(raw, path)
+    non_float = [k for k, t in raw.items() if not t.is_floating_point()]
+    if non_float:
+        raise CheckpointError(path, f"{non_float[0]} has dtype {raw[non_float[0]].dtype}; weights must be floating point")
+    tensors = {k: v.float() for k, v in squeeze_vectors(raw).items()}
+    module = version_module(version)
+    config = ModelConfig(version=version, **(vars(common_sizes(tensors, path)) | module.checkpoint_sizes(tensors, path) | overrides))
+    tensors = module.prepare_checkpoint(tensors)
+    _check_against_model(tensors, config, path)
+    return config, tensors
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> Checkpoint:
+    """Read and check a checkpoint; `overrides` set ModelConfig fields (e.g. ln_x_eps=1e-5)."""
+    p = Path(path)
+    raw = read_tensors(p)
+    config, tensors = canonicalize(raw, p, **overrides)
+    return Checkpoint(p, config, tensors, _dtype_summary(raw), _source_format(p, raw))
+
+
+def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0: bool = True) -> RWKVModel:
+    """The reference model with these weights, in eval mode, ln0 folded into the embedding by default."""
+    with torch.device("meta"):
+        model = model_class(config.version)(config)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    if fold_ln0:
+        model.emb.weight = torch.nn.Parameter(model.emb.weight.detach().clone(), requires_grad=False)
+        model.fold_ln0()
+    return model
+
+
+def load_model(path: str | os.PathLike, fold_ln0: bool = True, **overrides: Any) -> RWKVModel:
+    ckpt = load_checkpoint(path, **overrides)
+    return build_model(ckpt.config, ckpt.tensors, fold_ln0=fold_ln0)

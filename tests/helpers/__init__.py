@@ -1,0 +1,1 @@
+"""Shared test helpers: random BlinkDL-format checkpoints and the `rwkv` package oracle."""
