@@ -282,20 +282,21 @@ def detect_version(names: Iterable[str]) -> str:
 
     rwkv.cpp calls "ln_x without gate" 5.1; BlinkDL calls that 5.0, and its own 5.1 never occurs here.
     """
-    names = set(names)
-    if "blocks.0.att.r_k" in names:
+    keys = set(names)
+    if "blocks.0.att.r_k" in keys:
         return "7"
-    if "blocks.0.att.time_maa_x" in names:
+    if "blocks.0.att.time_maa_x" in keys:
         return "6"
-    if "blocks.0.att.ln_x.weight" in names:
-        return "5.2" if "blocks.0.att.gate.weight" in names else "5.0"
+    if "blocks.0.att.ln_x.weight" in keys:
+        return "5.2" if "blocks.0.att.gate.weight" in keys else "5.0"
     return "4"
 
 
 def _reshape(ctx: _Ctx, name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Reshape, reporting a wrong element count as a bad file rather than a numpy error."""
     if array.size != math.prod(shape):
-        raise CheckpointError(ctx.path, f"tensor {name!r} has shape {list(array.shape)}, expected {math.prod(shape)} elements")
+        problem = f"tensor {name!r} has shape {list(array.shape)}, expected {math.prod(shape)} elements"
+        raise CheckpointError(ctx.path, problem)
     return array.reshape(shape)
 
 

@@ -93,9 +93,13 @@ def wkv_step(
     s: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     alpha: torch.Tensor, beta: torch.Tensor,
 ) -> torch.Tensor:
-    """S ← S·diag(w) + (S·α)βᵀ + v·kᵀ for S [B, H, N(value), N(key)], vectors [B, H, N]."""
-    sa = (s @ alpha.unsqueeze(-1))  # [B, H, N, 1]
-    return s * w.unsqueeze(-2) + sa * beta.unsqueeze(-2) + v.unsqueeze(-1) * k.unsqueeze(-2)
+    """S ← S·diag(w) + (S·α)βᵀ + v·kᵀ for S [B, H, N(value), N(key)], vectors [B, H, N].
+
+    The two rank-1 terms are one [N, 2] x [2, N] product, so the state is read and written fewer times.
+    """
+    left = torch.cat([s @ alpha.unsqueeze(-1), v.unsqueeze(-1)], dim=-1)  # [B, H, N, 2]
+    right = torch.stack([beta, k], dim=-2)  # [B, H, 2, N]
+    return s * w.unsqueeze(-2) + left @ right
 
 
 def wkv_readout(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,8 @@ class HFTokenizer(Tokenizer):
             raise TokenizerError(f"{self.path}: not a Hugging Face tokenizer.json: {reason}") from None
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_token_id = self._find_eos(eos_token)
-        self._id_to_bytes = self._byte_level_table() if isinstance(self._tokenizer.decoder, decoders.ByteLevel) else None
+        byte_level = isinstance(self._tokenizer.decoder, decoders.ByteLevel)
+        self._id_to_bytes = self._byte_level_table() if byte_level else None
 
     def _find_eos(self, eos_token: str | None) -> int | None:
         if eos_token is None:
@@ -89,7 +90,8 @@ class HFTokenizer(Tokenizer):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise NotImplementedError(f"HF tokenizers encode text, and these bytes are not UTF-8: {exc.reason} at byte {exc.start}") from None
+            problem = f"{exc.reason} at byte {exc.start}"
+            raise NotImplementedError(f"HF tokenizers encode text, and these bytes are not UTF-8: {problem}") from None
         return self.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -3,7 +3,8 @@
 Deployments must tokenize exactly like the reference `rwkv.rwkv_tokenizer.TRIE_TOKENIZER`:
 greedy longest match over the UTF-8 bytes. The reference builds a trie of 256-slot lists and
 `eval`s the vocab file; this one parses the file with `ast.literal_eval` (a vocab file is data,
-never code) and walks a trie of small dicts, about twice as fast.
+never code) and walks a trie of small dicts whose nodes know their longest token
+(2-3x faster than the reference in pure Python, several MB/s).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .base import Tokenizer, TokenizerError, join_token_bytes, require_file
 
@@ -23,10 +25,22 @@ WORLD_VOCAB_SIZE = 65536
 END_OF_DOCUMENT_ID = 0
 """`<|endoftext|>`: the model emits it to end a document; it stands for no bytes."""
 
-_TOKEN_ID = -1
-"""Key under which a trie node (a dict from next byte to child node) stores its token id."""
+_LONGEST = -1
+"""Key under which a trie node stores (id, length) of the longest token on its path from the root."""
 
-_Trie = dict[int, "_Trie | int"]
+_TrieNode = dict[int, Any]
+"""Next byte -> child node, plus `_LONGEST` -> (token id, token length) or None at the root."""
+
+
+def _parse_literal(literal: str) -> object:
+    """The value of a Python literal, safely; plain quoted text skips the (slow) parser."""
+    quote, inner = literal[0], literal[1:-1]
+    if len(literal) >= 2 and quote in "'\"" and literal[-1] == quote and quote not in inner and "\\" not in inner:
+        return inner  # no escapes and no inner quote: the literal is exactly its inner text
+    try:
+        return ast.literal_eval(literal)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"not a Python str or bytes literal: {literal[:40]!r}") from None
 
 
 def _parse_vocab_line(line: str) -> tuple[int, bytes]:
@@ -39,10 +53,7 @@ def _parse_vocab_line(line: str) -> tuple[int, bytes]:
         number, stated_length = int(token_id), int(length)
     except ValueError:
         raise ValueError("id and byte length must be integers") from None
-    try:
-        value = ast.literal_eval(literal)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise ValueError(f"not a Python str or bytes literal: {literal[:40]!r}") from None
+    value = _parse_literal(literal)
     if isinstance(value, str):
         value = value.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, a ValueError
     if not isinstance(value, bytes):
@@ -80,17 +91,25 @@ def read_world_vocab(path: Path) -> dict[int, bytes]:
         raise TokenizerError(f"{path}: World vocab is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     missing = [b for b in range(256) if bytes([b]) not in first_line_of]
     if missing:
-        raise TokenizerError(f"{path}: World vocab lacks single-byte tokens for {len(missing)} byte values, e.g. {missing[:4]}")
+        problem = f"lacks single-byte tokens for {len(missing)} byte values, e.g. {missing[:4]}"
+        raise TokenizerError(f"{path}: World vocab {problem}")
     return vocab
 
 
-def _build_trie(vocab: dict[int, bytes]) -> _Trie:
-    root: _Trie = {}
-    for token_id, token in vocab.items():
+def _build_trie(vocab: dict[int, bytes]) -> _TrieNode:
+    """Every node knows the longest token ending on its path, so encoding only walks forward.
+
+    Tokens go in shortest first: a new node inherits its parent's answer, which is then final,
+    since any shorter token on the path is already in."""
+    root: _TrieNode = {_LONGEST: None}
+    for token_id, token in sorted(vocab.items(), key=lambda item: len(item[1])):
         node = root
         for byte in token:
-            node = node.setdefault(byte, {})  # type: ignore[assignment]
-        node[_TOKEN_ID] = token_id
+            child = node.get(byte)
+            if child is None:
+                child = node[byte] = {_LONGEST: node[_LONGEST]}
+            node = child
+        node[_LONGEST] = (token_id, len(token))
     return root
 
 
@@ -109,28 +128,26 @@ class WorldTokenizer(Tokenizer):
         self.eos_token_id = END_OF_DOCUMENT_ID
         vocab = read_world_vocab(self.vocab_path)
         self._trie = _build_trie(vocab)
+        self._max_token_length = max(map(len, vocab.values()))
         self._id_to_bytes = {END_OF_DOCUMENT_ID: b"", **vocab}
 
     def encode_bytes(self, data: bytes) -> list[int]:
-        # Hot loop, kept flat on purpose: one dict lookup per byte walked.
-        root, token_key = self._trie, _TOKEN_ID
+        # Hot loop, kept flat on purpose: per byte one dict lookup, and the slice is iterated
+        # in C; each token's trie walk stops where no longer token can match.
+        root, longest, max_length = self._trie, _LONGEST, self._max_token_length
         ids: list[int] = []
         append = ids.append
         start, size = 0, len(data)
         while start < size:
             node = root[data[start]]  # every single byte is a token, so this always exists
-            best, end = node[token_key], start + 1
-            pos = end
-            while pos < size:
-                node = node.get(data[pos])
-                if node is None:
+            for byte in data[start + 1 : start + max_length]:
+                child = node.get(byte)
+                if child is None:
                     break
-                pos += 1
-                token_id = node.get(token_key)
-                if token_id is not None:
-                    best, end = token_id, pos
-            append(best)
-            start = end
+                node = child
+            token_id, length = node[longest]
+            append(token_id)
+            start += length
         return ids
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:

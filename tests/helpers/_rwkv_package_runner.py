@@ -1,13 +1,15 @@
-"""Subprocess entry point for `rwkv_oracle`: runs BlinkDL's `rwkv` package on one job directory.
+"""Subprocess entry point for `rwkv_oracle`: runs BlinkDL's `rwkv` package on a job directory.
 
 It runs in its own interpreter because the package reads RWKV_* environment variables at import
-time (RWKV_V7_ON even replaces the `RWKV` class), so v7 and v4-v6 cannot share a process.
+time (RWKV_V7_ON even replaces the `RWKV` class), so v7 and v4-v6 cannot share a process. Models
+of one family do share it: the package keeps no per-model globals on the CPU fp32 path.
 
-Protocol: `python _rwkv_package_runner.py JOB_DIR`. JOB_DIR/job.json holds
+Protocol: `python _rwkv_package_runner.py JOB_DIR`. JOB_DIR/jobs.json holds a list of
 {"model": path without ".pth", "version": "4"|"5.0"|"5.1"|"5.2"|"6"|"7",
- "sequences": [[int, ...], ...], "chunk": int | null}.
-For sequence i it writes logits_{i}.npy ([steps, vocab] float32) and state_{i}.npz (the final state
-tensors as float32, keys s0000, s0001, ... in the package's order).
+ "sequences": [[int, ...], ...], "chunks": [int | null, ...]}.
+For job j, chunk setting m and sequence i it writes logits_{j}_{m}_{i}.npy ([steps, vocab]
+float32) and state_{j}_{m}_{i}.npz (the final state tensors as float32, keys s0000, s0001, ...
+in the package's order).
 """
 
 from __future__ import annotations
@@ -18,21 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 # What the package reports as `model.version` for each version string (v7 has its own class).
 _PACKAGE_VERSION = {"4": 4.0, "5.0": 5.0, "5.1": 5.1, "5.2": 5.2, "6": 6.0}
 
 
-def _check_detected_version(model: Any, version: str) -> None:
+def _check_detected_version(model: Any, version: str, model_path: str) -> None:
     """Fail loudly if the package read the checkpoint as another version than the caller meant."""
     if version == "7":
         if not type(model).__name__.startswith("RWKV_x070"):
-            raise RuntimeError(f"expected the RWKV_x070 class, got {type(model).__name__}")
+            raise RuntimeError(f"{model_path}: expected the RWKV_x070 class, got {type(model).__name__}")
         return
     detected = float(model.version)
     if abs(detected - _PACKAGE_VERSION[version]) > 1e-9:
-        raise RuntimeError(f"package detected v{detected} but v{version} was requested")
+        raise RuntimeError(f"{model_path}: package detected v{detected} but v{version} was requested")
 
 
 def _pieces(tokens: list[int], chunk: int | None) -> list[list[int]]:
@@ -52,17 +53,22 @@ def _run_sequence(model: Any, tokens: list[int], chunk: int | None) -> tuple[np.
     return np.stack(logits).astype(np.float32), states
 
 
+def _run_job(rwkv_class: Any, job: dict[str, Any], j: int, job_dir: Path) -> None:
+    model = rwkv_class(job["model"], "cpu fp32")
+    _check_detected_version(model, job["version"], job["model"])
+    for m, chunk in enumerate(job["chunks"]):
+        for i, tokens in enumerate(job["sequences"]):
+            logits, states = _run_sequence(model, tokens, chunk)
+            np.save(job_dir / f"logits_{j}_{m}_{i}.npy", logits)
+            np.savez(job_dir / f"state_{j}_{m}_{i}.npz", **{f"s{k:04d}": s for k, s in enumerate(states)})
+
+
 def main(job_dir: Path) -> None:
-    job = json.loads((job_dir / "job.json").read_text())
+    jobs = json.loads((job_dir / "jobs.json").read_text())
     from rwkv.model import RWKV  # imported here: the parent set RWKV_* env vars for this process
 
-    torch.manual_seed(0)
-    model = RWKV(job["model"], "cpu fp32")
-    _check_detected_version(model, job["version"])
-    for i, tokens in enumerate(job["sequences"]):
-        logits, states = _run_sequence(model, tokens, job["chunk"])
-        np.save(job_dir / f"logits_{i}.npy", logits)
-        np.savez(job_dir / f"state_{i}.npz", **{f"s{j:04d}": s for j, s in enumerate(states)})
+    for j, job in enumerate(jobs):
+        _run_job(RWKV, job, j, job_dir)
 
 
 if __name__ == "__main__":

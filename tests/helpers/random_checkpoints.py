@@ -79,9 +79,12 @@ class Rng:
         return {"weight": self.normal((c,), 0.1, 1.0), "bias": self.normal((c,), 0.02)}
 
     def loglog_decay(self, shape: tuple[int, ...], slowest: float, fastest: float) -> torch.Tensor:
-        """w such that exp(-exp(w)) is spread over (fastest, slowest)."""
+        """w such that exp(-exp(w)) is spread over (fastest, slowest). Stratified (one value per
+        equal slice of log-log space, shuffled) so that even 2 heads get one fast and one slow decay."""
         low, high = math.log(-math.log(slowest)), math.log(-math.log(fastest))
-        return self.uniform(shape, low, high)
+        count = math.prod(shape)
+        strata = (torch.randperm(count, generator=self.gen) + torch.rand(count, generator=self.gen)) / count
+        return (low + (high - low) * strata).reshape(shape)
 
 
 def make_checkpoint(
@@ -99,7 +102,9 @@ def make_checkpoint(
     """Random float32 BlinkDL state dict for `version` (one of VERSIONS).
 
     `head_size` is ignored for v4. `lora` overrides some of the default ranks (v6 keys
-    "mix"/"decay", v7 keys "w"/"a"/"v"/"g"). `time_state` adds v5/v6 `att.time_state` [H,N,N].
+    "mix"/"decay", v7 keys "w"/"a"/"v"/"g"). `time_state` adds v5/v6 `att.time_state` [H,N,N]
+    (stored [H, value, key], as state-tuned files) drawn after all other tensors, so the other
+    tensors equal those of the same call without `time_state`.
     Note: the `rwkv` package detects v5.x from the key order and needs n_layer >= 2 for v5.x.
     """
     spec = _resolve_spec(version, n_layer, n_embd, head_size, vocab_size, ffn_size, lora, time_state)
@@ -110,7 +115,7 @@ def make_checkpoint(
         sd.update(_block(rng, spec, i))
     sd.update(_prefixed("ln_out.", rng.layer_norm(c)))
     sd["head.weight"] = rng.linear(spec.vocab_size, c)
-    return sd
+    return _with_time_state(rng, spec, sd) if spec.time_state else sd
 
 
 def save_checkpoint(sd: Tensors, path: str | Path) -> Path:
@@ -153,6 +158,19 @@ def _resolve_spec(
         raise ValueError(f"unknown LoRA names {sorted(unknown)} for v{version}; known: {sorted(defaults)}")
     ffn = ffn_size if ffn_size is not None else default_ffn_size(version, n_embd)
     return Spec(version, n_layer, n_embd, head_size, vocab_size, ffn, {**defaults, **(lora or {})}, time_state)
+
+
+def _with_time_state(rng: Rng, spec: Spec, sd: Tensors) -> Tensors:
+    """Insert small random `att.time_state` after each layer's `att.ln_x.bias`."""
+    h, n = spec.n_head, spec.head_size
+    states = {i: rng.normal((h, n, n), 0.1) for i in range(spec.n_layer)}
+    out: Tensors = {}
+    for key, value in sd.items():
+        out[key] = value
+        layer, _, rest = key.removeprefix("blocks.").partition(".")
+        if key.startswith("blocks.") and rest == "att.ln_x.bias":
+            out[f"blocks.{layer}.att.time_state"] = states[int(layer)]
+    return out
 
 
 def _prefixed(prefix: str, tensors: Tensors) -> Tensors:
@@ -208,8 +226,6 @@ def _att_v5(rng: Rng, spec: Spec, i: int) -> Tensors:
         out["time_first"] = rng.uniform((h,), -1.5, 0.0)
     out.update(_projections(rng, spec, gated))
     out.update(_prefixed("ln_x.", rng.layer_norm(c)))
-    if spec.time_state:
-        out["time_state"] = rng.normal((h, n, n), 0.1)
     return out
 
 
@@ -226,8 +242,6 @@ def _att_v6(rng: Rng, spec: Spec, i: int) -> Tensors:
     out["time_faaaa"] = rng.uniform((h, n), -0.2, 1.0)
     out.update(_projections(rng, spec, gated=True))
     out.update(_prefixed("ln_x.", rng.layer_norm(c)))
-    if spec.time_state:
-        out["time_state"] = rng.normal((h, n, n), 0.1)
     return out
 
 

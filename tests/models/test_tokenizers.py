@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import rwkv.rwkv_tokenizer
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.models.tokenizers import (
@@ -42,9 +43,9 @@ SAMPLES = {
 
 
 @pytest.fixture(scope="module")
-def reference() -> rwkv.rwkv_tokenizer.TRIE_TOKENIZER:
+def reference() -> TRIE_TOKENIZER:
     """BlinkDL's own tokenizer, on the vocab file shipped in the `rwkv` package."""
-    return rwkv.rwkv_tokenizer.TRIE_TOKENIZER(str(PACKAGE_VOCAB_FILE))
+    return TRIE_TOKENIZER(str(PACKAGE_VOCAB_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +76,24 @@ def test_vendored_vocab_is_the_package_vocab_with_lf_line_endings() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_world_ids_match_reference_on_samples(name: str, world: WorldTokenizer, reference) -> None:
+def test_world_ids_match_reference_on_samples(name: str, world: WorldTokenizer, reference: TRIE_TOKENIZER) -> None:
     text = SAMPLES[name]
     assert world.encode(text) == reference.encode(text)
 
 
-def test_world_ids_match_reference_on_random_text(world: WorldTokenizer, reference) -> None:
+def test_world_ids_match_reference_on_long_mixed_text(world: WorldTokenizer, reference: TRIE_TOKENIZER) -> None:
+    text = "\n\n".join(SAMPLES.values()) * 5
+    assert world.encode(text) == reference.encode(text)
+
+
+def test_world_ids_match_reference_on_random_text(world: WorldTokenizer, reference: TRIE_TOKENIZER) -> None:
     rng = random.Random(20230424)
     for _ in range(300):
         text = random_text(rng, rng.randrange(1, 80))
         assert world.encode(text) == reference.encode(text), repr(text)
 
 
-def test_world_ids_match_reference_on_glued_vocab_tokens(world: WorldTokenizer, reference) -> None:
+def test_world_ids_match_reference_on_glued_vocab_tokens(world: WorldTokenizer, reference: TRIE_TOKENIZER) -> None:
     """Concatenated real tokens are where a wrong longest-match rule would show."""
     rng = random.Random(7)
     tokens = list(reference.idx2token.values())
@@ -96,7 +102,7 @@ def test_world_ids_match_reference_on_glued_vocab_tokens(world: WorldTokenizer, 
         assert world.encode_bytes(data) == reference.encodeBytes(data), data
 
 
-def test_world_ids_match_reference_on_random_bytes(world: WorldTokenizer, reference) -> None:
+def test_world_ids_match_reference_on_random_bytes(world: WorldTokenizer, reference: TRIE_TOKENIZER) -> None:
     rng = random.Random(1)
     for _ in range(200):
         data = rng.randbytes(rng.randrange(1, 64))
@@ -137,12 +143,13 @@ def test_world_rejects_ids_outside_the_vocab(world: WorldTokenizer) -> None:
 def test_world_longest_match_on_a_tiny_vocab(tmp_path: Path) -> None:
     """Greedy longest match: 'abcab' is 'abc' + 'ab', never 'ab' + 'ca' + 'b'."""
     lines = [f"{b + 1} {bytes([b])!r} 1" for b in range(256)]
-    lines += ["257 'ab' 2", "258 'abc' 3", "259 'ca' 2", "260 '中' 3"]
+    lines += ["257 'ab' 2", "258 'abc' 3", "259 'ca' 2", "260 '中' 3", "261 \"it's\" 4", "262 'x\\ty' 3"]
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tokenizer = WorldTokenizer(vocab)
     assert tokenizer.encode("abcab") == [258, 257]
     assert tokenizer.encode("中c") == [260, ord("c") + 1]
+    assert tokenizer.encode("it's x\ty") == [261, ord(" ") + 1, 262]  # escapes in literals are honoured
     assert tokenizer.files() == [vocab]
 
 
@@ -155,7 +162,7 @@ def test_world_encodes_a_megabyte_in_reasonable_time(world: WorldTokenizer) -> N
 
 
 BAD_VOCAB_LINES = {
-    "code instead of a literal": "257 __import__('os').system('exit 3') 3",
+    "code instead of a literal": "257 'ab'.upper() 2",  # eval would accept it as 'AB'
     "length mismatch": "257 'abc' 4",
     "not str or bytes": "257 123 3",
     "missing length": "257 'ab'",
@@ -191,7 +198,9 @@ def test_world_vocab_without_every_single_byte_is_rejected(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def hf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny byte-level BPE (the GPT-NeoX recipe) trained here on SAMPLES: no downloads."""
+    """A tiny byte-level BPE (the GPT-NeoX recipe) trained here on SAMPLES: no downloads.
+
+    Its post-processor appends <|endoftext|>, which `HFTokenizer.encode` must not do."""
     tokenizer = tokenizers.Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -203,6 +212,10 @@ def hf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     tokenizer.train_from_iterator(list(SAMPLES.values()) * 3, trainer)
     tokenizer.add_tokens(["  "])  # a non-special added token, like GPT-NeoX's space runs
+    eos_id = tokenizer.token_to_id("<|endoftext|>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos_id)]
+    )
     path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
     tokenizer.save(str(path))
     return path
@@ -241,7 +254,9 @@ def test_hf_interface_values(hf: HFTokenizer, hf_file: Path) -> None:
     assert hf.kind == "hf"
     assert hf.vocab_size == library.get_vocab_size(with_added_tokens=True)
     assert hf.eos_token_id == library.token_to_id("<|endoftext|>")
+    assert hf.eos_token_id not in hf.encode("hi")
     assert hf.decode([*hf.encode("hi"), hf.eos_token_id]) == "hi"
+    assert hf.decode_bytes([*hf.encode("hi"), hf.eos_token_id]) == b"hi"
     assert hf.files() == [hf_file]
 
 
