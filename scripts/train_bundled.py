@@ -46,7 +46,7 @@ def corpus(stdlib: Path | None = None, modules: tuple[str, ...] = tuple(CORPUS_M
     return b"\n".join(train), held
 
 
-def tiny_config(n_layer: int = 4, n_embd: int = 128, head_size: int = 64) -> ModelConfig:
+def tiny_config(n_layer: int = 4, n_embd: int = 128, head_size: int = 16) -> ModelConfig:
     return ModelConfig(version="7", n_layer=n_layer, n_embd=n_embd, vocab_size=256, ffn_size=4 * n_embd,
                        att_size=n_embd, n_head=n_embd // head_size, head_size=head_size,
                        lora={"w": 32, "a": 32, "v": 16, "g": 32})
@@ -142,7 +142,7 @@ def train(args: argparse.Namespace) -> dict:
     data = torch.frombuffer(bytearray(train_bytes), dtype=torch.uint8).long()
     held = torch.frombuffer(bytearray(held_bytes), dtype=torch.uint8).long()
 
-    cfg = tiny_config(args.n_layer, args.n_embd)
+    cfg = tiny_config(args.n_layer, args.n_embd, args.head_size)
     model = RWKV7(cfg)
     init_weights(model, gen)
     decay, no_decay = [], []
@@ -192,12 +192,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: run --steps)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--ctx-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lr-final", type=float, default=1e-4)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--head-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--save-every-eval", action="store_true", help="also write the checkpoint at every evaluation")

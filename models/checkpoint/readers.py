@@ -41,13 +41,15 @@ def _unwrap(obj: object, path: Path) -> TensorDict:
 
 def read_pth(path: Path) -> TensorDict:
     """A PyTorch `.pth`/`.bin` file, loaded with weights_only=True and memory-mapped where the format allows."""
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] != b"\x80":  # neither a zip archive nor a legacy pickle
-            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither a zip archive nor a legacy pickle
+        raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    is_complete_zip = zipfile.is_zipfile(path)
+    if magic[:2] == b"PK" and not is_complete_zip:
+        raise CheckpointError(path, "truncated or corrupt PyTorch file (zip archive without its central directory)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_complete_zip)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({msg})") from None
