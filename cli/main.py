@@ -9,6 +9,11 @@ from typing import Optional
 import typer
 
 from .errors import one_line_errors
+from .generate_cmd import register as _register_generate
+from .package_cmd import register as _register_package
+from .validate_cmd import register as _register_validate
+
+_COMMAND_MODULES = (_register_generate, _register_validate, _register_package)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export RWKV checkpoints to ONNX / TensorRT and run them without PyTorch.")
@@ -35,12 +40,41 @@ def inspect_cmd(
     typer.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))
 
 
+@app.command("export")
+@one_line_errors
+def export_cmd(
+    checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint (default: the bundled model)"),
+    out: Path = typer.Option(..., "--out", "-o", help="package directory to create"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16"),
+    opset: int = typer.Option(18, help="ONNX opset"),
+    tokenizer: Optional[str] = typer.Option(None, help="world | bytes | none | path to tokenizer.json (default: from vocab size)"),
+    external_data: bool = typer.Option(False, "--external-data", help="store weights in a separate .data file"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+) -> None:
+    """Export a checkpoint's single-step graph to ONNX and write a deployment package."""
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from .progress import stage_printer
+
+    options = ExportOptions(precision=precision, opset=opset, tokenizer=tokenizer,
+                            external_data=True if external_data else None, force=force)
+    with stage_printer(enabled=not quiet) as progress:
+        manifest = export_package(checkpoint or _default_checkpoint(), out, options, progress=progress)
+    graph = manifest.graphs["step"]
+    typer.echo(f"wrote {out}/{graph.path} (RWKV-{manifest.model.version}, {graph.precision}, "
+               f"{len(manifest.state)} state tensors, tokenizer {manifest.tokenizer.kind})")
+
+
 @app.command("version")
 def version_cmd() -> None:
     """Print the rwkv-deploy version."""
     from rwkv_deploy import __version__
 
     typer.echo(__version__)
+
+
+for _register in _COMMAND_MODULES:
+    _register(app)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return F.layer_norm(x, weight.shape, weight, bias, eps)  # static shape: traces to one LayerNormalization
 
 
 def group_norm_heads(
@@ -22,10 +22,10 @@ def group_norm_heads(
     Built as reshape -> LayerNorm without affine -> affine so that it does not depend on the
     opset-dependent semantics of ONNX GroupNormalization.
     """
-    shape = y.shape
-    y = y.reshape(*shape[:-1], n_head, shape[-1] // n_head)
-    y = F.layer_norm(y, (y.shape[-1],), None, None, eps)
-    return y.reshape(shape) * weight + bias
+    head_size = weight.shape[0] // n_head
+    heads = y.unflatten(-1, (n_head, head_size))
+    heads = F.layer_norm(heads, (head_size,), None, None, eps)
+    return heads.flatten(-2) * weight + bias
 
 
 def shifted(z: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""`manifest.json`: the contract every runtime (Python, Node.js, C++, browser, Triton) reads.
+
+Schema (format_version 1) is documented in docs/manifest.md. Runtimes need nothing else to run a
+package: graph paths, I/O names, state shapes/dtypes/initial values, tokenizer and file hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwkv_deploy.errors import RwkvDeployError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(RwkvDeployError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    n_layer: int
+    n_embd: int
+    n_head: int | None
+    head_size: int | None
+    vocab_size: int
+    ffn_size: int
+    lora: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    path: str
+    precision: str
+    opset: int
+    external_data: str | None = None
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """One state tensor: fed as `input`, returned as `output`; a fresh state is `init` everywhere,
+    or, when `init_file` is set, the array `name` in that .npz file (state-tuned checkpoints)."""
+
+    name: str
+    input: str
+    output: str
+    shape: list[int | str]
+    dtype: str
+    init: float
+    init_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    kind: str  # "world", "hf", "bytes" or "none"
+    files: list[str] = field(default_factory=list)
+    eos_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    graphs: dict[str, GraphInfo]
+    state: list[StateEntry]
+    tokenizer: TokenizerInfo
+    files: dict[str, str]
+    token_input: str = "token"
+    logits_output: str = "logits"
+    format_version: int = FORMAT_VERSION
+    producer: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        return cls(
+            model=ModelInfo(**data["model"]),
+            graphs={k: GraphInfo(**v) for k, v in data["graphs"].items()},
+            state=[StateEntry(**s) for s in data["state"]],
+            tokenizer=TokenizerInfo(**data["tokenizer"]),
+            files=dict(data["files"]),
+            token_input=data["token_input"],
+            logits_output=data["logits_output"],
+            format_version=data["format_version"],
+            producer=data.get("producer", {}),
+            source=data.get("source", {}),
+        )
+
+
+def read_manifest(package_dir: str | Path) -> Manifest:
+    path = Path(package_dir) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest.json (is {package_dir} an rwkv-deploy package?)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{path}: format_version {data.get('format_version')!r} is not supported "
+                            f"(this rwkv-deploy reads {FORMAT_VERSION})")
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_files(package_dir: str | Path, manifest: Manifest) -> list[str]:
+    """Problems (one line each) with the files the manifest lists: missing, or hash mismatch."""
+    problems = []
+    for rel, digest in manifest.files.items():
+        path = Path(package_dir) / rel
+        if not path.is_file():
+            problems.append(f"{path}: listed in the manifest but missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{path}: sha256 does not match the manifest (file changed or corrupt)")
+    return problems

@@ -1,0 +1,77 @@
+"""Trace a reference model's single step to ONNX with named state inputs/outputs and a dynamic batch."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rwkv_deploy.models.reference.base import RWKVModel
+from rwkv_deploy.models.state import StateSpec
+
+TOKEN_INPUT = "token"
+LOGITS_OUTPUT = "logits"
+DEFAULT_OPSET = 18
+TWO_GB = 2 * 1024**3
+
+
+def state_input_name(name: str) -> str:
+    return f"state_in.{name}"
+
+
+def state_output_name(name: str) -> str:
+    return f"state_out.{name}"
+
+
+class StepGraph(nn.Module):
+    """(token [B], *state) -> (logits [B, V], *new_state): the exact signature of the exported graph."""
+
+    def __init__(self, model: RWKVModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        logits, new_state = self.model.step(token, list(state))
+        return (logits.float(), *new_state)
+
+
+def io_names(spec: StateSpec) -> tuple[list[str], list[str]]:
+    inputs = [TOKEN_INPUT] + [state_input_name(n) for n in spec.names]
+    outputs = [LOGITS_OUTPUT] + [state_output_name(n) for n in spec.names]
+    return inputs, outputs
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def export_step_graph(
+    model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None
+) -> str | None:
+    """Write the step graph to `path`; returns the external-data file name, or None for one self-contained file.
+
+    External data is used when asked, or automatically when the weights exceed protobuf's 2 GB limit.
+    """
+    path = Path(path)
+    spec = model.state_spec()
+    wrapper = StepGraph(model).eval()
+    example_batch = 2
+    token = torch.zeros(example_batch, dtype=torch.long)
+    state = tuple(model.init_state(example_batch))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    inputs, outputs = io_names(spec)
+    if external_data is None:
+        external_data = weight_bytes(model) >= TWO_GB
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (token, state), None, input_names=inputs, output_names=outputs, opset_version=opset,
+            dynamo=True, dynamic_shapes=({0: batch}, tuple({0: batch} for _ in state)), optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=external_data)
+    data = path.with_name(path.name + ".data")
+    return data.name if external_data and data.exists() else None

@@ -1,0 +1,125 @@
+"""Checkpoint -> deployment package directory (ONNX step graph, tokenizer, manifest), written atomically.
+
+Everything is written into a temporary sibling of the target and renamed into place at the end, so an
+interrupted or failed export leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rwkv_deploy import __version__
+from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.models import build_model, load_checkpoint
+from rwkv_deploy.models.reference.base import RWKVModel
+
+from .manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
+from .onnx_graph import DEFAULT_OPSET, LOGITS_OUTPUT, TOKEN_INPUT, export_step_graph, state_input_name, state_output_name
+from .onnx_checks import check_onnx_file
+from .precision import PRECISIONS, apply_precision
+from .tokenizer_choice import choose_tokenizer, install_tokenizer
+
+INITIAL_STATE_FILE = "initial_state.npz"
+
+
+class ExportError(RwkvDeployError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    external_data: bool | None = None  # None: only when the weights exceed 2 GB
+    tokenizer: str | None = None  # "world", "bytes", "none", a tokenizer.json path, or None to infer
+    force: bool = False
+    name: str | None = None  # graph file stem; default: the checkpoint's stem
+
+
+def _state_entries(model: RWKVModel, package_dir: Path) -> list[StateEntry]:
+    entries, tuned = [], {}
+    fresh = model.init_state(1)
+    for spec, tensor in zip(model.state_spec(), fresh):
+        if spec.init_from_checkpoint:
+            tuned[spec.name] = tensor[0].numpy()
+        entries.append(StateEntry(
+            name=spec.name, input=state_input_name(spec.name), output=state_output_name(spec.name),
+            shape=list(spec.shape), dtype=spec.dtype, init=float(spec.init),
+            init_file=INITIAL_STATE_FILE if spec.init_from_checkpoint else None))
+    if tuned:
+        np.savez(package_dir / INITIAL_STATE_FILE, **tuned)
+    return entries
+
+
+def _prepare_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not force:
+            raise ExportError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, out_dir)
+
+
+def export_package(
+    checkpoint: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions(),
+    progress: Callable[[str], None] = lambda stage: None,
+) -> Manifest:
+    """Export `checkpoint` into the package directory `out_dir` and return its manifest."""
+    if options.precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    out_dir = Path(out_dir)
+    _prepare_target(out_dir, options.force)
+    progress("loading checkpoint")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
+    model = build_model(cfg, ckpt.tensors)
+    source_sha = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
+    del ckpt
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        progress(f"preparing {options.precision} weights")
+        graph_model = apply_precision(model, options.precision)
+        name = options.name or Path(checkpoint).stem
+        graph_file = f"{name}.onnx"
+        progress("tracing the step graph to ONNX")
+        external = export_step_graph(graph_model, tmp / graph_file, options.opset, options.external_data)
+        progress("checking the ONNX file")
+        check_onnx_file(tmp / graph_file)
+        state = _state_entries(model, tmp)
+        tokenizer = install_tokenizer(kind, tok_source, tmp)
+        progress("hashing files")
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = Manifest(
+            model=ModelInfo(version=cfg.version, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                            head_size=cfg.head_size, vocab_size=cfg.vocab_size, ffn_size=cfg.ffn_size,
+                            lora=dict(cfg.lora)),
+            graphs={"step": GraphInfo(path=graph_file, precision=options.precision, opset=options.opset,
+                                      external_data=external)},
+            state=state, tokenizer=tokenizer, files=files, token_input=TOKEN_INPUT, logits_output=LOGITS_OUTPUT,
+            producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
+            source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},
+        )
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json())
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
