@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -65,6 +66,9 @@ def export_step_graph(
     inputs, outputs = io_names(spec)
     if external_data is None:
         external_data = weight_bytes(model) >= TWO_GB
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)  # the exporter logs unrelated notes (e.g. torchvision absent)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -72,6 +76,7 @@ def export_step_graph(
             dynamo=True, dynamic_shapes=({0: batch}, tuple({0: batch} for _ in state)), optimize=True,
             verbose=False,
         )
+    torch_onnx_log.setLevel(level)
     program.save(str(path), external_data=external_data)
     data = path.with_name(path.name + ".data")
     return data.name if external_data and data.exists() else None

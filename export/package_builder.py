@@ -94,6 +94,7 @@ def export_package(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be read by others
     try:
         progress(f"preparing {options.precision} weights")
         graph_model = apply_precision(model, options.precision)
