@@ -1,0 +1,133 @@
+"""One recurrent step of a package's ONNX graph with ONNX Runtime (CPU, or CUDA when available).
+
+On CUDA the state never leaves the GPU: state tensors are bound as device `OrtValue`s and the new
+state is bound to fresh device outputs (ORT's arena hands back freed blocks, so this costs no
+allocations in steady state and never overwrites a state the caller still holds); only the token
+ids go up and the logits come down. On the CPU, a plain `run` on numpy arrays measured faster than
+IOBinding for small models, and numpy state is what `RecurrentState` works with anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from rwkv_deploy.errors import RwkvDeployError
+
+from .package import DeploymentPackage, PackageError
+from .state import RecurrentState, StateError, host
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+Provider = str | tuple[str, dict[str, Any]]
+
+
+class BackendError(RwkvDeployError):
+    """ONNX Runtime cannot run the package as asked (e.g. a provider that is not installed)."""
+
+    exit_code = 2
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, always CPU as the fallback."""
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """All graph optimizations; `threads` intra-op threads (None: ORT's default, one per core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops per step: nothing to overlap
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise BackendError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _provider_name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+class OnnxStepBackend:
+    """`step(tokens, state) -> (logits, new_state)` on a package's step graph; implements `StepBackend`."""
+
+    def __init__(self, package: DeploymentPackage, providers: Sequence[Provider] | None = None,
+                 threads: int | None = None) -> None:
+        self.package = package
+        providers = list(providers) if providers else default_providers()
+        missing = [_provider_name(p) for p in providers if _provider_name(p) not in ort.get_available_providers()]
+        if missing:
+            raise BackendError(f"execution provider {missing[0]} is not available in this onnxruntime "
+                               f"(available: {', '.join(ort.get_available_providers())})")
+        try:
+            self.session = ort.InferenceSession(str(package.graph_path), session_options(threads), providers=providers)
+        except Exception as exc:  # ORT raises its own exception types, none of them exported stably
+            raise BackendError(f"{package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
+        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        self._device_id = int(self.session.get_provider_options().get(CUDA, {}).get("device_id", 0))
+        self._check_graph_io()
+        manifest = package.manifest
+        self._entries = manifest.state
+        self._outputs = [manifest.logits_output] + [e.output for e in manifest.state]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.package.vocab_size
+
+    def fresh_state(self, batch: int = 1) -> RecurrentState:
+        return self.package.fresh_state(batch)
+
+    def step(self, tokens: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+        """Feed one token per sequence: logits float32 [batch, vocab] and the state after it.
+
+        Raises InputError / StateError (both ValueErrors) for ids outside the vocabulary or a state
+        of the wrong model, count, shape or dtype."""
+        tokens = self.package.check_tokens(tokens)
+        if state.graph_sha256 not in (None, self.package.graph_sha256):
+            raise StateError("state belongs to another model (its graph sha256 differs from this package's)")
+        state.check(self._entries, batch=len(tokens))
+        run = self._run_on_device if self.device == "cuda" else self._run_on_host
+        logits, values = run(tokens, state.values)
+        return logits, state.replace(values)
+
+    def _run_on_host(self, tokens: np.ndarray, values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        feeds = {self.package.manifest.token_input: tokens}
+        feeds.update({e.input: host(v) for e, v in zip(self._entries, values)})
+        logits, *new_values = self.session.run(self._outputs, feeds)
+        return logits, new_values
+
+    def _run_on_device(self, tokens: np.ndarray, values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.package.manifest.token_input, tokens)
+        for entry, value in zip(self._entries, values):
+            binding.bind_ortvalue_input(entry.input, self._on_device(value))
+        binding.bind_output(self.package.manifest.logits_output, "cpu")
+        for entry in self._entries:
+            binding.bind_output(entry.output, "cuda", self._device_id)
+        self.session.run_with_iobinding(binding)
+        logits, *new_values = binding.get_outputs()
+        return logits.numpy(), new_values
+
+    def _on_device(self, value: Any) -> ort.OrtValue:
+        if isinstance(value, ort.OrtValue) and value.device_name() == "cuda":
+            return value
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host(value)), "cuda", self._device_id)
+
+    def _check_graph_io(self) -> None:
+        """Refuse a graph whose inputs/outputs are not the ones the manifest promises."""
+        manifest = self.package.manifest
+        expected_in = {manifest.token_input, *(e.input for e in manifest.state)}
+        expected_out = {manifest.logits_output, *(e.output for e in manifest.state)}
+        actual_in = {i.name for i in self.session.get_inputs()}
+        actual_out = {o.name for o in self.session.get_outputs()}
+        for kind, expected, actual in (("input", expected_in, actual_in), ("output", expected_out, actual_out)):
+            if expected != actual:
+                diff = sorted(expected ^ actual)
+                raise PackageError(f"{self.package.graph_path}: graph {kind}s do not match the manifest "
+                                   f"(differ in {', '.join(diff[:4])})")

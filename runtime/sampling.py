@@ -1,0 +1,88 @@
+"""Choosing the next token from logits: penalties, temperature, top-k, top-p. Pure numpy.
+
+Order (as in most servers): presence/frequency penalties on the raw logits, then greedy argmax when
+temperature is 0; otherwise divide by the temperature, keep the top k, keep the smallest set whose
+probability reaches top_p, and draw from what is left with a caller-seeded `numpy.random.Generator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rwkv_deploy.errors import RwkvDeployError
+
+
+class SamplingError(RwkvDeployError, ValueError):
+    """Sampling settings out of range."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy; top_k 0 and top_p 1 mean no cut; penalties apply to generated tokens."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise SamplingError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SamplingError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+def apply_penalties(logits: np.ndarray, counts: np.ndarray, presence: float, frequency: float) -> np.ndarray:
+    """Lower the logit of each token already generated: `presence` once, plus `frequency` per occurrence."""
+    return logits - presence * (counts > 0) - frequency * counts
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities in float64 (stable for large logits; -inf entries get probability 0)."""
+    shifted = np.exp(logits.astype(np.float64) - np.max(logits))
+    return shifted / shifted.sum()
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """True for the k highest logits (exactly k, ties broken arbitrarily); all True when k is 0 or >= vocab."""
+    if k <= 0 or k >= logits.size:
+        return np.ones(logits.shape, dtype=bool)
+    keep = np.zeros(logits.shape, dtype=bool)
+    keep[np.argpartition(-logits, k - 1)[:k]] = True
+    return keep
+
+
+def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
+    """True for the smallest set of most likely tokens whose total probability reaches `p` (at least one)."""
+    if p >= 1:
+        return probs > 0
+    order = np.argsort(-probs, kind="stable")
+    before = np.cumsum(probs[order]) - probs[order]  # probability of the tokens ranked above each one
+    keep = np.zeros(probs.shape, dtype=bool)
+    keep[order[: max(1, int(np.count_nonzero(before < p)))]] = True
+    return keep
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                 counts: np.ndarray | None = None) -> int:
+    """One token id from 1-D `logits`; `counts` are how often each id was generated so far (for penalties)."""
+    if counts is not None and params.uses_penalties:
+        logits = apply_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
+    if params.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = np.where(top_k_mask(logits, params.top_k), logits / params.temperature, -np.inf)
+    probs = softmax(scaled)
+    probs = np.where(top_p_mask(probs, params.top_p), probs, 0.0)
+    cdf = np.cumsum(probs)
+    return int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))

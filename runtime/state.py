@@ -1,0 +1,188 @@
+"""The recurrent state a deployed model carries between tokens, built from the manifest alone.
+
+A `RecurrentState` is an immutable list of tensors in manifest order. Backends may hold values in
+their own form (an ONNX Runtime `OrtValue` on a GPU); everything that needs the numbers on the host
+(`rows`, `concat`, `save`) converts with `host()`, so this module needs numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.export.manifest import Manifest, StateEntry
+
+BATCH = "batch"
+STATE_FILE_FORMAT = "rwkv-deploy-state"
+STATE_FILE_VERSION = 1
+_HEADER_KEY = "__header__"
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16"}
+
+
+class StateError(RwkvDeployError, ValueError):
+    """A state that does not fit the model: wrong tensors, shapes, dtypes, or another model's file."""
+
+    exit_code = 2
+
+
+def host(value: Any) -> np.ndarray:
+    """The value as a numpy array (an `OrtValue` is copied off its device; on the CPU it is a view)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def shape_and_dtype(value: Any) -> tuple[tuple[int, ...], str]:
+    """(shape, numpy dtype name) of a numpy array or an `OrtValue`, without copying device memory."""
+    if isinstance(value, np.ndarray):
+        return value.shape, value.dtype.name
+    return tuple(value.shape()), _ORT_DTYPES.get(value.data_type(), value.data_type())
+
+
+def concrete_shape(entry: StateEntry, batch: int) -> tuple[int, ...]:
+    return tuple(batch if d == BATCH else int(d) for d in entry.shape)
+
+
+def graph_sha256(manifest: Manifest, graph: str = "step") -> str | None:
+    """The identity of the model a state belongs to: the hash of its graph file."""
+    return manifest.files.get(manifest.graphs[graph].path) if graph in manifest.graphs else None
+
+
+@dataclass(frozen=True)
+class RecurrentState:
+    """State tensors (batch first) in manifest order, and the graph they belong to."""
+
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
+    graph_sha256: str | None = None
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def fresh(cls, manifest: Manifest, batch: int,
+              initial: Mapping[str, np.ndarray] | None = None) -> "RecurrentState":
+        """A fresh state for `batch` sequences: each entry's `init` fill, or for entries with an
+        `init_file` the per-sequence array `initial[name]` (see `load_initial_arrays`) repeated over batch."""
+        if batch < 1:
+            raise StateError(f"batch must be at least 1, got {batch}")
+        values = []
+        for entry in manifest.state:
+            shape = concrete_shape(entry, batch)
+            if entry.init_file is None:
+                values.append(np.full(shape, entry.init, dtype=entry.dtype))
+                continue
+            if initial is None or entry.name not in initial:
+                raise StateError(f"state tensor {entry.name}: its initial value ({entry.init_file}) was not given")
+            values.append(np.ascontiguousarray(np.broadcast_to(initial[entry.name].astype(entry.dtype), shape)))
+        return cls(tuple(e.name for e in manifest.state), tuple(values), graph_sha256(manifest))
+
+    def replace(self, values: Sequence[Any]) -> "RecurrentState":
+        """The same model's state with new tensors (a backend's step output)."""
+        return RecurrentState(self.names, tuple(values), self.graph_sha256)
+
+    # -- inspecting ------------------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return shape_and_dtype(self.values[0])[0][0]
+
+    def check(self, entries: Sequence[StateEntry], batch: int) -> None:
+        """Raise StateError naming the first tensor whose count, shape or dtype the graph would reject."""
+        if len(self.values) != len(entries):
+            raise StateError(f"state has {len(self.values)} tensors, the model expects {len(entries)} "
+                             f"({', '.join(e.name for e in entries[:3])}, ...)")
+        for entry, value in zip(entries, self.values):
+            shape, dtype = shape_and_dtype(value)
+            want = concrete_shape(entry, batch)
+            if shape != want:
+                raise StateError(f"state tensor {entry.name} has shape {list(shape)}, expected {list(want)}")
+            if dtype != entry.dtype:
+                raise StateError(f"state tensor {entry.name} has dtype {dtype}, expected {entry.dtype}")
+
+    def numpy(self) -> "RecurrentState":
+        """This state with every tensor on the host as numpy."""
+        return self.replace([host(v) for v in self.values])
+
+    # -- copying and batching --------------------------------------------------------------------
+    def clone(self) -> "RecurrentState":
+        """An independent copy: nothing done to either state can change the other."""
+        return self.replace([host(v).copy() for v in self.values])
+
+    def rows(self, indices: Sequence[int]) -> "RecurrentState":
+        """The state of the sequences at `indices` (in that order), as a new batch."""
+        index = np.asarray(indices, dtype=np.int64)
+        return self.replace([host(v)[index] for v in self.values])
+
+    @staticmethod
+    def concat(states: Sequence["RecurrentState"]) -> "RecurrentState":
+        """One batch holding the sequences of `states` in order; they must belong to the same model."""
+        if not states:
+            raise StateError("concat needs at least one state")
+        first = states[0]
+        for other in states[1:]:
+            if other.names != first.names or other.graph_sha256 != first.graph_sha256:
+                raise StateError("cannot concatenate states of different models")
+        if len(states) == 1:
+            return first
+        columns = zip(*(s.values for s in states))
+        return first.replace([np.concatenate([host(v) for v in column]) for column in columns])
+
+    # -- files -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an .npz that a later process can `load` (atomically: a crash leaves the old file)."""
+        arrays = [host(v) for v in self.values]
+        header = {
+            "format": STATE_FILE_FORMAT, "format_version": STATE_FILE_VERSION, "graph_sha256": self.graph_sha256,
+            "tensors": [{"name": n, "shape": list(a.shape), "dtype": a.dtype.name} for n, a in zip(self.names, arrays)],
+        }
+        path = Path(path)
+        payload = {_HEADER_KEY: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+        payload.update({f"t{k:04d}": a for k, a in enumerate(arrays)})  # names may hold characters zip dislikes
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **payload)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, manifest: Manifest) -> "RecurrentState":
+        """A state written by `save`; StateError if the file is not one or belongs to another model."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data[_HEADER_KEY]).decode())
+                arrays = [data[f"t{k:04d}"] for k in range(len(header["tensors"]))]
+        except (OSError, ValueError, KeyError) as exc:
+            raise StateError(f"{path}: not an rwkv-deploy state file ({type(exc).__name__}: {exc})") from None
+        if header.get("format") != STATE_FILE_FORMAT or header.get("format_version") != STATE_FILE_VERSION:
+            raise StateError(f"{path}: not an rwkv-deploy state file of format version {STATE_FILE_VERSION}")
+        expected = graph_sha256(manifest)
+        if header["graph_sha256"] != expected:
+            raise StateError(f"{path}: state was saved from another model (graph sha256 "
+                             f"{str(header['graph_sha256'])[:12]}, this package's graph is {str(expected)[:12]})")
+        state = cls(tuple(t["name"] for t in header["tensors"]), tuple(arrays), expected)
+        if state.names != tuple(e.name for e in manifest.state):
+            raise StateError(f"{path}: state tensors {list(state.names)[:3]}... do not match the manifest's")
+        state.check(manifest.state, state.batch)
+        return state
+
+
+def load_initial_arrays(manifest: Manifest, package_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Per-sequence initial values of the entries with an `init_file` (state-tuned models), by name."""
+    arrays: dict[str, np.ndarray] = {}
+    for entry in manifest.state:
+        if entry.init_file is None:
+            continue
+        path = Path(package_dir) / entry.init_file
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays[entry.name] = data[entry.name]
+        except (OSError, ValueError, KeyError) as exc:
+            raise StateError(f"{path}: cannot read the initial value of {entry.name} ({exc})") from None
+    return arrays

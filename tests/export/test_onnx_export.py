@@ -1,0 +1,173 @@
+"""The exported step graph: ONNX-valid, deterministic, faithful in fp32 and fp16, safe against fp16 overflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from rwkv_deploy.export.package_builder import ExportError, ExportOptions, export_package
+from rwkv_deploy.models import load_model
+from tests.helpers.random_checkpoints import make_checkpoint
+
+VERSIONS = ["4", "5.2", "6", "7"]
+STEPS = 64
+
+
+def write_checkpoint(path: Path, version: str, seed: int = 0, **kw) -> Path:
+    extra = {} if version == "4" else {"head_size": 16}
+    torch.save(make_checkpoint(version, n_layer=2, n_embd=64, vocab_size=256, seed=seed, **(extra | kw)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """fp32 and fp16 packages of one small random checkpoint per version."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for version in VERSIONS:
+        ckpt = write_checkpoint(root / f"v{version}.pth", version)
+        for precision in ("fp32", "fp16"):
+            out[version, precision] = (ckpt, root / f"v{version}-{precision}")
+            export_package(ckpt, out[version, precision][1], ExportOptions(precision=precision))
+    return out
+
+
+def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: int = 0):
+    """Per step: (reference logits, artifact logits), each side carrying its own state."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    session = ort.InferenceSession(str(package / manifest["graphs"]["step"]["path"]), providers=["CPUExecutionProvider"])
+    model = load_model(ckpt)
+    ref_state = model.init_state(batch)
+    art_state = {e["input"]: np.full([batch, *e["shape"][1:]], e["init"], dtype=np.float32) for e in manifest["state"]}
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        tokens = rng.integers(0, manifest["model"]["vocab_size"], batch)
+        with torch.no_grad():
+            ref, ref_state = model.step(torch.from_numpy(tokens), ref_state)
+        outputs = session.run(None, {"token": tokens, **art_state})
+        names = [o.name for o in session.get_outputs()]
+        result = dict(zip(names, outputs))
+        art_state = {e["input"]: result[e["output"]] for e in manifest["state"]}
+        yield ref.numpy(), result["logits"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fp32_artifact_matches_the_reference(version, batch, packages):
+    ckpt, package = packages[version, "fp32"]
+    worst = max(float(np.abs(ref - art).max()) for ref, art in run_both(ckpt, package, batch))
+    print(f"v{version} fp32 batch {batch}: max |logit diff| {worst:.2e}")
+    assert worst <= 1e-4
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fp16_artifact_stays_close_to_the_reference(version, batch, packages):
+    ckpt, package = packages[version, "fp16"]
+    worst, agree, total = 0.0, 0, 0
+    for ref, art in run_both(ckpt, package, batch):
+        assert np.isfinite(art).all()
+        worst = max(worst, float(np.abs(ref - art).max()))
+        agree += int((ref.argmax(-1) == art.argmax(-1)).sum())
+        total += batch
+    print(f"v{version} fp16 batch {batch}: max |logit diff| {worst:.2e}, top-1 agreement {agree / total:.3f}")
+    assert worst <= 0.1
+    assert agree / total >= 0.95
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_graph_io_follows_the_manifest(version, packages):
+    _, package = packages[version, "fp16"]
+    manifest = json.loads((package / "manifest.json").read_text())
+    graph = onnx.load(package / manifest["graphs"]["step"]["path"]).graph
+    inputs = {i.name: i.type.tensor_type for i in graph.input}
+    outputs = {o.name: o.type.tensor_type for o in graph.output}
+    assert list(inputs) == ["token"] + [e["input"] for e in manifest["state"]]
+    assert list(outputs) == ["logits"] + [e["output"] for e in manifest["state"]]
+    assert inputs["token"].elem_type == onnx.TensorProto.INT64
+    assert outputs["logits"].elem_type == onnx.TensorProto.FLOAT
+    for e in manifest["state"]:  # state stays fp32 in every precision, batch is the only dynamic dim
+        for t in (inputs[e["input"]], outputs[e["output"]]):
+            assert t.elem_type == onnx.TensorProto.FLOAT
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            assert isinstance(dims[0], str) and dims[1:] == e["shape"][1:]
+
+
+def test_fp16_graph_keeps_matmuls_in_fp16_and_norms_in_fp32(packages):
+    _, package = packages["7", "fp16"]
+    model = onnx.shape_inference.infer_shapes(onnx.load(package / "v7.onnx"))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    matmul_inputs = [types.get(n.input[1]) for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert matmul_inputs.count(onnx.TensorProto.FLOAT16) >= 2 * 4  # r, k, v, o, ffn k/v and head per layer
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization":
+            assert types.get(node.input[0]) == onnx.TensorProto.FLOAT
+
+
+def test_export_is_byte_identical(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.pth", "6")
+    export_package(ckpt, tmp_path / "a", ExportOptions())
+    export_package(ckpt, tmp_path / "b", ExportOptions())
+    for name in ("m.onnx", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_external_data_on_request(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+    manifest = export_package(ckpt, tmp_path / "pkg", ExportOptions(external_data=True))
+    assert manifest.graphs["step"].external_data == "m.onnx.data"
+    assert "m.onnx.data" in manifest.files
+    assert (tmp_path / "pkg" / "m.onnx").stat().st_size < (tmp_path / "pkg" / "m.onnx.data").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "pkg" / "m.onnx"), full_check=True)
+
+
+def test_non_empty_output_is_refused_without_force(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ExportError, match="not empty"):
+        export_package(ckpt, out, ExportOptions())
+    assert (out / "keep.txt").read_text() == "user data"
+    export_package(ckpt, out, ExportOptions(force=True))
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+
+    def broken_check(path):
+        raise RuntimeError("simulated failure while checking the graph")
+
+    monkeypatch.setattr("rwkv_deploy.export.package_builder.check_onnx_file", broken_check)
+    out = tmp_path / "exports" / "pkg"
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_package(ckpt, out, ExportOptions())
+    assert not out.exists()
+    assert list((tmp_path / "exports").iterdir()) == []  # no temporary sibling left either
+
+
+def test_fp16_does_not_overflow_on_large_activations(tmp_path):
+    """FFN activations beyond fp16's range (relu(k)^2 > 65504): the scaled fp16 products stay finite."""
+    sd = make_checkpoint("7", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=3)
+    for i in range(2):
+        sd[f"blocks.{i}.ffn.key.weight"] *= 40.0
+    torch.save(sd, tmp_path / "big.pth")
+    model = load_model(tmp_path / "big.pth")
+    with torch.no_grad():
+        k = model.blocks[0].ffn.key(torch.randn(1, 8, 64) * 3)
+    assert float(torch.relu(k).square().max()) > 65504  # the hazard is real for this model
+    export_package(tmp_path / "big.pth", tmp_path / "pkg", ExportOptions(precision="fp16"))
+    worst = 0.0
+    for ref, art in run_both(tmp_path / "big.pth", tmp_path / "pkg", batch=2, steps=16):
+        assert np.isfinite(art).all()
+        worst = max(worst, float(np.abs(ref - art).max() / (np.abs(ref).max() + 1e-6)))
+    assert worst < 0.05
