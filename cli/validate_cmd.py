@@ -1,9 +1,47 @@
-"""The `rwkv-deploy validate` command (being written)."""
+"""The `rwkv-deploy validate` command: compare a package with its PyTorch reference and write a report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from .errors import one_line_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the app."""
+    app.command("validate")(validate_cmd)
+
+
+@one_line_errors
+def validate_cmd(
+    package: Path = typer.Argument(..., help="package directory written by `rwkv-deploy export`"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="the checkpoint the package was exported from"),
+    steps: int = typer.Option(256, help="tokens fed to each sequence, one step at a time"),
+    batch: int = typer.Option(4, help="sequences run at once"),
+    seed: int = typer.Option(0, help="seed of the random-token stream"),
+    greedy_tokens: int = typer.Option(32, help="tokens each side greedy-decodes on its own"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report directory (default: PACKAGE/validation)"),
+    threads: Optional[int] = typer.Option(None, help="PyTorch threads for the reference (default: PyTorch's own)"),
+    skip_hash_check: bool = typer.Option(False, "--skip-hash-check", help="do not verify the manifest's file hashes"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+) -> None:
+    """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime) on the same tokens; exit 1 if not faithful."""
+    from rwkv_deploy.validate import ThresholdsNotMet, ValidateOptions, validate_package, write_report
+    from .progress import stage_printer
+
+    options = ValidateOptions(steps=steps, batch=batch, seed=seed, greedy_tokens=greedy_tokens,
+                              check_hashes=not skip_hash_check, torch_threads=threads)
+    with stage_printer(enabled=not quiet) as progress:
+        result = validate_package(package, checkpoint, options, progress=progress)
+        progress("writing the report")
+        files = write_report(result, out or package / "validation")
+    typer.echo(result.summary_line())
+    for check in result.failures:
+        typer.echo(f"  failed: {check.describe()}")
+    typer.echo(f"report: {files.markdown}\n        {files.json}\n        {files.plot}")
+    if not result.passed:
+        names = ", ".join(dict.fromkeys(c.metric for c in result.failures))
+        raise ThresholdsNotMet(f"validation FAILED ({names}); see {files.markdown}")

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from rwkv_deploy.export.precision import calibration_tokens, measure_linear_ranges, to_fp16
 from rwkv_deploy.export.package_builder import ExportError, ExportOptions, export_package
 from rwkv_deploy.models import load_model
 from tests.helpers.random_checkpoints import make_checkpoint
@@ -156,18 +157,23 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_fp16_does_not_overflow_on_large_activations(tmp_path):
-    """FFN activations beyond fp16's range (relu(k)^2 > 65504): the scaled fp16 products stay finite."""
+    """FFN activations beyond fp16's range (relu(k)^2 > 65504): the scaled fp16 products stay finite.
+
+    Run in PyTorch, which really computes in fp16 on the CPU (ONNX Runtime's CPU provider may compute
+    fp16 MatMul in fp32 and would hide an overflow); the ONNX graph is traced from this same module.
+    """
     sd = make_checkpoint("7", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=3)
     for i in range(2):
-        sd[f"blocks.{i}.ffn.key.weight"] *= 40.0
+        sd[f"blocks.{i}.ffn.key.weight"] *= 100.0
     torch.save(sd, tmp_path / "big.pth")
     model = load_model(tmp_path / "big.pth")
+    tokens = calibration_tokens(256, batch=2, length=16, seed=5)
+    ranges = measure_linear_ranges(model, tokens)
+    assert ranges["blocks.0.ffn.value"][0] > 65504  # the hazard is real: this input overflows plain fp16
+
+    fp16 = to_fp16(model)  # calibrated on other tokens than the ones checked here
     with torch.no_grad():
-        k = model.blocks[0].ffn.key(torch.randn(1, 8, 64) * 3)
-    assert float(torch.relu(k).square().max()) > 65504  # the hazard is real for this model
-    export_package(tmp_path / "big.pth", tmp_path / "pkg", ExportOptions(precision="fp16"))
-    worst = 0.0
-    for ref, art in run_both(tmp_path / "big.pth", tmp_path / "pkg", batch=2, steps=16):
-        assert np.isfinite(art).all()
-        worst = max(worst, float(np.abs(ref - art).max() / (np.abs(ref).max() + 1e-6)))
-    assert worst < 0.05
+        ref, _ = model(tokens, model.init_state(2))
+        out, state = fp16(tokens, fp16.init_state(2))
+    assert torch.isfinite(out).all() and all(torch.isfinite(s).all() for s in state)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05

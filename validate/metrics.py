@@ -1,0 +1,98 @@
+"""Fidelity metrics on plain numpy arrays: no model, no runtime, so each one can be checked by hand.
+
+Convention: `ref` is the PyTorch reference, `art` the exported artifact. Errors are computed in float64
+so that the metric itself adds no rounding. NaN or Inf in `art` makes the error metrics NaN or Inf,
+which fails every threshold (a comparison with NaN is never "within limit").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RELATIVE_FLOOR = 1.0
+"""Denominator floor of relative errors: |art - ref| / max(|ref|, floor). Logits and RWKV state values
+are O(1) and up; below the floor the error is judged absolutely, so values near zero (fresh-state zeros,
+logits close to 0) do not turn a 1e-7 difference into a huge meaningless ratio."""
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def max_abs_error(ref: np.ndarray, art: np.ndarray) -> float:
+    """max |art - ref| over all elements (NaN if either holds NaN, Inf if only one is infinite)."""
+    return float(np.max(np.abs(_f64(art) - _f64(ref))))
+
+
+def max_relative_error(ref: np.ndarray, art: np.ndarray, floor: float = RELATIVE_FLOOR) -> float:
+    """max |art - ref| / max(|ref|, floor): relative for large values, absolute below `floor`."""
+    ref64 = _f64(ref)
+    return float(np.max(np.abs(_f64(art) - ref64) / np.maximum(np.abs(ref64), floor)))
+
+
+def count_nonfinite(x: np.ndarray) -> int:
+    """How many elements are NaN or +-Inf."""
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    x = _f64(logits)
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def kl_divergence(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) || softmax(art)) per row [..., V] -> [...], in nats.
+
+    The direction weights errors by the reference's probabilities: what matters is how much the
+    artifact misjudges the tokens the reference model would actually sample.
+    """
+    log_p = log_softmax(ref_logits)
+    log_q = log_softmax(art_logits)
+    return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def top1_matches(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
+    """Per row: whether both sides put the same token first (bool array of the batch shape)."""
+    return np.argmax(ref_logits, axis=-1) == np.argmax(art_logits, axis=-1)
+
+
+def growth_slope(errors: np.ndarray, floor: float) -> float:
+    """Least-squares slope of log10(max(error, floor)) against step: decades of error gained per step.
+
+    Near 0 for a healthy export (RWKV forgets, so rounding errors do not accumulate); clearly positive
+    when the artifact's state drifts away from the reference's. `floor` keeps exact zeros (and errors far
+    below any tolerance) from dominating the fit. NaN if any error is NaN.
+    """
+    errors = _f64(errors)
+    if errors.size < 2:
+        return 0.0
+    if np.isnan(errors).any():
+        return float("nan")
+    logs = np.log10(np.maximum(errors, floor))
+    if not np.isfinite(logs).all():
+        return float("inf")
+    return float(np.polyfit(np.arange(errors.size, dtype=np.float64), logs, 1)[0])
+
+
+def quarter_growth(errors: np.ndarray, floor: float) -> float:
+    """max(error over the last quarter of steps) / max(error over the first quarter), both floored.
+
+    A ratio well above 1 means the error keeps growing with sequence length, so a longer run would fail
+    even if this one stayed within tolerance. NaN if any error is NaN.
+    """
+    errors = _f64(errors)
+    if np.isnan(errors).any():
+        return float("nan")
+    quarter = max(1, errors.size // 4)
+    first = max(float(np.max(errors[:quarter])), floor)
+    last = max(float(np.max(errors[-quarter:])), floor)
+    return last / first
+
+
+def matching_prefix_length(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row of two [rows, n] token arrays: how many tokens are identical before the first difference."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    differs = a != b
+    return np.where(differs.any(axis=-1), np.argmax(differs, axis=-1), a.shape[-1])

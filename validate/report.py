@@ -1,0 +1,151 @@
+"""The validation report: report.json for machines, report.md for people, report.png for the error curves.
+
+JSON has no NaN or Infinity, and a failing artifact produces exactly those, so non-finite numbers are
+written as the strings "NaN", "Infinity" and "-Infinity": every JSON parser reads the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .validator import ValidationResult
+
+PLOT_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    json: Path
+    markdown: Path
+    plot: Path
+
+
+def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
+    """Write report.json, report.md and report.png into `out_dir` (created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(out / "report.json", out / "report.md", out / "report.png")
+    files.json.write_text(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    plot_errors(result, files.plot)
+    files.markdown.write_text(markdown(result, files.plot.name))
+    return files
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its name, recursively, and numpy scalars unwrapped."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+# -- markdown -------------------------------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+_STREAM_ROWS = (
+    ("logits_max_abs", "logits: max abs error"),
+    ("logits_max_rel", "logits: max relative error (floor 1)"),
+    ("kl_mean", "KL(ref || artifact): mean, nats"),
+    ("kl_max", "KL(ref || artifact): max, nats"),
+    ("top1_agreement", "top-1 agreement"),
+    ("state_max_abs", "state: max abs error (worst tensor)"),
+    ("state_max_rel", "state: max relative error (floor 1, worst tensor)"),
+    ("growth_slope", "error growth: slope of log10 max error per step"),
+    ("growth_ratio", "error growth: last / first quarter max error"),
+    ("steps_out_of_tolerance", "steps with logits out of tolerance (Polygraphy)"),
+    ("nonfinite_values", "NaN / Inf values in artifact outputs"),
+)
+
+
+def markdown(result: ValidationResult, plot_name: str) -> str:
+    """A readable summary: the verdict first, then what was compared, the checks, and the details."""
+    m, o = result.manifest, result.options
+    graph = m.graphs["step"]
+    verdict = (f"**PASS**: all {len(result.checks)} checks passed" if result.passed else
+               f"**FAIL**: {len(result.failures)} of {len(result.checks)} checks failed: "
+               + "; ".join(c.describe() for c in result.failures))
+    lines = [f"# Validation of {Path(result.package_dir).name}", "", verdict, "", result.summary_line(), "",
+             "## What was compared", "",
+             f"- Artifact: `{Path(result.package_dir) / graph.path}` ({graph.precision}, opset {graph.opset}), "
+             f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via Polygraphy "
+             f"{result.versions['polygraphy']} OnnxrtRunner",
+             f"- Reference: `{result.checkpoint}` in PyTorch {result.versions['torch']}, fp32"
+             + (f", ln_x_eps {m.source['ln_x_eps']}" if m.source.get("ln_x_eps") is not None else ""),
+             f"- Model: RWKV-{m.model.version}, {m.model.n_layer} layers x {m.model.n_embd}, vocab {m.model.vocab_size}, "
+             f"tokenizer {m.tokenizer.kind}",
+             f"- {o.steps} steps x {o.batch} sequences per stream; each side carries its own state (the artifact's "
+             f"state outputs are its next inputs); the logits and all {len(m.state)} state tensors compared at every step",
+             *[f"- Stream `{s.name}`: {s.description}" for s in result.streams],
+             f"- Greedy decoding: {result.greedy.prompt_length}-token prompts from the `{result.greedy.prompt_stream}` "
+             f"stream, {result.greedy.tokens} tokens decoded by each side independently",
+             *[f"- Note: {n}" for n in result.notes],
+             "", f"## Checks ({result.thresholds.precision} thresholds)", ""]
+    lines += _table(["check", "stream", "value", "limit", "result"],
+                    [[c.metric, c.scope, _num(c.value), f"{c.op} {c.limit:g}", ("pass" if c.passed else "**FAIL**")
+                      + (f" ({c.detail})" if c.detail and not c.passed else "")] for c in result.checks])
+    lines += ["", "## Metrics per stream", ""]
+    lines += _table(["metric"] + [s.name for s in result.streams],
+                    [[label] + [_num(s.metrics[key]) for s in result.streams] for key, label in _STREAM_ROWS])
+    lines += ["", "## State tensors (max over steps and sequences)", ""]
+    lines += _table(["tensor"] + [f"{s.name} {k}" for s in result.streams for k in ("max abs", "max rel")],
+                    [[e.name] + [_num(s.state[e.name][k]) for s in result.streams for k in ("max_abs", "max_rel")]
+                     for e in m.state])
+    lines += ["", "## Greedy decoding", ""]
+    lines += _table(["sequence", "identical tokens before first divergence"],
+                    [[str(b), f"{n} / {result.greedy.tokens}"] for b, n in enumerate(result.greedy.matched)])
+    lines += ["", "## Error per step", "", f"![error per step]({plot_name})", "",
+              "## Environment and timings", ""]
+    lines += _table(["", ""], [[k, v] for k, v in result.versions.items()]
+                    + [[f"{k} (s)", f"{v:.2f}"] for k, v in result.timings.items()])
+    return "\n".join(lines) + "\n"
+
+
+# -- plot -----------------------------------------------------------------------------------------------------
+
+
+def _plottable(values: list[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(arr), np.maximum(arr, PLOT_FLOOR), np.nan)
+
+
+def plot_errors(result: ValidationResult, path: Path) -> None:
+    """Logit max abs error and worst state relative error per step, log scale, one line per stream."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
+    panels = (("logits_max_abs", "logits: max |artifact - reference|", result.thresholds.logits_max_abs),
+              ("state_max_rel", "state: max relative error (worst tensor)", result.thresholds.state_max_rel))
+    for ax, (key, title, limit) in zip(fig.subplots(1, 2), panels):
+        for stream in result.streams:
+            values = stream.per_step[key]
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            ax.plot(_plottable(values), label=stream.name + (f" ({bad} steps NaN/Inf)" if bad else ""))
+        ax.axhline(limit, color="red", linestyle="--", linewidth=1, label=f"{result.thresholds.precision} limit")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{Path(result.package_dir).name}: {'PASS' if result.passed else 'FAIL'}")
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,137 @@
+"""Pass/fail limits per precision, and the checks that apply them to measured metrics.
+
+fp32 exports compute what the reference computes in the same precision, so only kernel-order rounding
+separates them: limits sit roughly 10x above what correct fp32 exports measure (see the numbers in each
+class). fp16 exports round weights and matrix products to fp16 by design, so their limits are on what a
+user would notice (distribution shift, changed argmax, diverging greedy text) while still far below what
+a wrong or overflowing graph produces. Any NaN or Inf fails at every precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from rwkv_deploy.errors import RwkvDeployError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    precision: str
+    logits_max_abs: float
+    """max |logit_art - logit_ref| over every step, sequence and vocab entry."""
+    state_max_rel: float
+    """max |state_art - state_ref| / max(|state_ref|, 1) over every state tensor and step."""
+    kl_mean: float
+    """Mean over steps and sequences of KL(softmax(ref) || softmax(art)), nats."""
+    kl_max: float
+    """Worst single step and sequence of that KL."""
+    top1_min: float
+    """Fraction of (step, sequence) rows on which both sides rank the same token first."""
+    greedy_min_fraction: float
+    """For every sequence: identical greedy tokens before the first divergence / tokens decoded."""
+    growth_ratio_max: float
+    """max logit error in the last quarter of steps / in the first quarter (errors floored, see below)."""
+
+    @property
+    def growth_floor(self) -> float:
+        """Errors below 1% of the logit tolerance count as this floor, so noise far below it is not 'growth'."""
+        return self.logits_max_abs * 1e-2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"growth_floor": self.growth_floor}
+
+
+@dataclass(frozen=True)
+class Fp32Thresholds(Thresholds):
+    """Correct fp32 exports measure max |dlogit| ~1e-6..1e-5, state rel ~1e-6, KL ~1e-12 (see report)."""
+
+    precision: str = "fp32"
+    logits_max_abs: float = 1e-4
+    state_max_rel: float = 1e-4
+    kl_mean: float = 1e-9
+    kl_max: float = 1e-7
+    top1_min: float = 0.99
+    greedy_min_fraction: float = 1.0
+    growth_ratio_max: float = 100.0
+
+
+@dataclass(frozen=True)
+class Fp16Thresholds(Thresholds):
+    """Correct fp16 exports measure max |dlogit| ~1e-2, KL mean ~1e-7, top-1 >= 0.99 (see report)."""
+
+    precision: str = "fp16"
+    logits_max_abs: float = 0.25
+    state_max_rel: float = 0.05
+    kl_mean: float = 1e-3
+    kl_max: float = 5e-2
+    top1_min: float = 0.98
+    greedy_min_fraction: float = 0.25
+    growth_ratio_max: float = 100.0
+
+
+THRESHOLDS: dict[str, Thresholds] = {"fp32": Fp32Thresholds(), "fp16": Fp16Thresholds()}
+
+
+class UnknownPrecisionError(RwkvDeployError):
+    exit_code = 2
+
+
+def thresholds_for(precision: str) -> Thresholds:
+    try:
+        return THRESHOLDS[precision]
+    except KeyError:
+        raise UnknownPrecisionError(f"no validation thresholds for precision {precision!r} "
+                                    f"(known: {', '.join(THRESHOLDS)})") from None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One metric compared with its limit, for one stream (or 'greedy')."""
+
+    metric: str
+    scope: str
+    value: float
+    op: str  # "<=" or ">="
+    limit: float
+    passed: bool
+    detail: str = ""
+
+    def describe(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.metric} [{self.scope}] = {self.value:.4g}, limit {self.op} {self.limit:.4g}{extra}"
+
+
+# metric name -> (Thresholds field, or a fixed limit, and the direction that passes)
+_LIMITS: dict[str, tuple[str | float, str]] = {
+    "nonfinite_values": (0.0, "<="),
+    "steps_out_of_tolerance": (0.0, "<="),
+    "logits_max_abs": ("logits_max_abs", "<="),
+    "state_max_rel": ("state_max_rel", "<="),
+    "kl_mean": ("kl_mean", "<="),
+    "kl_max": ("kl_max", "<="),
+    "top1_agreement": ("top1_min", ">="),
+    "growth_ratio": ("growth_ratio_max", "<="),
+    "greedy_match_fraction": ("greedy_min_fraction", ">="),
+}
+
+
+def _passes(value: float, op: str, limit: float) -> bool:
+    if math.isnan(value):
+        return False
+    return value <= limit if op == "<=" else value >= limit
+
+
+def evaluate(scope: str, metrics: Mapping[str, float], thresholds: Thresholds,
+             details: Mapping[str, str] | None = None) -> list[Check]:
+    """A Check for every metric in `metrics` that has a limit; NaN never passes."""
+    checks = []
+    for metric, (limit_source, op) in _LIMITS.items():
+        if metric not in metrics:
+            continue
+        limit = float(getattr(thresholds, limit_source) if isinstance(limit_source, str) else limit_source)
+        value = float(metrics[metric])
+        checks.append(Check(metric, scope, value, op, limit, _passes(value, op, limit),
+                            (details or {}).get(metric, "")))
+    return checks
