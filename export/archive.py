@@ -94,7 +94,9 @@ def extract_package(archive: str | Path, dest_dir: str | Path) -> Path:
     """Verify `archive`, then extract it into the new (or empty) directory `dest_dir`, atomically.
 
     For runtimes that receive an archive. Unsafe member names (absolute, `..`) fail verification, so
-    nothing is written outside `dest_dir`; every byte written is checked against the verified index."""
+    nothing is written outside `dest_dir`; every byte written is checked against the verified index.
+    The index itself is not extracted: the result is the package directory that was packaged, and
+    packaging it again gives the same archive."""
     archive, dest = Path(archive), Path(dest_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ArchiveTargetError(f"{dest}: exists and is not empty")
@@ -110,8 +112,8 @@ def extract_package(archive: str | Path, dest_dir: str | Path) -> Path:
         with zipfile.ZipFile(archive) as zf:
             expected = {n: (e["sha256"], e["size"]) for n, e in json.loads(zf.read(INDEX_NAME))["members"].items()}
             for info in zf.infolist():
-                if not info.is_dir():
-                    _extract_member(zf, info, tmp, expected.get(info.filename))
+                if not info.is_dir() and info.filename != INDEX_NAME:
+                    _extract_member(zf, info, tmp, expected[info.filename])
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
@@ -202,8 +204,8 @@ def _alignment_extra(data_offset_without_extra: int) -> bytes:
     return struct.pack("<HHH", _ALIGN_EXTRA_ID, size - 4, ALIGNMENT) + bytes(size - 6)
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, expected: tuple[str, int] | None) -> None:
-    """Copy one member under `root`, checking its bytes against the index (the index itself excepted)."""
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, expected: tuple[str, int]) -> None:
+    """Copy one member under `root`, checking its bytes against its (verified) index entry."""
     target = (root / info.filename).resolve()
     if not target.is_relative_to(root.resolve()):  # verification already rejects such names
         raise ArchiveError(f"{info.filename}: refusing to extract outside {root}")
@@ -214,5 +216,5 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, expe
             digest.update(block)
             size += len(block)
             dst.write(block)
-    if info.filename != INDEX_NAME and (digest.hexdigest(), size) != expected:
+    if (digest.hexdigest(), size) != expected:
         raise ArchiveError(f"{info.filename}: changed while it was being extracted")

@@ -1,12 +1,24 @@
-"""Checkpoint loading, version detection and the PyTorch reference models of RWKV v4-v7."""
+"""Checkpoint loading, version detection and the PyTorch reference models of RWKV v4-v7.
 
-from .config import VERSIONS, ModelConfig
-from .detect import detect_version
-from .loading import Checkpoint, build_model, canonicalize, load_checkpoint, load_model
-from .reference.base import RWKVModel
-from .state import StateSpec, StateTensorSpec
+Attributes are imported lazily (PEP 562) so that `rwkv_deploy.models.tokenizers`, which deployed
+runtimes use, never pulls in PyTorch.
+"""
 
-__all__ = [
-    "VERSIONS", "ModelConfig", "detect_version", "Checkpoint", "build_model", "canonicalize",
-    "load_checkpoint", "load_model", "RWKVModel", "StateSpec", "StateTensorSpec",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VERSIONS": ".config", "ModelConfig": ".config", "detect_version": ".detect",
+    "Checkpoint": ".loading", "build_model": ".loading", "canonicalize": ".loading",
+    "load_checkpoint": ".loading", "load_model": ".loading", "RWKVModel": ".reference.base",
+    "StateSpec": ".state", "StateTensorSpec": ".state",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -186,7 +186,8 @@ class Generator:
         """`generate` for several independent prompts in one batch; `on_token(index, text)`.
 
         Every sequence samples from its own generator seeded with `seed`, so with a seed each result
-        is the one its prompt would get alone."""
+        is the one its prompt would get alone. Each result's stats count its own tokens; prefill time
+        is the batch's, decode time runs until that sequence finished."""
         if max_tokens < 0:
             raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
         if states is not None and len(states) != len(prompts):
@@ -214,7 +215,8 @@ class Generator:
 
         def finish(row: int, reason: str, row_state: RecurrentState) -> None:
             seq = sequences[running[row]]
-            seq.finish_reason, seq.state = reason, row_state.rows([row]) if row_state.batch > 1 else row_state
+            seq.finish_reason = reason
+            seq.state = row_state.rows([row]) if row_state.batch > 1 else row_state  # batch 1 stays on device
             seq.decode_seconds = time.perf_counter() - started
             if seq.stream:
                 self._emit(on_token, running[row], seq.stream.close())

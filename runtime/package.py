@@ -92,7 +92,7 @@ class DeploymentPackage:
         array = np.asarray(tokens)
         if array.ndim != 1 or array.size == 0:
             raise InputError(f"tokens must be a non-empty 1-D array [batch], got shape {list(array.shape)}")
-        if not np.issubdtype(array.dtype, np.integer):
+        if array.dtype.kind not in "iu":  # signed or unsigned integers
             raise InputError(f"token ids must be integers, got dtype {array.dtype}")
         bad = np.flatnonzero((array < 0) | (array >= self.vocab_size))
         if bad.size:

@@ -24,7 +24,7 @@ BATCH = "batch"
 STATE_FILE_FORMAT = "rwkv-deploy-state"
 STATE_FILE_VERSION = 1
 _HEADER_KEY = "__header__"
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16"}
+_ORT_DTYPES = {"tensor(float)": np.dtype("float32"), "tensor(float16)": np.dtype("float16")}
 
 
 class StateError(RwkvDeployError, ValueError):
@@ -38,10 +38,11 @@ def host(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-def shape_and_dtype(value: Any) -> tuple[tuple[int, ...], str]:
-    """(shape, numpy dtype name) of a numpy array or an `OrtValue`, without copying device memory."""
+def shape_and_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype | str]:
+    """(shape, dtype) of a numpy array or an `OrtValue`, without copying device memory. The dtype
+    compares equal to manifest dtype names ("float32"); ORT types numpy lacks stay strings."""
     if isinstance(value, np.ndarray):
-        return value.shape, value.dtype.name
+        return value.shape, value.dtype
     return tuple(value.shape()), _ORT_DTYPES.get(value.data_type(), value.data_type())
 
 
@@ -100,7 +101,7 @@ class RecurrentState:
             want = concrete_shape(entry, batch)
             if shape != want:
                 raise StateError(f"state tensor {entry.name} has shape {list(shape)}, expected {list(want)}")
-            if dtype != entry.dtype:
+            if dtype != entry.dtype:  # np.dtype == "float32" compares by value, fast; .name is slow
                 raise StateError(f"state tensor {entry.name} has dtype {dtype}, expected {entry.dtype}")
 
     def numpy(self) -> "RecurrentState":

@@ -7,7 +7,12 @@ which fails every threshold (a comparison with NaN is never "within limit").
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, TypeVar
+
 import numpy as np
+
+F = TypeVar("F", bound=Callable)
 
 RELATIVE_FLOOR = 1.0
 """Denominator floor of relative errors: |art - ref| / max(|ref|, floor). Logits and RWKV state values
@@ -15,15 +20,26 @@ are O(1) and up; below the floor the error is judged absolutely, so values near 
 logits close to 0) do not turn a 1e-7 difference into a huge meaningless ratio."""
 
 
+def _nonfinite_ok(fn: F) -> F:
+    """NaN / Inf inputs are an expected outcome to measure, not a numpy warning to print."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+@_nonfinite_ok
 def max_abs_error(ref: np.ndarray, art: np.ndarray) -> float:
     """max |art - ref| over all elements (NaN if either holds NaN, Inf if only one is infinite)."""
     return float(np.max(np.abs(_f64(art) - _f64(ref))))
 
 
+@_nonfinite_ok
 def max_relative_error(ref: np.ndarray, art: np.ndarray, floor: float = RELATIVE_FLOOR) -> float:
     """max |art - ref| / max(|ref|, floor): relative for large values, absolute below `floor`."""
     ref64 = _f64(ref)
@@ -35,6 +51,7 @@ def count_nonfinite(x: np.ndarray) -> int:
     return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
+@_nonfinite_ok
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, in float64."""
     x = _f64(logits)
@@ -42,6 +59,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
+@_nonfinite_ok
 def kl_divergence(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
     """KL(softmax(ref) || softmax(art)) per row [..., V] -> [...], in nats.
 
@@ -58,6 +76,7 @@ def top1_matches(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
     return np.argmax(ref_logits, axis=-1) == np.argmax(art_logits, axis=-1)
 
 
+@_nonfinite_ok
 def growth_slope(errors: np.ndarray, floor: float) -> float:
     """Least-squares slope of log10(max(error, floor)) against step: decades of error gained per step.
 
@@ -96,3 +115,20 @@ def matching_prefix_length(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     differs = a != b
     return np.where(differs.any(axis=-1), np.argmax(differs, axis=-1), a.shape[-1])
+
+
+def divergence_margins(ref_logits: np.ndarray, ref_tokens: np.ndarray, art_tokens: np.ndarray) -> np.ndarray:
+    """Per sequence, at the first position where two greedy decodes differ: how much the reference preferred
+    its own token over the artifact's, logit(ref token) - logit(art token); 0 where they never differ.
+
+    `ref_logits` [n, B, V] are the reference's logits each token was chosen from. Up to the first
+    difference both sides saw the same tokens, so the reference's logits there are the right yardstick: a
+    tiny margin means the reference was nearly undecided, and any rounding could flip the choice.
+    """
+    ref_tokens, art_tokens = np.atleast_2d(ref_tokens), np.atleast_2d(art_tokens)
+    first = matching_prefix_length(ref_tokens, art_tokens)
+    margins = np.zeros(ref_tokens.shape[0])
+    for b in np.flatnonzero(first < ref_tokens.shape[1]):
+        logits = np.asarray(ref_logits[first[b], b], dtype=np.float64)
+        margins[b] = logits[ref_tokens[b, first[b]]] - logits[art_tokens[b, first[b]]]
+    return margins

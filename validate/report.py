@@ -110,8 +110,10 @@ def markdown(result: ValidationResult, plot_name: str) -> str:
                     [[e.name] + [_num(s.state[e.name][k]) for s in result.streams for k in ("max_abs", "max_rel")]
                      for e in m.state])
     lines += ["", "## Greedy decoding", ""]
-    lines += _table(["sequence", "identical tokens before first divergence"],
-                    [[str(b), f"{n} / {result.greedy.tokens}"] for b, n in enumerate(result.greedy.matched)])
+    lines += _table(["sequence", "identical tokens before first divergence",
+                     "reference's preference for its token where they part (logits)"],
+                    [[str(b), f"{n} / {result.greedy.tokens}", _num(margin) if n < result.greedy.tokens else "-"]
+                     for b, (n, margin) in enumerate(zip(result.greedy.matched, result.greedy.margins))])
     lines += ["", "## Error per step", "", f"![error per step]({plot_name})", "",
               "## Environment and timings", ""]
     lines += _table(["", ""], [[k, v] for k, v in result.versions.items()]

@@ -188,12 +188,12 @@ class StreamResult:
 class StreamLog:
     """Accumulates per-step metrics of one stream, then reduces them to a StreamResult."""
 
+    CURVES = ("logits_max_abs", "logits_max_rel", "kl_mean", "kl_max", "top1_agreement", "state_max_rel")
+
     def __init__(self, logits_name: str, state_names: dict[str, str]) -> None:
         self.logits_name = logits_name
         self.state_names = state_names  # output name -> state tensor name
-        self.curves: dict[str, list[float]] = {k: [] for k in
-                                               ("logits_max_abs", "logits_max_rel", "kl_mean", "kl_max", "top1_agreement",
-                                                "state_max_rel")}
+        self.curves: dict[str, list[float]] = {k: [] for k in self.CURVES}
         self.state_abs: dict[str, list[float]] = {n: [] for n in state_names.values()}
         self.state_rel: dict[str, list[float]] = {n: [] for n in state_names.values()}
         self.kl_rows: list[np.ndarray] = []
@@ -226,7 +226,7 @@ class StreamLog:
         summary = {
             "logits_max_abs": _nanmax(logit_errors),
             "logits_max_rel": _nanmax(self.curves["logits_max_rel"]),
-            "state_max_abs": max((s["max_abs"] for s in state.values()), key=_sort_key, default=0.0),
+            "state_max_abs": _nanmax([s["max_abs"] for s in state.values()]),
             "state_max_rel": state[worst_state]["max_rel"] if worst_state else 0.0,
             "kl_mean": float(np.mean(kl)),
             "kl_max": float(np.max(kl)),
@@ -280,12 +280,14 @@ def run_stream(reference: Side, artifact: Side, stream: TokenStream, thresholds:
 
 @dataclass
 class GreedyResult:
-    """Each side decodes on its own from the same prompts; `matched[b]` = identical tokens before divergence."""
+    """Each side decodes on its own from the same prompts; `matched[b]` = identical tokens before divergence,
+    `margins[b]` = how much the reference preferred its token where they parted (0 if they never did)."""
 
     prompt_stream: str
     prompt_length: int
     tokens: int
     matched: list[int]
+    margins: list[float]
     reference_tokens: list[list[int]]
     artifact_tokens: list[list[int]]
 
@@ -293,26 +295,35 @@ class GreedyResult:
     def min_fraction(self) -> float:
         return min(self.matched) / self.tokens if self.tokens else 1.0
 
+    @property
+    def max_margin(self) -> float:
+        return _nanmax(self.margins)
 
-def greedy_decode(side: Side, prompts: np.ndarray, n: int) -> np.ndarray:
-    """Feed `prompts` [B, P], then `n` times append the argmax token and feed it back: tokens [B, n]."""
+
+def greedy_decode(side: Side, prompts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feed `prompts` [B, P], then `n` times append the argmax token and feed it back.
+
+    Returns the tokens [B, n] and the logits [n, B, V] each one was chosen from.
+    """
     state = side.init_state(prompts.shape[0])
     for t in range(prompts.shape[1]):
         out, state = side.advance(np.ascontiguousarray(prompts[:, t]), state)
-    decoded = []
+    tokens, logits = [], []
     for i in range(n):
-        token = np.argmax(out[side.manifest.logits_output], axis=-1).astype(np.int64)
-        decoded.append(token)
+        logits.append(out[side.manifest.logits_output])
+        tokens.append(np.argmax(logits[-1], axis=-1).astype(np.int64))
         if i + 1 < n:
-            out, state = side.advance(token, state)
-    return np.stack(decoded, axis=1) if decoded else np.zeros((prompts.shape[0], 0), dtype=np.int64)
+            out, state = side.advance(tokens[-1], state)
+    if not tokens:
+        return np.zeros((prompts.shape[0], 0), dtype=np.int64), np.zeros((0, prompts.shape[0], 0))
+    return np.stack(tokens, axis=1), np.stack(logits)
 
 
 def compare_greedy(reference: Side, artifact: Side, stream: TokenStream, prompt_length: int, n: int) -> GreedyResult:
     prompts = prompt_tokens(stream, min(prompt_length, stream.steps))
-    ref, art = greedy_decode(reference, prompts, n), greedy_decode(artifact, prompts, n)
+    (ref, ref_logits), (art, _) = greedy_decode(reference, prompts, n), greedy_decode(artifact, prompts, n)
     return GreedyResult(stream.name, prompts.shape[1], n, metrics.matching_prefix_length(ref, art).tolist(),
-                        ref.tolist(), art.tolist())
+                        metrics.divergence_margins(ref_logits, ref, art).tolist(), ref.tolist(), art.tolist())
 
 
 # -- the whole validation -------------------------------------------------------------------------------------
@@ -371,7 +382,8 @@ class ValidationResult:
             "thresholds": self.thresholds.to_dict(),
             "checks": [asdict(c) for c in self.checks],
             "streams": [asdict(s) for s in self.streams],
-            "greedy": asdict(self.greedy) | {"min_fraction": self.greedy.min_fraction},
+            "greedy": asdict(self.greedy) | {"min_fraction": self.greedy.min_fraction,
+                                             "max_margin": self.greedy.max_margin},
             "timings_s": self.timings,
             "versions": self.versions,
             "notes": self.notes,
@@ -493,8 +505,8 @@ def validate_package(
         finally:
             runner.deactivate()
     checks = [c for r in results for c in evaluate(r.name, r.metrics, thresholds, r.details)]
-    checks += evaluate("greedy", {"greedy_match_fraction": greedy.min_fraction}, thresholds,
-                       {"greedy_match_fraction": f"identical tokens per sequence {greedy.matched} of {greedy.tokens}"})
+    checks += evaluate("greedy", {"greedy_divergence_margin": greedy.max_margin}, thresholds,
+                       {"greedy_divergence_margin": f"identical tokens per sequence {greedy.matched} of {greedy.tokens}"})
     timings["total"] = round(time.perf_counter() - total, 3)
     return ValidationResult(str(package_dir), str(checkpoint), manifest, options, thresholds, results, greedy,
                             checks, timings, versions(), _checkpoint_notes(checkpoint, manifest))

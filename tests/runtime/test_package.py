@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,11 @@ def test_token_arrays_the_graph_cannot_take_are_refused(package_dir, tokens, mes
 def test_token_ids_come_back_as_contiguous_int64(package_dir):
     tokens = DeploymentPackage.open(package_dir, verify=False).check_tokens(np.array([3, 9, 255], dtype=np.int32))
     assert tokens.dtype == np.int64 and tokens.flags.c_contiguous and tokens.tolist() == [3, 9, 255]
+
+
+def test_opening_a_package_with_a_tokenizer_does_not_import_torch(package_dir):
+    script = (f"import sys\nfrom rwkv_deploy.runtime import DeploymentPackage\n"
+              f"DeploymentPackage.open({str(package_dir)!r})\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
