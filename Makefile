@@ -19,8 +19,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,export]"
 	touch $@
 
+BUNDLED := models/bundled/rwkv7-pystdlib-tiny.pth
+
 demo: setup
-	$(BIN)/rwkv-deploy inspect
+	@echo "== 1/7 inspect the bundled checkpoint"
+	$(BIN)/rwkv-deploy inspect $(BUNDLED)
+	@echo "== 2/7 export fp32 and fp16 ONNX packages"
+	$(BIN)/rwkv-deploy export $(BUNDLED) --out $(DEMO_OUT)/fp32 --force
+	$(BIN)/rwkv-deploy export $(BUNDLED) --out $(DEMO_OUT)/fp16 --precision fp16 --force
+	@echo "== 3/7 validate both against the PyTorch reference"
+	$(BIN)/rwkv-deploy validate $(DEMO_OUT)/fp32 --checkpoint $(BUNDLED)
+	$(BIN)/rwkv-deploy validate $(DEMO_OUT)/fp16 --checkpoint $(BUNDLED)
+	@echo "== 4/7 package the fp32 export into one archive"
+	$(BIN)/rwkv-deploy package $(DEMO_OUT)/fp32 -o $(DEMO_OUT)/rwkv7-pystdlib-tiny-fp32.zip --force
+	@echo "== 5/7 verify the archive"
+	$(BIN)/rwkv-deploy verify $(DEMO_OUT)/rwkv7-pystdlib-tiny-fp32.zip
+	@echo "== 6/7 generate from the package with ONNX Runtime (no PyTorch in the runtime)"
+	$(BIN)/rwkv-deploy generate $(DEMO_OUT)/fp32 --prompt "def " --max-tokens 160 --greedy
+	@echo "== 7/7 and sampled, from the fp16 package"
+	$(BIN)/rwkv-deploy generate $(DEMO_OUT)/fp16 --prompt "class " --max-tokens 160 --temperature 0.7 --top-p 0.9 --seed 1
+	@echo "demo outputs in $(DEMO_OUT)/ (validation reports in $(DEMO_OUT)/*/validation/)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -41,8 +41,8 @@ class Thresholds:
 
     @property
     def growth_floor(self) -> float:
-        """Errors below 1% of the logit tolerance count as this floor, so noise far below it is not 'growth'."""
-        return self.logits_max_abs * 1e-2
+        """Errors below 0.1% of the logit tolerance count as this floor, so noise far below it is not 'growth'."""
+        return self.logits_max_abs * 1e-3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"greedy_margin_max": self.greedy_margin_max, "growth_floor": self.growth_floor}
@@ -67,7 +67,7 @@ class Fp16Thresholds(Thresholds):
 
     precision: str = "fp16"
     logits_max_abs: float = 0.25
-    state_max_rel: float = 0.05
+    state_max_rel: float = 0.2
     kl_mean: float = 1e-3
     kl_max: float = 5e-2
     top1_min: float = 0.98

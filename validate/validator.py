@@ -293,7 +293,7 @@ class GreedyResult:
 
     @property
     def min_fraction(self) -> float:
-        return min(self.matched) / self.tokens if self.tokens else 1.0
+        return min(self.matched) / self.tokens
 
     @property
     def max_margin(self) -> float:
@@ -314,8 +314,6 @@ def greedy_decode(side: Side, prompts: np.ndarray, n: int) -> tuple[np.ndarray, 
         tokens.append(np.argmax(logits[-1], axis=-1).astype(np.int64))
         if i + 1 < n:
             out, state = side.advance(tokens[-1], state)
-    if not tokens:
-        return np.zeros((prompts.shape[0], 0), dtype=np.int64), np.zeros((0, prompts.shape[0], 0))
     return np.stack(tokens, axis=1), np.stack(logits)
 
 
@@ -470,8 +468,8 @@ def validate_package(
     """Compare the package's step graph with the PyTorch reference of `checkpoint`; see the module docstring."""
     from polygraphy.logger import G_LOGGER
 
-    if options.steps < 1 or options.batch < 1:
-        raise ValidationError("--steps and --batch must be at least 1")
+    if min(options.steps, options.batch, options.greedy_tokens) < 1:
+        raise ValidationError("--steps, --batch and --greedy-tokens must be at least 1")
     package_dir, checkpoint = Path(package_dir), Path(checkpoint)
     timings: dict[str, float] = {}
     total = time.perf_counter()

@@ -1,6 +1,6 @@
 """`rwkv-deploy validate` end to end: a correct export passes with exit 0 and a full report; a broken one
-(perturbed weight, corrupted state output, fp16 weights overflowed to inf) fails with exit 1 and names the failing metric;
-a package or checkpoint that cannot be compared is refused with exit 2."""
+(perturbed weight, corrupted state output, unscaled fp16 MatMul, weights overflowed to inf) fails with exit
+1 and names the failing metric; a package or checkpoint that cannot be compared is refused with exit 2."""
 
 from __future__ import annotations
 
@@ -85,17 +85,29 @@ def offset_state_output(output: str, delta: float) -> Callable[[onnx.ModelProto]
     return edit
 
 
+def matmul_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of the initializers that are MatMul weights, in graph order (the last one is the head)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def halve_last_ffn_output(model: onnx.ModelProto) -> None:
+    """The last FFN's value projection halved, as if an fp16 input scale of 2 were not multiplied back."""
+    name = matmul_weights(model)[-2]
+    weight = numpy_helper.to_array(initializer(model, name))
+    replace_initializer(model, name, (weight.astype(np.float32) * 0.5).astype(weight.dtype))
+
+
 def overflow_head_weights(model: onnx.ModelProto) -> None:
     """Head weights of 1e5 for a few tokens, as a naive fp16 conversion of out-of-range weights stores them:
     +-inf. (Activation overflow inside an fp16 MatMul cannot be shown on the CPU provider: ONNX Runtime
     upcasts fp16 MatMuls to fp32 there and drops the fp16 round trip of their outputs.)"""
-    inits = {i.name for i in model.graph.initializer}
-    head = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits][-1]  # feeds the logits
-    weight = numpy_helper.to_array(initializer(model, head.input[1])).copy()
+    name = matmul_weights(model)[-1]
+    weight = numpy_helper.to_array(initializer(model, name)).copy()
     assert weight.dtype == np.float16
     with np.errstate(over="ignore"):
         weight[:, :4] = np.float32(1e5) * np.sign(weight[:, :4])  # [n_embd, vocab]: tokens 0..3 -> +-inf
-    replace_initializer(model, head.input[1], weight.astype(np.float16))
+    replace_initializer(model, name, weight)
 
 
 def failed_metrics(report_dir: Path) -> set[str]:
@@ -149,6 +161,14 @@ def test_a_corrupted_state_output_is_caught_even_though_that_steps_logits_are_ex
         assert random.state["layer1.att_shift"]["max_rel"] >= 1e-3 * 0.99
         # layer 0 never sees layer 1's state: compared tensor by tensor, it stays exact
         assert all(random.state[f"layer0.{t}"]["max_rel"] <= 1e-4 for t in ("att_shift", "wkv", "ffn_shift"))
+
+
+def test_fp16_thresholds_catch_an_fp16_export_bug_that_fp16_rounding_cannot_explain(made, tmp_path):
+    package = broken_copy(made.fp16, tmp_path / "pkg", halve_last_ffn_output)
+    result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, torch_threads=1))
+
+    assert result.thresholds.precision == "fp16"
+    assert {"logits_max_abs", "kl_mean"} <= {c.metric for c in result.failures}
 
 
 def test_fp16_weights_overflowed_to_inf_fail_and_the_report_stays_valid_json(made, tmp_path):
