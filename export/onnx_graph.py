@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
+import onnx
 import torch
 from torch import nn
 
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.state import StateSpec
+
+from .onnx_file import inline_external_data
 
 TOKEN_INPUT = "token"
 LOGITS_OUTPUT = "logits"
@@ -77,6 +81,31 @@ def export_step_graph(
             verbose=False,
         )
     torch_onnx_log.setLevel(level)
-    program.save(str(path), external_data=external_data)
-    data = path.with_name(path.name + ".data")
-    return data.name if external_data and data.exists() else None
+    # Always save with external data (the exporter then streams tensors to disk); a single file is
+    # assembled from it without a second in-memory copy of the weights.
+    staging = path.with_name(f".staging-{path.name}")
+    program.save(str(staging), external_data=True, include_initializers=True)
+    del program
+    staged_data = staging.with_name(staging.name + ".data")
+    try:
+        if external_data:
+            data = path.with_name(path.name + ".data")
+            _rename_external_data(staging, staged_data.name, data.name)
+            os.replace(staged_data, data)
+            os.replace(staging, path)
+            return data.name
+        inline_external_data(staging, path)
+        return None
+    finally:
+        staging.unlink(missing_ok=True)
+        staged_data.unlink(missing_ok=True)
+
+
+def _rename_external_data(model_path: Path, old: str, new: str) -> None:
+    """Point every external tensor of the (small, weight-less) model file at the renamed data file."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(model, str(model_path))

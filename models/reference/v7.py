@@ -75,8 +75,7 @@ class TimeMix7(nn.Module):
             v = v + (ctx["v_first"] - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         w = torch.exp(-DECAY_SCALE * torch.sigmoid(w_hat.float()))
 
-        heads = lambda t: t.reshape(bsz, t_len, h, n)  # noqa: E731
-        r_h, w_h, k_h, v_h, a_h = heads(r), heads(w), heads(k), heads(v), heads(a)
+        r_h, w_h, k_h, v_h, a_h = (t.unflatten(-1, (h, n)) for t in (r, w, k, v, a))
         ys = []
         for t in range(t_len):
             wkv = wkv_step(wkv, r_h[:, t], w_h[:, t], k_h[:, t], v_h[:, t], -kk[:, t], kk[:, t] * a_h[:, t])
