@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import onnx
 import torch
@@ -54,11 +54,14 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def export_step_graph(
-    model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None
+    model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> str | None:
     """Write the step graph to `path`; returns the external-data file name, or None for one self-contained file.
 
     External data is used when asked, or automatically when the weights exceed protobuf's 2 GB limit.
+    `check` runs on the staged graph while its weights are still external, so checking needs no memory
+    for the weights.
     """
     path = Path(path)
     spec = model.state_spec()
@@ -88,6 +91,8 @@ def export_step_graph(
     del program
     staged_data = staging.with_name(staging.name + ".data")
     try:
+        if check is not None:
+            check(staging)
         if external_data:
             data = path.with_name(path.name + ".data")
             _rename_external_data(staging, staged_data.name, data.name)

@@ -100,10 +100,9 @@ def export_package(
         graph_model = apply_precision(model, options.precision)
         name = options.name or Path(checkpoint).stem
         graph_file = f"{name}.onnx"
-        progress("tracing the step graph to ONNX")
-        external = export_step_graph(graph_model, tmp / graph_file, options.opset, options.external_data)
-        progress("checking the ONNX file")
-        check_onnx_file(tmp / graph_file)
+        progress("tracing the step graph to ONNX and checking it")
+        external = export_step_graph(graph_model, tmp / graph_file, options.opset, options.external_data,
+                                     check=check_onnx_file)
         state = _state_entries(model, tmp)
         tokenizer = install_tokenizer(kind, tok_source, tmp)
         progress("hashing files")
