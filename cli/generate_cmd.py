@@ -29,7 +29,8 @@ def _write(piece: str) -> None:
 
 @one_line_errors
 def generate_cmd(
-    package_dir: Path = typer.Argument(..., metavar="DIR", help="package directory written by `rwkv-deploy export`"),
+    package_dir: Path = typer.Argument(..., metavar="PACKAGE",
+                                       help="package directory (`rwkv-deploy export`) or archive (`rwkv-deploy package`)"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue"),
     max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="most tokens to generate"),
     temperature: float = typer.Option(1.0, help="0 = greedy"),
@@ -43,15 +44,17 @@ def generate_cmd(
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
     from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
+    from rwkv_deploy.runtime.package import package_directory
 
-    package = DeploymentPackage.open(package_dir)
-    if package.tokenizer is None:
-        raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
-    generator = Generator(OnnxStepBackend(package), package.tokenizer)
-    result = generator.generate(
-        prompt, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
-        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),
-        seed=seed, on_token=_write)
+    with package_directory(package_dir) as directory:
+        package = DeploymentPackage.open(directory)
+        if package.tokenizer is None:
+            raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
+        generator = Generator(OnnxStepBackend(package), package.tokenizer)
+        result = generator.generate(
+            prompt, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),
+            seed=seed, on_token=_write)
     _write("\n")
     stats = result.stats
     print(f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tokens/s]", file=sys.stderr)

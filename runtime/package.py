@@ -7,9 +7,11 @@ refused with its name before any backend parses it. Nothing here imports torch.
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -100,3 +102,17 @@ class DeploymentPackage:
             raise InputError(f"token id {int(array[position])} at position {position} is outside the "
                              f"vocabulary [0, {self.vocab_size})")
         return np.ascontiguousarray(array, dtype=np.int64)
+
+
+@contextmanager
+def package_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A package directory as it is, or an archive (`rwkv-deploy package`) verified and extracted to a
+    temporary directory that is removed afterwards."""
+    path = Path(path)
+    if path.is_dir():
+        yield path
+        return
+    from rwkv_deploy.export.archive import extract_package
+
+    with tempfile.TemporaryDirectory(prefix="rwkv-deploy-package-") as tmp:
+        yield extract_package(path, Path(tmp) / "package")

@@ -74,3 +74,11 @@ def test_a_directory_that_is_no_package_gives_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path}/manifest.json: no manifest.json "
                                                   f"(is {tmp_path} an rwkv-deploy package?)"]
+
+
+def test_generate_runs_from_an_archive_too(package_dir, tmp_path):
+    archive = tmp_path / "model.zip"
+    assert runner.invoke(app, ["package", str(package_dir), "-o", str(archive)]).exit_code == 0
+    result = runner.invoke(app, ["generate", str(archive), "--prompt", "Hello", "--max-tokens", "12", "--greedy"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == library_text(package_dir, "Hello", max_tokens=12, temperature=0) + "\n"
