@@ -1,0 +1,39 @@
+"""Pick a step backend by name: what a `--backend` option hands over.
+
+    from rwkv_deploy.runtime.backends import BACKENDS, make_backend
+    backend = make_backend("tensorrt", DeploymentPackage.open(dir), cuda_graphs=True)
+    Generator(backend, package.tokenizer).generate(...)
+
+For command authors: offer `--backend` with the choices in `BACKENDS` (default "onnxruntime") and pass
+the value here; keyword options go to the backend's constructor (`providers=`, `threads=` for ONNX
+Runtime; `engine_path=`, `cuda_graphs=` for TensorRT). Each backend is imported only when chosen, so
+ONNX Runtime users never need TensorRT and TensorRT users never load ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rwkv_deploy.errors import RwkvDeployError
+
+from .generation import StepBackend
+from .package import DeploymentPackage
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+class UnknownBackendError(RwkvDeployError, ValueError):
+    exit_code = 2
+
+
+def make_backend(name: str, package: DeploymentPackage, **options: Any) -> StepBackend:
+    """The backend `name` ("onnxruntime" or "tensorrt") on `package`, built with `options`."""
+    if name == "onnxruntime":
+        from .onnx_backend import OnnxStepBackend
+
+        return OnnxStepBackend(package, **options)
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTStepBackend
+
+        return TensorRTStepBackend(package, **options)
+    raise UnknownBackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,63 @@
+"""scripts/gpu_check.sh runs on a CPU-only machine (SKIP lines, exit 0); its checks' code runs on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_check"]
+
+
+def test_without_cuda_every_check_is_skipped_and_the_script_succeeds():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU even where there is one
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--steps", "4"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for check in ("reference CUDA vs CPU v4", "reference CUDA vs CPU v7", "fp16 on CUDA vs fp32 v5.2",
+                  "onnxruntime-gpu v7", "tensorrt v7"):
+        assert f"SKIP: no CUDA ({check})" in lines
+    assert lines[-1] == "0 passed, 0 failed, 14 skipped"
+    assert any(line.split()[:2] == ["check", "subject"] for line in lines)  # the summary table
+
+
+def test_the_reference_checks_run_on_the_cpu_as_a_dry_run(gpu_check, tmp_path):
+    results = list(gpu_check.reference_checks(["7"], steps=3, root=tmp_path, device="cpu"))
+    assert [(r.check, r.subject, r.status) for r in results] == [
+        ("reference CUDA vs CPU", "v7", "PASS"), ("fp16 on CUDA vs fp32", "v7", "PASS")]
+    assert float(results[0].value) == 0.0  # the same device computes the same numbers
+    assert 0.0 < float(results[1].value) < float(results[1].limit)  # fp16 differs, within the fp16 limit
+
+
+def test_the_script_maps_the_package_where_rwkv_deploy_is_not_installed():
+    script = textwrap.dedent(f"""
+        import sys, importlib.util
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # as if not installed
+        print(importlib.util.find_spec("rwkv_deploy") is None)
+        spec = importlib.util.spec_from_file_location("gpu_check", {str(REPO / "scripts" / "gpu_check.py")!r})
+        module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.make_importable()
+        import rwkv_deploy.export.tensorrt.lint as lint, rwkv_deploy.errors as errors
+        print(lint.__file__); print(errors.__file__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", str(REPO / "export" / "tensorrt" / "lint.py"),
+                                     str(REPO / "core" / "errors.py")]

@@ -1,0 +1,45 @@
+"""Small packages for tests: real exports of random checkpoints, and hand-made manifests for shape-only tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rwkv_deploy.export.manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
+from rwkv_deploy.export.package_builder import ExportOptions, export_package
+from tests.helpers.random_checkpoints import make_checkpoint
+
+VOCAB = 256
+
+
+def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 0) -> Path:
+    """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer) to `root`."""
+    checkpoint = root / f"v{version}-seed{seed}.pth"
+    if not checkpoint.exists():
+        sizes = {} if version == "4" else {"head_size": 16}
+        torch.save(make_checkpoint(version, n_layer=2, n_embd=64, vocab_size=VOCAB, seed=seed, **sizes), checkpoint)
+    out = root / f"v{version}-{precision}-seed{seed}"
+    export_package(checkpoint, out, ExportOptions(precision=precision, tokenizer="none"))
+    return out
+
+
+def v7_manifest(n_layer: int = 2, n_embd: int = 64, head_size: int = 16) -> Manifest:
+    """The manifest an RWKV-7 export of these sizes has (no files): for tests that need shapes only."""
+    n_head = n_embd // head_size
+    state = []
+    for layer in range(n_layer):
+        for name, shape in ((f"layer{layer}.att_shift", ["batch", n_embd]),
+                            (f"layer{layer}.wkv", ["batch", n_head, head_size, head_size]),
+                            (f"layer{layer}.ffn_shift", ["batch", n_embd])):
+            state.append(StateEntry(name, f"state_in.{name}", f"state_out.{name}", shape, "float32", 0.0))
+    return Manifest(
+        model=ModelInfo("7", n_layer, n_embd, n_head, head_size, VOCAB, 4 * n_embd),
+        graphs={"step": GraphInfo("model.onnx", "fp32", 18)}, state=state,
+        tokenizer=TokenizerInfo("none"), files={"model.onnx": "0" * 64})
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+    return directory
