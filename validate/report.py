@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,35 @@ def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out / "report.json", out / "report.md", out / "report.png")
-    files.json.write_text(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    files.json.write_text(json.dumps(json_safe(report_dict(result)), indent=2, allow_nan=False) + "\n")
     plot_errors(result, files.plot)
     files.markdown.write_text(markdown(result, files.plot.name))
     return files
+
+
+def report_dict(result: ValidationResult) -> dict[str, Any]:
+    """Everything measured and decided, plus what was compared with what, as plain data."""
+    m = result.manifest
+    return {
+        "result": "PASS" if result.passed else "FAIL",
+        "summary": result.summary_line(),
+        "failed_checks": [c.describe() for c in result.failures],
+        "package": {"dir": result.package_dir, "graph": asdict(m.graphs["step"]), "model": asdict(m.model),
+                    "tokenizer": m.tokenizer.kind, "state_tensors": [e.name for e in m.state],
+                    "producer": m.producer, "source": m.source},
+        "reference": {"checkpoint": result.checkpoint, "runtime": f"PyTorch {result.versions['torch']}, fp32, CPU"},
+        "artifact": {"runtime": f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via "
+                                f"Polygraphy {result.versions['polygraphy']} OnnxrtRunner"},
+        "options": asdict(result.options),
+        "thresholds": result.thresholds.to_dict(),
+        "checks": [asdict(c) for c in result.checks],
+        "streams": [asdict(s) for s in result.streams],
+        "greedy": asdict(result.greedy) | {"min_fraction": result.greedy.min_fraction,
+                                           "max_margin": result.greedy.max_margin},
+        "timings_s": result.timings,
+        "versions": result.versions,
+        "notes": result.notes,
+    }
 
 
 def json_safe(value: Any) -> Any:

@@ -50,7 +50,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Fp32Thresholds(Thresholds):
-    """Correct fp32 exports measure max |dlogit| ~1e-6..1e-5, state rel ~1e-6, KL ~1e-12 (see report)."""
+    """Correct fp32 exports (random RWKV v4/v5.2/v6/v7, 256 steps x 4) measure max |dlogit| <= 2.7e-6,
+    state rel <= 1.2e-5, KL mean <= 7e-14 and max <= 3e-13, top-1 1.0, identical greedy text."""
 
     precision: str = "fp32"
     logits_max_abs: float = 1e-4
@@ -63,7 +64,10 @@ class Fp32Thresholds(Thresholds):
 
 @dataclass(frozen=True)
 class Fp16Thresholds(Thresholds):
-    """Correct fp16 exports measure max |dlogit| ~1e-2, KL mean ~1e-7, top-1 >= 0.99 (see report)."""
+    """Correct fp16 exports (same models) measure max |dlogit| <= 3.4e-3, state rel <= 0.043 (the WKV
+    state, whose error builds up over its memory window, then levels off), KL mean <= 1e-7 and max <= 6e-7,
+    top-1 >= 0.995, greedy text parting only where the reference's top-2 were within 1e-3. The limits
+    leave room for real models, whose logits are larger and sharper than random ones."""
 
     precision: str = "fp16"
     logits_max_abs: float = 0.25

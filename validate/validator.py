@@ -18,7 +18,7 @@ import platform
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -129,7 +129,10 @@ class ArtifactSide(Side):
         feed.update((entry.input, s) for entry, s in zip(self.manifest.state, state))
         # ONNX Runtime checks names, dtypes and shapes itself; Polygraphy's own check would double the
         # per-step overhead on small models.
-        return dict(self.runner.infer(feed, check_inputs=False))
+        try:
+            return dict(self.runner.infer(feed, check_inputs=False))
+        except Exception as exc:  # ONNX Runtime raises its own exception types
+            raise ValidationError(f"ONNX Runtime failed to run the graph: {_first_line(exc)}") from None
 
 
 # -- per-step comparison --------------------------------------------------------------------------------------
@@ -365,28 +368,6 @@ class ValidationResult:
                 f"top-1 {100 * self.worst('top1_agreement', lowest=True):.2f}%, "
                 f"greedy {min(self.greedy.matched)}/{self.greedy.tokens} identical")
 
-    def to_dict(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "result": "PASS" if self.passed else "FAIL",
-            "summary": self.summary_line(),
-            "failed_checks": [c.describe() for c in self.failures],
-            "package": {"dir": self.package_dir, "graph": asdict(m.graphs["step"]), "model": asdict(m.model),
-                        "tokenizer": m.tokenizer.kind, "state_tensors": [e.name for e in m.state],
-                        "producer": m.producer, "source": m.source},
-            "reference": {"checkpoint": self.checkpoint, "runtime": f"PyTorch {torch.__version__} fp32 (CPU)"},
-            "artifact": {"runtime": "ONNX Runtime CPUExecutionProvider via polygraphy OnnxrtRunner"},
-            "options": asdict(self.options),
-            "thresholds": self.thresholds.to_dict(),
-            "checks": [asdict(c) for c in self.checks],
-            "streams": [asdict(s) for s in self.streams],
-            "greedy": asdict(self.greedy) | {"min_fraction": self.greedy.min_fraction,
-                                             "max_margin": self.greedy.max_margin},
-            "timings_s": self.timings,
-            "versions": self.versions,
-            "notes": self.notes,
-        }
-
 
 def versions() -> dict[str, str]:
     import onnxruntime
@@ -454,11 +435,28 @@ def package_tokenizer(package_dir: Path, manifest: Manifest) -> Tokenizer | None
 
 
 def _open_runner(graph_path: Path) -> Any:
+    """An active Polygraphy OnnxrtRunner on the CPU provider (its session threads = the usable CPUs)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    runner = OnnxrtRunner(SessionFromOnnx(str(graph_path), providers=["cpu"]), name=ARTIFACT_NAME)
     try:
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        runner.activate()
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        raise ValidationError(f"{graph_path}: ONNX Runtime cannot load the graph ({_first_line(exc)})") from None
+    return runner
+
+
+def _polygraphy_logger() -> Any:
+    try:
+        import onnxruntime  # noqa: F401  (polygraphy imports it lazily; fail here, with the fix)
+        from polygraphy.logger import G_LOGGER
     except ImportError:
         raise ValidationError("validation needs polygraphy and onnxruntime: pip install polygraphy onnxruntime") from None
-    return OnnxrtRunner(SessionFromOnnx(str(graph_path), providers=["cpu"]), name=ARTIFACT_NAME)
+    return G_LOGGER
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def validate_package(
@@ -466,8 +464,7 @@ def validate_package(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> ValidationResult:
     """Compare the package's step graph with the PyTorch reference of `checkpoint`; see the module docstring."""
-    from polygraphy.logger import G_LOGGER
-
+    poly_log = _polygraphy_logger()
     if min(options.steps, options.batch, options.greedy_tokens) < 1:
         raise ValidationError("--steps, --batch and --greedy-tokens must be at least 1")
     package_dir, checkpoint = Path(package_dir), Path(checkpoint)
@@ -478,7 +475,7 @@ def validate_package(
     graph = manifest.graphs["step"]
     thresholds = thresholds_for(graph.precision)
     # Polygraphy logs every comparison (and errors for failing ones); the report says it all, once.
-    with _torch_threads(options.torch_threads), G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+    with _torch_threads(options.torch_threads), poly_log.verbosity(poly_log.CRITICAL):
         progress("loading the PyTorch reference")
         with _timed(timings, "load_reference"):
             eps = manifest.source.get("ln_x_eps")
@@ -489,7 +486,6 @@ def validate_package(
         progress("creating the ONNX Runtime session")
         with _timed(timings, "create_session"):
             runner = _open_runner(package_dir / graph.path)
-            runner.activate()
         try:
             reference, artifact = ReferenceSide(model, manifest), ArtifactSide(runner, manifest, package_dir)
             results = []

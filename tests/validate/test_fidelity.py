@@ -4,11 +4,11 @@ the fp16 limits, over 64 steps with each side carrying its own state."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
+from rwkv_deploy.export.manifest import MANIFEST_NAME
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.validate import Fp32Thresholds, ValidateOptions, ValidationResult, validate_package
 from tests.helpers.random_checkpoints import make_checkpoint
@@ -16,27 +16,22 @@ from tests.helpers.random_checkpoints import make_checkpoint
 VERSIONS = ("4", "5.2", "6", "7")
 STEPS = 64
 
-Exported = Callable[[str, str], tuple[Path, Path]]
 
+def export_once(tmp_path_factory: pytest.TempPathFactory, version: str, precision: str) -> tuple[Path, Path]:
+    """(package, checkpoint) of a small random RWKV checkpoint (vocab 256, so it carries the byte tokenizer).
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Exported:
-    """(version, precision) -> (package dir, checkpoint); each export is made once, on first use."""
-    root = tmp_path_factory.mktemp("fidelity")
-    cache: dict[tuple[str, str], tuple[Path, Path]] = {}
-
-    def get(version: str, precision: str) -> tuple[Path, Path]:
-        if (version, precision) not in cache:
-            checkpoint = root / f"rwkv{version}.pth"
-            if not checkpoint.exists():
-                torch.save(make_checkpoint(version, n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=7),
-                           checkpoint)
-            package = root / f"rwkv{version}-{precision}"
-            export_package(checkpoint, package, ExportOptions(precision=precision))
-            cache[version, precision] = (package, checkpoint)
-        return cache[version, precision]
-
-    return get
+    Exports take seconds each, so each is made once per test session, in pytest's base temp directory,
+    and shared by every module that asks for it; tests that break a package break a copy.
+    """
+    root = tmp_path_factory.getbasetemp() / "validate-packages"
+    checkpoint, package = root / f"rwkv{version}.pth", root / f"rwkv{version}-{precision}"
+    if not (package / MANIFEST_NAME).exists():
+        if not checkpoint.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            torch.save(make_checkpoint(version, n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=7),
+                       checkpoint)
+        export_package(checkpoint, package, ExportOptions(precision=precision, force=True))
+    return package, checkpoint
 
 
 def validate(package: Path, checkpoint: Path, batch: int) -> ValidationResult:
@@ -45,8 +40,8 @@ def validate(package: Path, checkpoint: Path, batch: int) -> ValidationResult:
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("version", VERSIONS)
-def test_fp32_export_matches_the_reference_to_1e4(exported, version, batch):
-    package, checkpoint = exported(version, "fp32")
+def test_fp32_export_matches_the_reference_to_1e4(tmp_path_factory, version, batch):
+    package, checkpoint = export_once(tmp_path_factory, version, "fp32")
     result = validate(package, checkpoint, batch)
 
     assert result.passed, [c.describe() for c in result.failures]
@@ -64,8 +59,8 @@ def test_fp32_export_matches_the_reference_to_1e4(exported, version, batch):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_fp16_export_passes_the_fp16_thresholds(exported, version):
-    package, checkpoint = exported(version, "fp16")
+def test_fp16_export_passes_the_fp16_thresholds(tmp_path_factory, version):
+    package, checkpoint = export_once(tmp_path_factory, version, "fp16")
     result = validate(package, checkpoint, batch=3)
 
     assert result.thresholds.precision == "fp16"

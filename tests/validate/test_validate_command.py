@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.export.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.validate import ValidateOptions, validate_package, write_report
 from tests.helpers.random_checkpoints import make_checkpoint
+from tests.validate.test_fidelity import export_once
 
 runner = CliRunner()
 STEPS = 64
@@ -30,12 +30,8 @@ STEPS = 64
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> SimpleNamespace:
     """One RWKV-7 checkpoint exported at fp32 and fp16 (vocab 256: byte tokenizer, so both streams run)."""
-    root = tmp_path_factory.mktemp("validate-cmd")
-    checkpoint = root / "rwkv7.pth"
-    torch.save(make_checkpoint("7", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=3), checkpoint)
-    for precision in ("fp32", "fp16"):
-        export_package(checkpoint, root / precision, ExportOptions(precision=precision))
-    return SimpleNamespace(root=root, checkpoint=checkpoint, fp32=root / "fp32", fp16=root / "fp16")
+    (fp32, checkpoint), (fp16, _) = (export_once(tmp_path_factory, "7", p) for p in ("fp32", "fp16"))
+    return SimpleNamespace(checkpoint=checkpoint, fp32=fp32, fp16=fp16)
 
 
 def run_validate(package: Path, checkpoint: Path, *extra: str):
