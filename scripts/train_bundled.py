@@ -111,6 +111,13 @@ def to_checkpoint(model: RWKV7) -> dict[str, torch.Tensor]:
     return out
 
 
+def replayed_learning_rates(history_path: str) -> list[float]:
+    """Per-step learning rates of a recorded run: a --minutes run's schedule depends on the machine's
+    speed, so replaying its recorded rates (same seed and data) is what reproduces it step for step."""
+    history = json.loads(Path(history_path).read_text())["history"]
+    return [row["lr"] for row in history]
+
+
 def save_checkpoint(model: RWKV7, out: Path, dtype: str) -> None:
     """Write atomically (temporary file, then rename) in the requested storage dtype."""
     ckpt = to_checkpoint(model)
@@ -151,6 +158,9 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
     history: list[dict] = []
+    replay = replayed_learning_rates(args.replay) if args.replay else None
+    if replay is not None:
+        args.steps, args.minutes = len(replay), 0.0
     t0 = time.time()
     deadline = t0 + args.minutes * 60 if args.minutes else None
     step = 0
@@ -158,6 +168,8 @@ def train(args: argparse.Namespace) -> dict:
         progress = step / args.steps if deadline is None else (time.time() - t0) / (args.minutes * 60)
         lr = args.lr_final + 0.5 * (args.lr - args.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
         warm = min(1.0, (step + 1) / 50)
+        if replay is not None:  # the exact learning rates of a recorded (time-budgeted) run
+            lr, warm = replay[step], 1.0
         for group in opt.param_groups:
             group["lr"] = lr * warm
         starts = torch.randint(0, len(data) - args.ctx_len - 2, (args.batch,), generator=gen)
@@ -203,6 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--save-every-eval", action="store_true", help="also write the checkpoint at every evaluation")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--replay", default=None, help="history.json of a recorded run: replay its per-step learning rates")
     p.add_argument("--stdlib", default=None, help="standard-library folder (default: this Python's)")
     p.add_argument("--modules", nargs="*", default=None, help="override the corpus module list")
     return p.parse_args(argv)
