@@ -51,11 +51,14 @@ class Thresholds:
 @dataclass(frozen=True)
 class Fp32Thresholds(Thresholds):
     """Correct fp32 exports (random RWKV v4/v5.2/v6/v7, 256 steps x 4) measure max |dlogit| <= 2.7e-6,
-    state rel <= 1.2e-5, KL mean <= 7e-14 and max <= 3e-13, top-1 1.0, identical greedy text."""
+    state rel <= 1.2e-5, KL mean <= 7e-14 and max <= 3e-13, top-1 1.0, identical greedy text. A trained
+    model has sharper, larger logits and its state keeps accumulating kernel-order rounding: the bundled
+    model measures max |dlogit| 9.5e-5 and state rel 6.4e-5 over 256 steps x 4 x 2 streams. The limits are
+    10x above that, and still 20x below the smallest error of an fp16 export, so a wrong graph fails."""
 
     precision: str = "fp32"
-    logits_max_abs: float = 1e-4
-    state_max_rel: float = 1e-4
+    logits_max_abs: float = 1e-3
+    state_max_rel: float = 1e-3
     kl_mean: float = 1e-9
     kl_max: float = 1e-7
     top1_min: float = 0.99

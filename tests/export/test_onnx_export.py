@@ -16,6 +16,7 @@ from rwkv_deploy.export.precision import calibration_tokens, measure_linear_rang
 from rwkv_deploy.export.package_builder import ExportError, ExportOptions, export_package
 from rwkv_deploy.models import load_model
 from tests.helpers.random_checkpoints import make_checkpoint
+from tests.helpers.onnx_compare import run_both
 
 VERSIONS = ["4", "5.2", "6", "7"]
 STEPS = 64
@@ -38,25 +39,6 @@ def packages(tmp_path_factory):
             out[version, precision] = (ckpt, root / f"v{version}-{precision}")
             export_package(ckpt, out[version, precision][1], ExportOptions(precision=precision))
     return out
-
-
-def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: int = 0):
-    """Per step: (reference logits, artifact logits), each side carrying its own state."""
-    manifest = json.loads((package / "manifest.json").read_text())
-    session = ort.InferenceSession(str(package / manifest["graphs"]["step"]["path"]), providers=["CPUExecutionProvider"])
-    model = load_model(ckpt)
-    ref_state = model.init_state(batch)
-    art_state = {e["input"]: np.full([batch, *e["shape"][1:]], e["init"], dtype=np.float32) for e in manifest["state"]}
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        tokens = rng.integers(0, manifest["model"]["vocab_size"], batch)
-        with torch.no_grad():
-            ref, ref_state = model.step(torch.from_numpy(tokens), ref_state)
-        outputs = session.run(None, {"token": tokens, **art_state})
-        names = [o.name for o in session.get_outputs()]
-        result = dict(zip(names, outputs))
-        art_state = {e["input"]: result[e["output"]] for e in manifest["state"]}
-        yield ref.numpy(), result["logits"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -47,7 +47,7 @@ def test_text_stream_only_with_a_tokenizer_and_prompts_come_from_the_stream():
 def test_fp16_limits_are_looser_than_fp32_but_still_bounded():
     fp32, fp16 = thresholds_for("fp32"), thresholds_for("fp16")
     assert isinstance(fp32, Fp32Thresholds) and isinstance(fp16, Fp16Thresholds)
-    assert fp32.logits_max_abs == 1e-4
+    assert fp32.logits_max_abs == 1e-3
     assert fp32.logits_max_abs < fp16.logits_max_abs < 1.0
     assert fp32.kl_mean < fp16.kl_mean <= 1e-3
     assert fp32.top1_min >= fp16.top1_min >= 0.98

@@ -144,7 +144,7 @@ def test_perturbed_weight_fails_with_exit_1_naming_logits_max_abs(made, tmp_path
     assert verdict.startswith("**FAIL**") and "logits_max_abs" in verdict
 
 
-@pytest.mark.parametrize("delta,metric", [(1e-3, "state_max_rel"), (float("inf"), "nonfinite_values")])
+@pytest.mark.parametrize("delta,metric", [(1e-2, "state_max_rel"), (float("inf"), "nonfinite_values")])
 def test_a_corrupted_state_output_is_caught_even_though_that_steps_logits_are_exact(made, tmp_path, delta, metric):
     package = broken_copy(made.fp32, tmp_path / "pkg", offset_state_output("state_out.layer1.att_shift", delta))
     result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, torch_threads=1))
@@ -154,7 +154,7 @@ def test_a_corrupted_state_output_is_caught_even_though_that_steps_logits_are_ex
     random = result.streams[0]
     assert random.per_step["logits_max_abs"][0] <= 1e-4  # the state output is wrong before the logits are
     if metric == "state_max_rel":
-        assert random.state["layer1.att_shift"]["max_rel"] >= 1e-3 * 0.99
+        assert random.state["layer1.att_shift"]["max_rel"] >= 1e-2 * 0.99
         # layer 0 never sees layer 1's state: compared tensor by tensor, it stays exact
         assert all(random.state[f"layer0.{t}"]["max_rel"] <= 1e-4 for t in ("att_shift", "wkv", "ffn_shift"))
 

@@ -1,0 +1,34 @@
+"""Run the PyTorch reference and an exported package side by side, each carrying its own state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from rwkv_deploy.models import load_model
+
+STEPS = 64
+
+
+def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per step: (reference logits, artifact logits), each side carrying its own state."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    session = ort.InferenceSession(str(package / manifest["graphs"]["step"]["path"]), providers=["CPUExecutionProvider"])
+    model = load_model(ckpt)
+    ref_state = model.init_state(batch)
+    art_state = {e["input"]: np.full([batch, *e["shape"][1:]], e["init"], dtype=np.float32) for e in manifest["state"]}
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        tokens = rng.integers(0, manifest["model"]["vocab_size"], batch)
+        with torch.no_grad():
+            ref, ref_state = model.step(torch.from_numpy(tokens), ref_state)
+        outputs = session.run(None, {"token": tokens, **art_state})
+        names = [o.name for o in session.get_outputs()]
+        result = dict(zip(names, outputs))
+        art_state = {e["input"]: result[e["output"]] for e in manifest["state"]}
+        yield ref.numpy(), result["logits"]
