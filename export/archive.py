@@ -29,10 +29,11 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.fileio import write_atomically
 
 from .manifest import MANIFEST_NAME, read_manifest, sha256_file
 from .verify import ALIGNMENT, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME, verify_package
@@ -74,7 +75,7 @@ def create_archive(package_dir: str | Path, archive: str | Path, force: bool = F
         raise ArchiveError(_refusal(f"{package_dir}: not packaged", package_dir, problems))
     members = _plan_members(package_dir)
     index = index_json(members).encode()
-    _write_atomically(archive, lambda f: _write_zip(f, package_dir, members, index))
+    write_atomically(archive, lambda f: _write_zip(f, package_dir, members, index))
     return members
 
 
@@ -152,22 +153,6 @@ def _plan_members(package_dir: Path) -> list[ArchiveMember]:
     names = [MANIFEST_NAME] + [n for n in names if n not in (MANIFEST_NAME, INDEX_NAME)]
     return [ArchiveMember(n, (package_dir / n).stat().st_size, listed.get(n) or sha256_file(package_dir / n))
             for n in names]
-
-
-def _write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary sibling and rename it into place: readers never see a partial archive."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_zip(f: BinaryIO, package_dir: Path, members: list[ArchiveMember], index: bytes) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.export.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.fileio import write_bytes_atomically
 
 from .build_config import EngineBuildConfig
-from .engine_files import atomic_write, install_engine
+from .engine_files import install_engine
 from .environment import require_tensorrt_and_gpu, tensorrt_version
 from .lint import lint_package
 
@@ -83,7 +84,7 @@ def _build_plan(trt: ModuleType, graph_path: Path, config: EngineBuildConfig) ->
                                "a larger --workspace-mb or another TensorRT release may help)")
     if timing_cache is not None:
         serialized = builder_config.get_timing_cache().serialize()
-        atomic_write(Path(config.timing_cache), memoryview(serialized).cast("B"))
+        write_bytes_atomically(Path(config.timing_cache), memoryview(serialized).cast("B"))
     return plan, _engine_io(trt, logger, plan)
 
 

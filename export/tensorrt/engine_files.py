@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.fileio import write_bytes_atomically
 from rwkv_deploy.export.manifest import MANIFEST_NAME, Manifest
 
 from .build_config import EngineBuildConfig
@@ -77,25 +76,10 @@ def install_engine(package_dir: str | Path, plan: Any, manifest: Manifest, confi
     files = dict(raw["files"], **{ENGINE_PLAN: plan_sha256, ENGINE_INFO: hashlib.sha256(info).hexdigest()})
     raw["files"] = dict(sorted(files.items()))
     raw["engines"] = {"tensorrt": {"plan": ENGINE_PLAN, "info": ENGINE_INFO}}
-    atomic_write(package_dir / ENGINE_PLAN, data)
-    atomic_write(package_dir / ENGINE_INFO, info)
-    atomic_write(package_dir / MANIFEST_NAME, (json.dumps(raw, indent=2) + "\n").encode())
+    write_bytes_atomically(package_dir / ENGINE_PLAN, data)
+    write_bytes_atomically(package_dir / ENGINE_INFO, info)
+    write_bytes_atomically(package_dir / MANIFEST_NAME, (json.dumps(raw, indent=2) + "\n").encode())
     return record
-
-
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Replace `path` with `data` in one rename: readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_engine_record(plan_path: str | Path) -> dict[str, Any]:
