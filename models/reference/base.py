@@ -35,10 +35,12 @@ class LayerNorm(nn.Module):
 class RWKVBlock(nn.Module):
     """One layer: time mixing then channel mixing, each with its own slice of the state."""
 
-    state_names: tuple[str, ...] = ()
-
     def layer_state_specs(self, index: int) -> list[StateTensorSpec]:
         raise NotImplementedError
+
+    def initial_state_tensor(self, name: str) -> torch.Tensor:
+        """The checkpoint-stored fresh value of a state tensor marked `init_from_checkpoint`."""
+        raise NotImplementedError(f"{type(self).__name__} stores no initial value for {name}")
 
     def forward(
         self, x: torch.Tensor, state: Sequence[torch.Tensor], ctx: dict
