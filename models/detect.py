@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Mapping
-
-import torch
+from typing import Any, Mapping
 
 from rwkv_deploy.errors import CheckpointError
 
 CORE_KEYS = ("emb.weight", "head.weight", "ln_out.weight", "blocks.0.ln1.weight")
 
 
-def detect_version(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike = "<state dict>") -> str:
-    """Return "4", "5.0", "5.1", "5.2", "6" or "7"; raise CheckpointError for anything else."""
+def detect_version(tensors: Mapping[str, Any], path: str | os.PathLike = "<state dict>") -> str:
+    """Return "4", "5.0", "5.1", "5.2", "6" or "7"; raise CheckpointError for anything else.
+
+    Only keys and shapes are read, so torch tensors and numpy arrays (rwkv.cpp files as stored) both work.
+    """
     missing = [k for k in CORE_KEYS if k not in tensors]
     if missing:
         raise CheckpointError(path, f"not an RWKV checkpoint: missing keys {', '.join(missing)}")
@@ -31,7 +33,7 @@ def detect_version(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike 
         if not any(k.endswith("att.gate.weight") for k in keys):
             return "5.0"
         att_size = tensors["blocks.0.att.key.weight"].shape[0] if "blocks.0.att.key.weight" in tensors else -1
-        return "5.2" if decay.numel() == att_size else "5.1"  # per-channel decay vs one per head
+        return "5.2" if math.prod(decay.shape) == att_size else "5.1"  # per-channel decay vs one per head
     if any(k.startswith("blocks.0.att.time_mix_k") for k in keys):
         return "4"
     raise CheckpointError(path, "unknown RWKV version: none of the v4/v5/v6/v7 attention keys are present")

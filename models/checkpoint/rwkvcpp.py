@@ -13,12 +13,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from rwkv_deploy.errors import CheckpointError
+
+from ..detect import detect_version
 
 MAGIC = 0x67676D66  # b"fmgg" on disk
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")
@@ -277,21 +279,6 @@ class _Ctx:
     n_head: int
 
 
-def detect_version(names: Iterable[str]) -> str:
-    """The version in BlinkDL's naming ("4", "5.0", "5.2", "6", "7"), by rwkv.cpp's detection order.
-
-    rwkv.cpp calls "ln_x without gate" 5.1; BlinkDL calls that 5.0, and its own 5.1 never occurs here.
-    """
-    keys = set(names)
-    if "blocks.0.att.r_k" in keys:
-        return "7"
-    if "blocks.0.att.time_maa_x" in keys:
-        return "6"
-    if "blocks.0.att.ln_x.weight" in keys:
-        return "5.2" if "blocks.0.att.gate.weight" in keys else "5.0"
-    return "4"
-
-
 def _reshape(ctx: _Ctx, name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Reshape, reporting a wrong element count as a bad file rather than a numpy error."""
     if array.size != math.prod(shape):
@@ -431,7 +418,7 @@ def _head_count(path: Path, version: str, tensors: Arrays) -> int:
 def to_blinkdl(path: str | os.PathLike[str], tensors: Arrays) -> tuple[str, Arrays]:
     """Apply the inverse transforms for the detected version; returns (version, BlinkDL arrays)."""
     path = Path(path)
-    version = detect_version(tensors)
+    version = detect_version(tensors, path)  # the stored keys and shapes read like BlinkDL ones
     ctx = _Ctx(path, n_embed=tensors["emb.weight"].shape[1], n_head=_head_count(path, version, tensors))
     table = _TRANSFORMS[version]
     out: Arrays = {}

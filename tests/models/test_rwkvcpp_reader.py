@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from rwkv_deploy.errors import CheckpointError
+from rwkv_deploy.models.detect import detect_version
 from rwkv_deploy.models.checkpoint.rwkvcpp import (
     dequantize_q4_0,
     dequantize_q4_1,
     dequantize_q5_0,
     dequantize_q5_1,
     dequantize_q8_0,
-    detect_version,
     is_rwkvcpp_file,
     read_rwkvcpp,
     read_rwkvcpp_raw,
