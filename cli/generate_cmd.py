@@ -1,4 +1,5 @@
-"""The `rwkv-deploy generate` command: stream text from a package with ONNX Runtime (no PyTorch)."""
+"""The `rwkv-deploy generate` command: stream text from a package with ONNX Runtime or TensorRT (no PyTorch
+for ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from .errors import one_line_errors
 
 
 class NoTokenizerError(RwkvDeployError):
+    exit_code = 2
+
+
+class BackendOptionError(RwkvDeployError):
     exit_code = 2
 
 
@@ -41,16 +46,23 @@ def generate_cmd(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="seed for reproducible sampling"),
     greedy: bool = typer.Option(False, "--greedy", help="always take the most likely token (temperature 0)"),
+    backend: str = typer.Option("onnxruntime", "--backend",
+                                help="onnxruntime, or tensorrt (needs `rwkv-deploy build-engine` first, TensorRT and a GPU)"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="tensorrt: replay each step as a captured CUDA graph"),
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
-    from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
+    from rwkv_deploy.runtime import DeploymentPackage, Generator
+    from rwkv_deploy.runtime.backends import make_backend
     from rwkv_deploy.runtime.package import package_directory
 
     with package_directory(package_dir) as directory:
         package = DeploymentPackage.open(directory)
         if package.tokenizer is None:
             raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
-        generator = Generator(OnnxStepBackend(package), package.tokenizer)
+        if cuda_graphs and backend != "tensorrt":
+            raise BackendOptionError("--cuda-graphs applies to --backend tensorrt only")
+        options = {"cuda_graphs": True} if cuda_graphs else {}
+        generator = Generator(make_backend(backend, package, **options), package.tokenizer)
         result = generator.generate(
             prompt, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),

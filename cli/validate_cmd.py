@@ -27,13 +27,15 @@ def validate_cmd(
     threads: Optional[int] = typer.Option(None, help="PyTorch threads for the reference (default: PyTorch's own)"),
     skip_hash_check: bool = typer.Option(False, "--skip-hash-check", help="do not verify the manifest's file hashes"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    backend: str = typer.Option("onnxruntime", "--backend",
+                                help="what runs the artifact: onnxruntime, or tensorrt (the package's built engine)"),
 ) -> None:
-    """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime) on the same tokens; exit 1 if not faithful."""
+    """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime or TensorRT) on the same tokens; exit 1 if not faithful."""
     from rwkv_deploy.validate import ThresholdsNotMet, ValidateOptions, validate_package, write_report
     from .progress import stage_printer
 
     options = ValidateOptions(steps=steps, batch=batch, seed=seed, greedy_tokens=greedy_tokens,
-                              check_hashes=not skip_hash_check, torch_threads=threads)
+                              check_hashes=not skip_hash_check, torch_threads=threads, backend=backend)
     with stage_printer(enabled=not quiet) as progress:
         result = validate_package(package, checkpoint, options, progress=progress)
         progress("writing the report")

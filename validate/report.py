@@ -26,6 +26,14 @@ class ReportFiles:
     plot: Path
 
 
+
+def artifact_runtime(result: ValidationResult) -> str:
+    """What ran the artifact, in words."""
+    if result.options.backend == "onnxruntime":
+        return (f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via "
+                f"Polygraphy {result.versions['polygraphy']} OnnxrtRunner")
+    return f"the package's {result.options.backend} backend (rwkv_deploy.runtime.backends)"
+
 def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
     """Write report.json, report.md and report.png into `out_dir` (created if needed)."""
     out = Path(out_dir)
@@ -48,8 +56,7 @@ def report_dict(result: ValidationResult) -> dict[str, Any]:
                     "tokenizer": m.tokenizer.kind, "state_tensors": [e.name for e in m.state],
                     "producer": m.producer, "source": m.source},
         "reference": {"checkpoint": result.checkpoint, "runtime": f"PyTorch {result.versions['torch']}, fp32, CPU"},
-        "artifact": {"runtime": f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via "
-                                f"Polygraphy {result.versions['polygraphy']} OnnxrtRunner"},
+        "artifact": {"runtime": artifact_runtime(result)},
         "options": asdict(result.options),
         "thresholds": result.thresholds.to_dict(),
         "checks": [asdict(c) for c in result.checks],
@@ -111,8 +118,7 @@ def markdown(result: ValidationResult, plot_name: str) -> str:
     lines = [f"# Validation of {Path(result.package_dir).name}", "", verdict, "", result.summary_line(), "",
              "## What was compared", "",
              f"- Artifact: `{Path(result.package_dir) / graph.path}` ({graph.precision}, opset {graph.opset}), "
-             f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via Polygraphy "
-             f"{result.versions['polygraphy']} OnnxrtRunner",
+             f"{artifact_runtime(result)}",
              f"- Reference: `{result.checkpoint}` in PyTorch {result.versions['torch']}, fp32"
              + (f", ln_x_eps {m.source['ln_x_eps']}" if m.source.get("ln_x_eps") is not None else ""),
              f"- Model: RWKV-{m.model.version}, {m.model.n_layer} layers x {m.model.n_embd}, vocab {m.model.vocab_size}, "

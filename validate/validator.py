@@ -63,6 +63,7 @@ class ValidateOptions:
     prompt_length: int = 16
     check_hashes: bool = True
     torch_threads: int | None = None  # None: leave PyTorch's setting alone
+    backend: str = "onnxruntime"  # "onnxruntime" (through Polygraphy) or "tensorrt" (the package's engine)
 
 
 # -- the two sides --------------------------------------------------------------------------------------------
@@ -133,6 +134,40 @@ class ArtifactSide(Side):
             return dict(self.runner.infer(feed, check_inputs=False))
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise ValidationError(f"ONNX Runtime failed to run the graph: {_first_line(exc)}") from None
+
+
+class BackendSide(Side):
+    """A runtime step backend (`rwkv_deploy.runtime.backends`, e.g. TensorRT) as the artifact side.
+
+    The state it hands on is the backend's own (device tensors for TensorRT), so it stays where that
+    backend keeps it between steps; only the compared outputs are copied to the host."""
+
+    def __init__(self, backend: Any, manifest: Manifest) -> None:
+        super().__init__(manifest)
+        self.backend = backend
+        self._state_names = tuple(e.name for e in manifest.state)
+
+    def init_state(self, batch: int) -> State:
+        return list(self.backend.fresh_state(batch).values)
+
+    def _run(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, list[Any]]:
+        from rwkv_deploy.runtime.state import RecurrentState
+
+        logits, new_state = self.backend.step(tokens, RecurrentState(self._state_names, tuple(state)))
+        return logits, list(new_state.values)
+
+    def step(self, tokens: np.ndarray, state: State) -> Outputs:
+        return self._outputs(*self._run(tokens, state))
+
+    def advance(self, tokens: np.ndarray, state: State) -> tuple[Outputs, State]:
+        logits, new_state = self._run(tokens, state)
+        return self._outputs(logits, new_state), new_state
+
+    def _outputs(self, logits: np.ndarray, values: list[Any]) -> Outputs:
+        from rwkv_deploy.runtime.state import host
+
+        return {self.manifest.logits_output: np.asarray(logits),
+                **{name: host(v) for name, v in zip(self.state_outputs, values)}}
 
 
 # -- per-step comparison --------------------------------------------------------------------------------------
@@ -434,6 +469,19 @@ def package_tokenizer(package_dir: Path, manifest: Manifest) -> Tokenizer | None
     return load_tokenizer(kind, path)
 
 
+def _open_artifact(package_dir: Path, manifest: Manifest, backend: str) -> tuple[Side, Callable[[], None]]:
+    """The artifact side for `backend` and the function that releases it."""
+    if backend == "onnxruntime":
+        runner = _open_runner(package_dir / manifest.graphs["step"].path)
+        return ArtifactSide(runner, manifest, package_dir), runner.deactivate
+    from rwkv_deploy.runtime.backends import make_backend
+    from rwkv_deploy.runtime.package import DeploymentPackage
+
+    # hashes were checked (or skipped on request) above; the backend raises its own one-line errors
+    step_backend = make_backend(backend, DeploymentPackage.open(package_dir, verify=False))
+    return BackendSide(step_backend, manifest), lambda: None
+
+
 def _open_runner(graph_path: Path) -> Any:
     """An active Polygraphy OnnxrtRunner on the CPU provider (its session threads = the usable CPUs)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -483,11 +531,11 @@ def validate_package(
         _check_same_model(model, manifest, checkpoint)
         streams = make_streams(manifest.model.vocab_size, package_tokenizer(package_dir, manifest),
                                options.steps, options.batch, options.seed)
-        progress("creating the ONNX Runtime session")
+        progress(f"opening the artifact ({options.backend})")
         with _timed(timings, "create_session"):
-            runner = _open_runner(package_dir / graph.path)
+            artifact, close = _open_artifact(package_dir, manifest, options.backend)
         try:
-            reference, artifact = ReferenceSide(model, manifest), ArtifactSide(runner, manifest, package_dir)
+            reference = ReferenceSide(model, manifest)
             results = []
             for stream in streams:
                 progress(f"comparing {stream.name} tokens: {stream.steps} steps x {stream.batch} sequences")
@@ -497,7 +545,7 @@ def validate_package(
             with _timed(timings, "greedy"):
                 greedy = compare_greedy(reference, artifact, streams[-1], options.prompt_length, options.greedy_tokens)
         finally:
-            runner.deactivate()
+            close()
     checks = [c for r in results for c in evaluate(r.name, r.metrics, thresholds, r.details)]
     checks += evaluate("greedy", {"greedy_divergence_margin": greedy.max_margin}, thresholds,
                        {"greedy_divergence_margin": f"identical tokens per sequence {greedy.matched} of {greedy.tokens}"})

@@ -381,3 +381,31 @@ class HostDevice(NumpyBufferOps):
         self.replays += 1
         for run in graph:
             run()
+
+
+FAKE_GPU = GpuInfo("Fake GPU", (9, 0))
+FAKE_VERSION = "10.13.3.9"
+
+
+def build_fake_engine(package_dir: Any, batches: list[str]) -> None:
+    """Build an engine into `package_dir` with the project's real build code, driving FakeTensorRT."""
+    from rwkv_deploy.export.tensorrt import environment
+    from rwkv_deploy.export.tensorrt.build_config import make_build_config
+    from rwkv_deploy.export.tensorrt.builder import build_engine
+
+    fake = FakeTensorRT(version=FAKE_VERSION)
+    original = environment.load_tensorrt, environment.find_gpu
+    environment.load_tensorrt, environment.find_gpu = (lambda: (fake, None)), (lambda: FAKE_GPU)
+    try:
+        build_engine(package_dir, make_build_config(package_dir, batches))
+    finally:
+        environment.load_tensorrt, environment.find_gpu = original
+
+
+def use_fake_tensorrt_backend(monkeypatch: Any) -> None:
+    """Make `make_backend("tensorrt", ...)` (what --backend tensorrt calls) run on FakeTensorRT and host buffers."""
+    from rwkv_deploy.runtime import tensorrt_backend
+
+    fake = FakeTensorRT(version=FAKE_VERSION)
+    monkeypatch.setattr(tensorrt_backend, "_require_tensorrt", lambda: fake)
+    monkeypatch.setattr(tensorrt_backend.CudaDevice, "current", classmethod(lambda cls: HostDevice(fake, FAKE_GPU)))

@@ -31,10 +31,10 @@ from rwkv_deploy.runtime.backends import UnknownBackendError, make_backend
 from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
 from rwkv_deploy.runtime.tensorrt_backend import TensorRTBackendError, TensorRTStepBackend
 from rwkv_deploy.runtime.tensorrt_plan import IOBindingPlan, NumpyBufferOps, StateBuffers, StateHandle
-from tests.helpers.fake_tensorrt import FakeTensorRT, HostDevice
+from tests.helpers.fake_tensorrt import FAKE_GPU, FAKE_VERSION, FakeTensorRT, HostDevice, build_fake_engine
 from tests.helpers.small_packages import VOCAB, export_small, v7_manifest
 
-GPU = GpuInfo("Fake GPU", (9, 0))
+GPU = FAKE_GPU
 BATCHES = ["1:1:1", "2:3:4"]  # two profiles: decode of one sequence, and small batches
 
 
@@ -135,19 +135,12 @@ def built(tmp_path_factory) -> tuple[Path, FakeTensorRT]:
     """A v7 package with an engine installed by the real build code, driving the fake TensorRT."""
     root = tmp_path_factory.mktemp("trt-backend")
     package_dir = export_small(root, "7")
-    fake = FakeTensorRT(version="10.13.3.9")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(environment, "load_tensorrt", lambda: (fake, None))
-    patch.setattr(environment, "find_gpu", lambda: GPU)
-    try:
-        build_engine(package_dir, make_build_config(package_dir, BATCHES))
-    finally:
-        patch.undo()
-    return package_dir, fake
+    build_fake_engine(package_dir, BATCHES)
+    return package_dir, FakeTensorRT(version=FAKE_VERSION)
 
 
 def trt_backend(built, cuda_graphs: bool = False, package: DeploymentPackage | None = None,
-                version: str = "10.13.3.9", gpu: GpuInfo = GPU) -> TensorRTStepBackend:
+                version: str = FAKE_VERSION, gpu: GpuInfo = GPU) -> TensorRTStepBackend:
     package_dir, _ = built
     fake = FakeTensorRT(version=version)
     return TensorRTStepBackend(package or DeploymentPackage.open(package_dir), cuda_graphs=cuda_graphs,
@@ -243,7 +236,7 @@ def test_a_package_without_an_engine_says_how_to_build_one(built, tmp_path):
 
 def test_make_backend_picks_by_name(built):
     package = DeploymentPackage.open(built[0])
-    fake = FakeTensorRT(version="10.13.3.9")
+    fake = FakeTensorRT(version=FAKE_VERSION)
     assert isinstance(make_backend("tensorrt", package, device=HostDevice(fake), tensorrt=fake), TensorRTStepBackend)
     assert isinstance(make_backend("onnxruntime", package, threads=1), OnnxStepBackend)
     with pytest.raises(UnknownBackendError, match="choose one of onnxruntime, tensorrt"):
