@@ -1,4 +1,5 @@
-"""Trace a reference model's single step to ONNX with named state inputs/outputs and a dynamic batch."""
+"""Trace a reference model to ONNX with named state inputs/outputs and a dynamic batch: the single-step
+graph, and the optional time-parallel prefill graph (dynamic T)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import onnx
 import torch
 from torch import nn
 
+from rwkv_deploy.models.reference import ops
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.state import StateSpec
 
 from .onnx_file import inline_external_data
 
 TOKEN_INPUT = "token"
+PREFILL_TOKENS_INPUT = "tokens"
 LOGITS_OUTPUT = "logits"
 DEFAULT_OPSET = 18
 TWO_GB = 2 * 1024**3
@@ -43,6 +46,19 @@ class StepGraph(nn.Module):
         return (logits.float(), *new_state)
 
 
+class PrefillGraph(nn.Module):
+    """(tokens [B, T], *state) -> (logits [B, V] of the last position, or [B, T, V], *new_state)."""
+
+    def __init__(self, model: RWKVModel, all_logits: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.all_logits = all_logits
+
+    def forward(self, tokens: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        logits, new_state = self.model(tokens, list(state), last_only=not self.all_logits)
+        return (logits.float(), *new_state)
+
+
 def io_names(spec: StateSpec) -> tuple[list[str], list[str]]:
     inputs = [TOKEN_INPUT] + [state_input_name(n) for n in spec.names]
     outputs = [LOGITS_OUTPUT] + [state_output_name(n) for n in spec.names]
@@ -63,27 +79,59 @@ def export_step_graph(
     `check` runs on the staged graph while its weights are still external, so checking needs no memory
     for the weights.
     """
-    path = Path(path)
-    spec = model.state_spec()
-    wrapper = StepGraph(model).eval()
     example_batch = 2
     token = torch.zeros(example_batch, dtype=torch.long)
     state = tuple(model.init_state(example_batch))
     batch = torch.export.Dim("batch", min=1, max=65536)
-    inputs, outputs = io_names(spec)
+    inputs, outputs = io_names(model.state_spec())
+    return _export(StepGraph(model), (token, state), ({0: batch}, tuple({0: batch} for _ in state)),
+                   inputs, outputs, Path(path), opset, external_data, check)
+
+
+def export_prefill_graph(
+    model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
+    check: Callable[[Path], None] | None = None, all_logits: bool = False,
+) -> str | None:
+    """Write the prefill graph (tokens [batch, T], any T >= 1, + state -> logits + state) to `path`.
+
+    Everything that does not depend on the previous position (projections, LoRAs, FFN, norms) runs as
+    one product over all T positions; the per-head recurrence is one ONNX Scan over T. `logits` is
+    [batch, vocab] for the last position, or [batch, T, vocab] with `all_logits`. Arguments and return
+    value as `export_step_graph`."""
+    example_batch, example_t = 2, 3
+    tokens = torch.zeros(example_batch, example_t, dtype=torch.long)
+    state = tuple(model.init_state(example_batch))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    length = torch.export.Dim("T", min=1, max=1 << 20)
+    spec = model.state_spec()
+    inputs = [PREFILL_TOKENS_INPUT] + [state_input_name(n) for n in spec.names]
+    outputs = [LOGITS_OUTPUT] + [state_output_name(n) for n in spec.names]
+    with ops.recurrence_as_scan():
+        return _export(PrefillGraph(model, all_logits), (tokens, state),
+                       ({0: batch, 1: length}, tuple({0: batch} for _ in state)),
+                       inputs, outputs, Path(path), opset, external_data, check)
+
+
+def _export(
+    wrapper: nn.Module, args: tuple, dynamic_shapes: tuple, inputs: list[str], outputs: list[str], path: Path,
+    opset: int, external_data: bool | None, check: Callable[[Path], None] | None,
+) -> str | None:
+    wrapper = wrapper.eval()
     if external_data is None:
-        external_data = weight_bytes(model) >= TWO_GB
-    torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
-    torch_onnx_log.setLevel(logging.ERROR)  # the exporter logs unrelated notes (e.g. torchvision absent)
+        external_data = weight_bytes(wrapper) >= TWO_GB
+    # the exporter logs unrelated notes (torchvision absent; torch.export's "always_classified is unsupported")
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (token, state), None, input_names=inputs, output_names=outputs, opset_version=opset,
-            dynamo=True, dynamic_shapes=({0: batch}, tuple({0: batch} for _ in state)), optimize=True,
-            verbose=False,
+            wrapper, args, None, input_names=inputs, output_names=outputs, opset_version=opset,
+            dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
         )
-    torch_onnx_log.setLevel(level)
+    for log, level in zip(loggers, levels):
+        log.setLevel(level)
     # Always save with external data (the exporter then streams tensors to disk); a single file is
     # assembled from it without a second in-memory copy of the weights.
     staging = path.with_name(f".staging-{path.name}")

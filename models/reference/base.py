@@ -95,8 +95,12 @@ class RWKVModel(nn.Module):
         self.blocks[0].ln0 = None
 
     # -- compute -----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[torch.Tensor, State]:
-        """tokens [B, T] int64 -> logits [B, T, V] float32 and the state after the last token."""
+    def forward(self, tokens: torch.Tensor, state: Sequence[torch.Tensor],
+                last_only: bool = False) -> tuple[torch.Tensor, State]:
+        """tokens [B, T] int64 -> logits [B, T, V] float32 and the state after the last token.
+
+        `last_only`: logits [B, V] of the last position only; the head (the largest matrix) then runs once
+        instead of T times, which is most of a prefill's saving."""
         x = self.emb(tokens)
         ln0 = getattr(self.blocks[0], "ln0", None)
         if ln0 is not None:
@@ -107,6 +111,8 @@ class RWKVModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, state[i * per_layer : (i + 1) * per_layer], ctx)
             new_state.extend(layer_state)
+        if last_only:
+            x = x[:, -1]
         return self.head(self.ln_out(x)), new_state
 
     def step(self, tokens: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[torch.Tensor, State]:

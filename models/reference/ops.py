@@ -6,6 +6,9 @@ and multi-token forward passes; nothing branches on tensor values, so everything
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +48,46 @@ def relu_squared(x: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x · Wᵀ with a torch-layout [out, in] weight."""
     return F.linear(x, weight)
+
+
+# -- the recurrence over time ----------------------------------------------------------------------------
+
+_SCAN = False  # set by `recurrence_as_scan()` while a time-parallel (prefill) graph is traced
+
+
+@contextlib.contextmanager
+def recurrence_as_scan() -> Iterator[None]:
+    """Trace `scan_time` as one ONNX Scan over a dynamic T instead of a loop unrolled at a fixed T.
+
+    Only for exporting prefill graphs: eager runs and one-token step graphs keep the plain loop (a T=1
+    Scan would add a subgraph call per layer to every decode step)."""
+    global _SCAN
+    previous, _SCAN = _SCAN, True
+    try:
+        yield
+    finally:
+        _SCAN = previous
+
+
+def scan_time(
+    step: Callable[[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]], tuple[tuple[torch.Tensor, ...], torch.Tensor]],
+    carry: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run `step(carry, x_t) -> (carry, y_t)` over the time axis (dim 1) of every tensor in `xs` [B, T, ...].
+
+    Returns the outputs stacked on dim 1 ([B, T, ...]) and the final carry. Everything that does not
+    depend on the previous position is computed by the caller for all T at once; only `step` is sequential."""
+    if _SCAN:
+        from torch._higher_order_ops.scan import scan
+
+        def combine(c: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+            new_carry, y = step(tuple(c), tuple(x))
+            return tuple(new_carry), y
+
+        final, ys = scan(combine, tuple(carry), tuple(xs), dim=1)
+        return ys, tuple(final)
+    ys = []
+    for t in range(xs[0].shape[1]):
+        carry, y = step(carry, tuple(x[:, t] for x in xs))
+        ys.append(y)
+    return torch.stack(ys, dim=1), carry

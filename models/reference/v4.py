@@ -42,16 +42,17 @@ class TimeMix4(nn.Module):
         v = self.value(ops.lerp_mix(z, prev, self.time_mix_v))
         r = torch.sigmoid(self.receptance(ops.lerp_mix(z, prev, self.time_mix_r)))
         u, w = self.time_first, self.time_decay
-        outs = []
-        for t in range(z.shape[1]):
-            kt, vt = k[:, t], v[:, t]
+
+        def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+            (aa, bb, pp), (kt, vt) = carry, x
             q = torch.maximum(pp, u + kt)
             e1, e2 = torch.exp(pp - q), torch.exp(u + kt - q)
-            outs.append((e1 * aa + e2 * vt) / (e1 * bb + e2))
+            out = (e1 * aa + e2 * vt) / (e1 * bb + e2)
             q2 = torch.maximum(pp + w, kt)
             e1, e2 = torch.exp(pp + w - q2), torch.exp(kt - q2)
-            aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, q2
-        wkv = torch.stack(outs, dim=1)
+            return (e1 * aa + e2 * vt, e1 * bb + e2, q2), out
+
+        wkv, (aa, bb, pp) = ops.scan_time(step, (aa, bb, pp), (k, v))
         return self.output(r * wkv), aa, bb, pp
 
 

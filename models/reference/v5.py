@@ -30,14 +30,16 @@ def wkv5_sequence(
     S ← diag(w)S + k vᵀ. Returns y [B, T, H, N] and the final S.
     """
     u = u.unsqueeze(-1)
-    per_token_decay = w.dim() == 4
-    ys = []
-    for t in range(r.shape[1]):
-        kv = k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
-        ys.append((r[:, t].unsqueeze(-1) * (u * kv + s)).sum(dim=-2))
-        wt = w[:, t] if per_token_decay else w
-        s = wt.unsqueeze(-1) * s + kv
-    return torch.stack(ys, dim=1), s
+
+    def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        (s,), (rt, kt, vt, *wt) = carry, x
+        kv = kt.unsqueeze(-1) * vt.unsqueeze(-2)
+        y = (rt.unsqueeze(-1) * (u * kv + s)).sum(dim=-2)
+        return ((wt[0] if wt else w).unsqueeze(-1) * s + kv,), y
+
+    per_token = (w,) if w.dim() == 4 else ()
+    ys, (s,) = ops.scan_time(step, (s,), (r, k, v, *per_token))
+    return ys, s
 
 
 class HeadOutput(nn.Module):

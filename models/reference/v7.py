@@ -76,11 +76,13 @@ class TimeMix7(nn.Module):
         w = torch.exp(-DECAY_SCALE * torch.sigmoid(w_hat.float()))
 
         r_h, w_h, k_h, v_h, a_h = (t.unflatten(-1, (h, n)) for t in (r, w, k, v, a))
-        ys = []
-        for t in range(t_len):
-            wkv = wkv_step(wkv, r_h[:, t], w_h[:, t], k_h[:, t], v_h[:, t], -kk[:, t], kk[:, t] * a_h[:, t])
-            ys.append(wkv_readout(wkv, r_h[:, t]))
-        y = torch.stack(ys, dim=1)  # [B, T, H, N]
+
+        def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+            (s,), (rt, wt, kt, vt, alpha, beta) = carry, x
+            s = wkv_step(s, rt, wt, kt, vt, alpha, beta)
+            return (s,), wkv_readout(s, rt)
+
+        y, (wkv,) = ops.scan_time(step, (wkv,), (r_h, w_h, k_h, v_h, -kk, kk * a_h))  # y [B, T, H, N]
 
         y = ops.group_norm_heads(y.reshape(bsz, t_len, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x_eps)
         bonus = (r_h * k_h * self.r_k).sum(dim=-1, keepdim=True) * v_h
