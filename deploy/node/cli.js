@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// node deploy/node/cli.js DIR --prompt TEXT [--max-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S]
+// Generates from an rwkv-deploy package with onnxruntime-node (CPU) and streams the text to stdout.
+// Bad input gets one line on stderr naming the file and exit code 2; other failures exit 1.
+
+import { writeFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+
+const USAGE = `usage: node deploy/node/cli.js DIR (--prompt TEXT | --tokens ID,ID,...) [options]
+
+  DIR                      package directory written by \`rwkv-deploy export\`
+  --prompt TEXT            prompt text (encoded with the package's tokenizer)
+  --tokens IDS             prompt as comma-separated token ids (packages without a tokenizer)
+  --max-tokens N           tokens to generate (default 128)
+  --greedy                 always take the most likely token (same as --temperature 0)
+  --temperature T          sampling temperature (default 1.0; 0 = greedy)
+  --top-p P                nucleus sampling: keep the most likely tokens up to probability P (default 1)
+  --top-k K                keep the K most likely tokens (default 0 = all)
+  --presence-penalty X     subtract X from tokens already generated (default 0)
+  --frequency-penalty X    subtract X per occurrence (default 0)
+  --seed S                 seed of the sampler (deterministic PRNG; default random)
+  --stop TEXT              stop when TEXT appears (repeatable; cut from the output)
+  --threads N              ONNX Runtime intra-op threads (default: ONNX Runtime's choice)
+  --verify                 check every file's sha256 against the manifest first
+  --json                   print one JSON object (text, token ids, stats) instead of streaming text
+  --dump-logits FILE       write JSON {prompt_ids, token_ids, logits: [[...] per step]} (every step's logits)
+  --quiet                  no statistics on stderr
+  -h, --help               this help`;
+
+class UsageError extends Error {
+  constructor(message) {
+    super(message);
+    this.exitCode = 2;
+  }
+}
+
+function number(values, name, parse = Number, check = () => true) {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const value = parse(raw);
+  if (Number.isNaN(value) || !check(value)) throw new UsageError(`--${name}: invalid value ${JSON.stringify(raw)}`);
+  return value;
+}
+
+const isInt = (v) => Number.isInteger(v);
+
+async function main(argv) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        prompt: { type: "string" },
+        tokens: { type: "string" },
+        "max-tokens": { type: "string" },
+        greedy: { type: "boolean" },
+        temperature: { type: "string" },
+        "top-p": { type: "string" },
+        "top-k": { type: "string" },
+        "presence-penalty": { type: "string" },
+        "frequency-penalty": { type: "string" },
+        seed: { type: "string" },
+        stop: { type: "string", multiple: true },
+        threads: { type: "string" },
+        verify: { type: "boolean" },
+        json: { type: "boolean" },
+        "dump-logits": { type: "string" },
+        quiet: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    throw new UsageError(`${err.message} (see --help)`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError("give exactly one package directory (see --help)");
+  if ((values.prompt === undefined) === (values.tokens === undefined)) throw new UsageError("give either --prompt TEXT or --tokens IDS");
+  const maxTokens = number(values, "max-tokens", Number, (v) => isInt(v) && v >= 0) ?? 128;
+  const threads = number(values, "threads", Number, (v) => isInt(v) && v >= 1);
+  const temperature = values.greedy ? 0 : number(values, "temperature") ?? 1.0;
+  const options = {
+    maxTokens,
+    temperature,
+    topP: number(values, "top-p") ?? 1.0,
+    topK: number(values, "top-k", Number, isInt) ?? 0,
+    presencePenalty: number(values, "presence-penalty") ?? 0,
+    frequencyPenalty: number(values, "frequency-penalty") ?? 0,
+    seed: number(values, "seed", Number, (v) => Number.isSafeInteger(v) && v >= 0) ?? null,
+    stopStrings: values.stop ?? [],
+  };
+  let prompt = values.prompt;
+  if (values.tokens !== undefined) {
+    prompt = values.tokens.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+    if (!prompt.every(isInt)) throw new UsageError(`--tokens: expected comma-separated integers, got ${JSON.stringify(values.tokens)}`);
+  }
+
+  let loadPackage;
+  try {
+    ({ loadPackage } = await import("./src/node.js"));
+  } catch (err) {
+    if (err.code === "ERR_MODULE_NOT_FOUND" && String(err.message).includes("onnxruntime-node")) {
+      throw new Error("onnxruntime-node is not installed: run `npm ci` in deploy/node (or `make setup`)");
+    }
+    throw err;
+  }
+  const pkg = await loadPackage(positionals[0], { threads, verify: values.verify });
+  const steps = [];
+  const result = await pkg.generator.generate(prompt, {
+    ...options,
+    onToken: values.json ? null : (piece) => process.stdout.write(piece),
+    onStep: values["dump-logits"] ? (logits) => steps.push(Array.from(logits)) : null,
+  });
+  if (values.json) {
+    const { state, ...rest } = result;
+    console.log(JSON.stringify(rest));
+  } else if (!pkg.tokenizer) {
+    process.stdout.write(result.tokenIds.join(" "));
+  }
+  if (!values.json) process.stdout.write("\n");
+  if (values["dump-logits"]) {
+    await writeFile(values["dump-logits"], JSON.stringify({ prompt_ids: result.promptIds, token_ids: result.tokenIds, logits: steps }));
+  }
+  if (!values.quiet) {
+    const s = result.stats;
+    process.stderr.write(`[${s.promptTokens} prompt tokens at ${s.prefillTokensPerSecond.toFixed(1)} tok/s, ` +
+      `${s.generatedTokens} generated at ${s.decodeTokensPerSecond.toFixed(1)} tok/s, finish: ${result.finishReason}]\n`);
+  }
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    const line = String(err?.message ?? err).split("\n")[0];
+    process.stderr.write(`error: ${line}\n`);
+    process.exitCode = err?.exitCode ?? 1;
+  },
+);
