@@ -1,0 +1,426 @@
+"""`rwkv-deploy package DIR --triton OUT`: a Triton model repository with implicit state.
+
+No Triton server runs here. What is checked instead: the config parses with Triton's own model-config schema
+(tritonclient's model_config_pb2), agrees with the ONNX model's inputs and outputs the way the onnxruntime
+backend checks them, the initial-state files hold the right bytes, and a simulation of what Triton does for
+a sequence (initial state from the config, state_out fed back as state_in, START/READY controls) on the
+repository's model.onnx in ONNX Runtime gives the same logits as the project's Python runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
+
+from rwkv_deploy.cli.main import app
+from rwkv_deploy.export import triton as triton_module
+from rwkv_deploy.export.manifest import StateEntry
+from rwkv_deploy.export.package_builder import ExportOptions, export_package
+from rwkv_deploy.export.triton import (BatchingOptions, TritonError, model_config, render_config,
+                                       write_repository)
+from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+from rwkv_deploy.runtime.state import load_initial_arrays
+from tests.helpers.random_checkpoints import make_checkpoint
+from tests.helpers.small_packages import export_small, v7_manifest
+
+runner = CliRunner()
+VERSIONS = ["4", "5.2", "6", "7"]
+KINDS = VERSIONS + ["6-tuned", "7-external"]
+ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32"}
+NP_TYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32}
+
+
+def _export(root: Path, kind: str) -> Path:
+    if kind in VERSIONS:
+        return export_small(root, kind, seed=1)
+    version, _, variant = kind.partition("-")
+    checkpoint = root / f"{kind}.pth"
+    torch.save(make_checkpoint(version, n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=2,
+                               time_state=variant == "tuned"), checkpoint)
+    out = root / kind
+    export_package(checkpoint, out, ExportOptions(tokenizer="none", external_data=variant == "external"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("triton-packages")
+    return {kind: _export(root, kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def repos(packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """kind -> the model directory OUT/rwkv inside a repository written by the library function."""
+    root = tmp_path_factory.mktemp("triton-repos")
+    return {kind: write_repository(pkg, root / kind, name="rwkv").root / "rwkv" for kind, pkg in packages.items()}
+
+
+def parse_config(model_dir: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def type_name(value: int) -> str:
+    return model_config_pb2.DataType.Name(value)
+
+
+# -- the config against Triton's schema and the ONNX model ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_parses_with_tritons_schema_and_matches_the_onnx_model(repos: dict[str, Path], kind: str) -> None:
+    model_dir = repos[kind]
+    config = parse_config(model_dir)  # raises on any field Triton's schema does not have
+    assert (config.name, config.platform, config.default_model_filename) == ("rwkv", "onnxruntime_onnx", "model.onnx")
+    assert config.max_batch_size == 8 and config.WhichOneof("scheduling_choice") == "sequence_batching"
+    sess = session(model_dir / "1" / "model.onnx")
+    ins = {i.name: i for i in sess.get_inputs()}
+    outs = {o.name: o for o in sess.get_outputs()}
+
+    # the token input: the model's [batch] becomes dims [1] reshaped to no dims, as Triton requires
+    (token,) = config.input
+    assert (token.name, type_name(token.data_type), list(token.dims), list(token.reshape.shape)) == \
+        ("token", "TYPE_INT64", [1], [])
+    assert token.HasField("reshape") and ins["token"].shape == ["batch"] and ins["token"].type == "tensor(int64)"
+    (logits,) = config.output
+    assert (logits.name, type_name(logits.data_type), list(logits.dims)) == ("logits", "TYPE_FP32", [256])
+    assert outs["logits"].shape == ["batch", 256] and outs["logits"].type == "tensor(float)"
+
+    # controls: inputs of the model with dims [1] after the batch axis and the configured type
+    batching = config.sequence_batching
+    controls = {c.name: c.control[0] for c in batching.control_input}
+    assert {n: model_config_pb2.ModelSequenceBatching.Control.Kind.Name(c.kind) for n, c in controls.items()} == \
+        {"START": "CONTROL_SEQUENCE_START", "READY": "CONTROL_SEQUENCE_READY"}
+    for name, control in controls.items():
+        assert list(control.int32_false_true) == [0, 1]
+        assert ins[name].shape == ["batch", 1] and ins[name].type == "tensor(int32)"
+
+    # states: every state_in/state_out pair of the model, dims without batch, same dtype
+    state_inputs = sorted(n for n in ins if n.startswith("state_in."))
+    assert sorted(s.input_name for s in batching.state) == state_inputs and state_inputs
+    for state in batching.state:
+        model_in, model_out = ins[state.input_name], outs[state.output_name]
+        assert state.output_name == state.input_name.replace("state_in.", "state_out.", 1)
+        assert model_in.shape[0] == "batch" and list(state.dims) == model_in.shape[1:] == model_out.shape[1:]
+        assert type_name(state.data_type) == ORT_TYPES[model_in.type] == ORT_TYPES[model_out.type]
+        assert len(state.initial_state) == 1  # a repeated field in Triton's schema
+        init = state.initial_state[0]
+        assert (init.name, list(init.dims), init.data_type) == (state.input_name[len("state_in."):],
+                                                                list(state.dims), state.data_type)
+        assert init.WhichOneof("state_data") in ("zero_data", "data_file")
+
+    # the onnxruntime backend's own count: configured inputs + controls + states == the model's inputs
+    assert len(config.input) + len(controls) + len(batching.state) == len(ins)
+    assert batching.WhichOneof("strategy_choice") == "oldest"
+    assert list(batching.oldest.preferred_batch_size) == [4, 8] and batching.oldest.max_queue_delay_microseconds == 500
+
+
+def _initial_state(model_dir: Path, state: model_config_pb2.ModelSequenceBatching.State) -> np.ndarray:
+    """What Triton puts in a sequence's first request: zeros, or the file's bytes in row-major order."""
+    (init,) = state.initial_state
+    dtype = np.dtype(NP_TYPES[type_name(init.data_type)]).newbyteorder("<")
+    if init.WhichOneof("state_data") == "zero_data":
+        return np.zeros(list(init.dims), dtype)
+    data = (model_dir / "initial_state" / init.data_file).read_bytes()
+    return np.frombuffer(data, dtype).reshape(list(init.dims))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_initial_state_files_hold_the_manifests_initial_values(repos: dict[str, Path], packages: dict[str, Path],
+                                                               kind: str) -> None:
+    model_dir, package = repos[kind], packages[kind]
+    from rwkv_deploy.export.manifest import read_manifest
+
+    manifest = read_manifest(package)
+    tuned = load_initial_arrays(manifest, package)
+    by_input = {s.input_name: s for s in parse_config(model_dir).sequence_batching.state}
+    files = sorted(p.name for p in (model_dir / "initial_state").glob("*")) if (model_dir / "initial_state").exists() else []
+    expected_files = []
+    for entry in manifest.state:
+        state = by_input[entry.input]
+        if entry.init_file is None and entry.init == 0.0:
+            assert state.initial_state[0].WhichOneof("state_data") == "zero_data"
+            continue
+        expected_files.append(f"{entry.name}.bin")
+        assert state.initial_state[0].data_file == f"{entry.name}.bin"
+        path = model_dir / "initial_state" / state.initial_state[0].data_file
+        assert path.stat().st_size == int(np.prod(entry.shape[1:])) * 4  # float32
+        value = _initial_state(model_dir, state)
+        want = tuned[entry.name] if entry.init_file else np.full(entry.shape[1:], entry.init, np.float32)
+        np.testing.assert_array_equal(value, want)
+    assert files == sorted(expected_files)
+    if kind == "4":
+        assert expected_files == ["layer0.att_pp.bin", "layer1.att_pp.bin"]
+        assert float(_initial_state(model_dir, by_input["state_in.layer0.att_pp"]).max()) == np.float32(-1e30)
+    if kind == "6-tuned":
+        assert expected_files == ["layer0.wkv.bin", "layer1.wkv.bin"]
+        assert np.abs(tuned["layer0.wkv"]).max() > 0  # a real tuned state, not zeros
+    if kind in ("5.2", "6", "7", "7-external"):
+        assert expected_files == []
+
+
+# -- the repository's model against the package's graph ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_repository_model_gives_the_package_graphs_outputs(repos: dict[str, Path], packages: dict[str, Path],
+                                                           kind: str) -> None:
+    package = DeploymentPackage.open(packages[kind])
+    original, copy = session(package.graph_path), session(repos[kind] / "1" / "model.onnx")
+    rng = np.random.default_rng(0)
+    batch = 3
+    feeds = {"token": rng.integers(0, 256, batch).astype(np.int64)}
+    for entry in package.manifest.state:
+        feeds[entry.input] = rng.standard_normal([batch, *entry.shape[1:]]).astype(np.float32)
+    names = [o.name for o in original.get_outputs()]
+    want = original.run(names, feeds)
+    controls = {"START": rng.integers(0, 2, (batch, 1)).astype(np.int32), "READY": np.ones((batch, 1), np.int32)}
+    got = copy.run(names, {**feeds, **controls})
+    for name, a, b in zip(names, want, got):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    if kind == "7-external":
+        data = package.manifest.graphs["step"].external_data
+        assert data and (repos[kind] / "1" / data).read_bytes() == (packages[kind] / data).read_bytes()
+        assert (repos[kind] / "1" / "model.onnx").stat().st_size < (repos[kind] / "1" / data).stat().st_size
+
+
+class TritonSimulation:
+    """What Triton's sequence batcher does with implicit state, on ONNX Runtime: per-sequence state starts at
+    the config's initial_state, each request's state_out becomes the next request's state_in, START is 1
+    on a sequence's first request, READY on every request; requests of live sequences are batched together."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self.config = parse_config(model_dir)
+        self.session = session(model_dir / "1" / self.config.default_model_filename)
+        self.states: dict[int, dict[str, np.ndarray]] = {}
+
+    def infer(self, requests: list[tuple[int, int, bool]]) -> dict[int, np.ndarray]:
+        """One batch: (sequence_id, token, sequence_start) per request; logits [vocab] per sequence."""
+        assert len(requests) <= self.config.max_batch_size
+        batching = self.config.sequence_batching
+        feeds: dict[str, list[np.ndarray]] = {}
+        for sequence_id, token, start in requests:
+            if start:
+                self.states[sequence_id] = {s.input_name: _initial_state(self.model_dir, s) for s in batching.state}
+            client_token = np.array([[token]], np.int64)  # shape [1] + dims [1], as the client sends it
+            feeds.setdefault("token", []).append(client_token.reshape([1, *self.config.input[0].reshape.shape]))
+            for name, value in self.states[sequence_id].items():
+                feeds.setdefault(name, []).append(value[None])
+            for control in batching.control_input:
+                c = control.control[0]
+                value = c.int32_false_true[1] if c.kind == c.CONTROL_SEQUENCE_READY or start else c.int32_false_true[0]
+                feeds.setdefault(control.name, []).append(np.array([[value]], np.int32))
+        batched = {name: np.concatenate(values) for name, values in feeds.items()}
+        outputs = [self.config.output[0].name] + [s.output_name for s in batching.state]
+        logits, *new_states = self.session.run(outputs, batched)
+        result = {}
+        for row, (sequence_id, _, _) in enumerate(requests):
+            self.states[sequence_id] = {s.input_name: v[row] for s, v in zip(batching.state, new_states)}
+            result[sequence_id] = logits[row]
+        return result
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_simulated_triton_sequence_matches_the_python_runtime(repos: dict[str, Path], packages: dict[str, Path],
+                                                              kind: str) -> None:
+    backend = OnnxStepBackend(DeploymentPackage.open(packages[kind]), threads=1)
+    triton = TritonSimulation(repos[kind])
+    prompt = [72, 101, 108, 108, 111]
+    state, token, seen = backend.fresh_state(1), None, []
+    for index in range(len(prompt) + 8):  # the prompt, then greedy decoding from both sides' own logits
+        token = prompt[index] if index < len(prompt) else token
+        logits, state = backend.step(np.array([token], np.int64), state)
+        simulated = triton.infer([(7, token, index == 0)])[7]
+        np.testing.assert_allclose(simulated, logits[0], rtol=1e-5, atol=1e-5, err_msg=f"step {index}")
+        if index >= len(prompt) - 1:
+            token = int(np.argmax(logits[0]))
+            assert int(np.argmax(simulated)) == token
+            seen.append(token)
+    assert len(seen) == 9
+
+
+def test_simulated_triton_batches_two_sequences_like_separate_runs(repos: dict[str, Path],
+                                                                   packages: dict[str, Path]) -> None:
+    """Two sequences that start at different times share batches; each keeps its own state."""
+    backend = OnnxStepBackend(DeploymentPackage.open(packages["4"]), threads=1)
+    triton = TritonSimulation(repos["4"])
+    a, b = [3, 14, 15, 92, 65, 35], [27, 18, 28]
+    state_a, state_b = backend.fresh_state(1), backend.fresh_state(1)
+    for step in range(len(a)):
+        requests = [(1, a[step], step == 0)]
+        if step >= 3:
+            requests.append((2, b[step - 3], step == 3))
+        got = triton.infer(requests)
+        want_a, state_a = backend.step(np.array([a[step]], np.int64), state_a)
+        np.testing.assert_allclose(got[1], want_a[0], rtol=1e-5, atol=1e-5)
+        if step >= 3:
+            want_b, state_b = backend.step(np.array([b[step - 3]], np.int64), state_b)
+            np.testing.assert_allclose(got[2], want_b[0], rtol=1e-5, atol=1e-5)
+
+
+# -- the TensorRT plan as a second model ------------------------------------------------------------------------
+
+
+def test_package_with_an_engine_gets_a_tensorrt_plan_model(packages: dict[str, Path], tmp_path: Path) -> None:
+    from tests.helpers.fake_tensorrt import build_fake_engine
+
+    package = Path(shutil.copytree(packages["7"], tmp_path / "pkg"))
+    build_fake_engine(package, ["1:2:4", "4:4:16"])  # the real build code on a fake TensorRT
+    repo = write_repository(package, tmp_path / "repo", name="m")
+    assert repo.models == ("m", "m_trt")
+    plan_dir = tmp_path / "repo" / "m_trt"
+    assert (plan_dir / "1" / "model.plan").read_bytes() == (package / "engine.plan").read_bytes()
+    config = parse_config(plan_dir)
+    assert (config.name, config.platform, config.default_model_filename) == ("m_trt", "tensorrt_plan", "model.plan")
+    assert config.max_batch_size == 4  # the first profile's max, not the default 8
+    assert list(config.sequence_batching.oldest.preferred_batch_size) == [4]
+    assert not config.sequence_batching.control_input  # the plan has no START/READY inputs
+    onnx_config = parse_config(tmp_path / "repo" / "m")
+    assert config.sequence_batching.state == onnx_config.sequence_batching.state
+    assert list(config.input) == list(onnx_config.input) and list(config.output) == list(onnx_config.output)
+
+
+def test_engine_whose_first_profile_does_not_start_at_batch_one_is_refused(packages: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    from tests.helpers.fake_tensorrt import build_fake_engine
+
+    package = Path(shutil.copytree(packages["7"], tmp_path / "pkg"))
+    build_fake_engine(package, ["2:4:8"])
+    with pytest.raises(TritonError, match=r"engine\.json: the engine's first optimization profile starts at batch 2"):
+        write_repository(package, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+# -- the pure parts ---------------------------------------------------------------------------------------------
+
+
+def test_render_config_is_deterministic_and_takes_the_batching_options() -> None:
+    manifest = v7_manifest(n_layer=1)
+    options = BatchingOptions(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=100,
+                              max_sequences=64, sequence_idle_us=5_000_000)
+    text = render_config(model_config(manifest, "tiny", batching=options))
+    assert text == render_config(model_config(manifest, "tiny", batching=options))
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    oldest = config.sequence_batching.oldest
+    assert config.max_batch_size == 16 and list(oldest.preferred_batch_size) == [8, 16]
+    assert (oldest.max_queue_delay_microseconds, oldest.max_candidate_sequences) == (100, 64)
+    assert config.sequence_batching.max_sequence_idle_microseconds == 5_000_000
+    assert [s.input_name for s in config.sequence_batching.state] == [e.input for e in manifest.state]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_size": 0}, "max batch size 0"),
+    ({"preferred_batch_sizes": (4, 16)}, "preferred batch size 16"),
+    ({"max_queue_delay_us": -1}, "max queue delay -1"),
+    ({"max_sequences": 0}, "max sequences 0"),
+])
+def test_bad_batching_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(TritonError, match=message):
+        BatchingOptions(**kwargs)
+
+
+def test_state_names_that_triton_would_pair_wrongly_are_refused() -> None:
+    """Triton pairs state outputs with inputs by name order (server issue 8586): refuse names where that differs."""
+    manifest = v7_manifest(n_layer=1)
+    swapped = [StateEntry("a", "state_in.a", "state_out.z", ["batch", 4], "float32", 0.0),
+               StateEntry("b", "state_in.b", "state_out.y", ["batch", 4], "float32", 0.0)]
+    with pytest.raises(TritonError, match="sort differently"):
+        model_config(type(manifest)(**{**manifest.__dict__, "state": swapped}), "m")
+    model_config(manifest, "m")  # the exporter's own names pair correctly
+
+
+# -- the command ------------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_archive_and_repository_together(packages: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"]), "-o", str(tmp_path / "m.zip"),
+                                 "--triton", str(tmp_path / "repo"), "--triton-name", "goose",
+                                 "--triton-max-batch-size", "4", "--triton-preferred-batch-sizes", "2,4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.zip").is_file() and "goose" in result.output
+    config = parse_config(tmp_path / "repo" / "goose")
+    assert config.max_batch_size == 4 and list(config.sequence_batching.oldest.preferred_batch_size) == [2, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip", "repo"]  # no temporary folder left
+
+
+def test_cli_archive_alone_still_works(packages: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"]), "-o", str(tmp_path / "m.zip")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip"]
+
+
+def test_cli_needs_an_archive_or_a_repository(packages: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"])])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: package: give -o FILE (archive), --triton DIR "
+                                                  "(Triton repository), or both"]
+
+
+def test_cli_refuses_a_non_empty_output_without_force(packages: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {out}: exists and is not empty (use --force to replace it)"
+    assert (out / "keep.txt").read_text() == "mine"
+    result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["v7-fp32-seed1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--triton-preferred-batch-sizes", "4,x"], "--triton-preferred-batch-sizes '4,x': expected whole numbers"),
+    (["--triton-preferred-batch-sizes", "16"], "preferred batch size 16: must be between 1 and the max batch size"),
+    (["--triton-name", "bad name"], "model name 'bad name': use letters"),
+])
+def test_cli_bad_options_get_one_line(packages: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(tmp_path / "repo"), *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_names_the_broken_file_of_a_bad_package(packages: dict[str, Path], tmp_path: Path) -> None:
+    package = Path(shutil.copytree(packages["7"], tmp_path / "pkg"))
+    graph = next(package.glob("*.onnx"))
+    graph.write_bytes(graph.read_bytes()[:-10])
+    result = runner.invoke(app, ["package", str(package), "--triton", str(tmp_path / "repo")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {package}: not written as a Triton repository")
+    assert f"fails verification: {graph.name}: sha256 does not match" in lines[0]
+    assert not (tmp_path / "repo").exists()
+    result = runner.invoke(app, ["package", str(tmp_path / "nowhere"), "--triton", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and "nowhere: no such package directory" in result.output
+
+
+def test_a_failure_while_writing_leaves_nothing_behind(packages: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    out = tmp_path / "repo"
+    write_repository(packages["4"], out, name="old")
+    monkeypatch.setattr(triton_module, "_write_initial_states", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_repository(packages["4"], out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    assert sorted(p.name for p in out.iterdir()) == ["old"]  # the old repository is untouched
