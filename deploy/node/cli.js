@@ -6,6 +6,8 @@
 import { writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 
+import { samplingParams } from "./src/sampling.js";
+
 const USAGE = `usage: node deploy/node/cli.js DIR (--prompt TEXT | --tokens ID,ID,...) [options]
 
   DIR                      package directory written by \`rwkv-deploy export\`
@@ -93,6 +95,7 @@ async function main(argv) {
     seed: number(values, "seed", Number, (v) => Number.isSafeInteger(v) && v >= 0) ?? null,
     stopStrings: values.stop ?? [],
   };
+  samplingParams(options); // refuse bad settings before loading anything
   let prompt = values.prompt;
   if (values.tokens !== undefined) {
     prompt = values.tokens.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
