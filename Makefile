@@ -8,16 +8,31 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
+CHROMIUM ?= /usr/bin/chromium
+NODE_DEPS := deploy/node/node_modules/.installed deploy/web/node_modules/.installed
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: setup demo test clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(NODE_DEPS) $(CHROMIUM)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,export]"
 	touch $@
+
+# Node.js side (deploy/node, deploy/web) and Debian's Chromium for the browser test. onnxruntime-node uses the
+# CPU binaries inside its npm package: deploy/node/.npmrc skips its download of CUDA binaries. No browser is
+# ever downloaded: apt-get installs Debian's chromium when $(CHROMIUM) is missing (as root, else with sudo).
+deploy/%/node_modules/.installed: deploy/%/package.json deploy/%/package-lock.json
+	@command -v npm >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q nodejs npm; }
+	cd deploy/$* && npm ci --no-audit --no-fund
+	touch $@
+
+$(CHROMIUM):
+	$(APT_GET) update -q
+	$(APT_GET) install -y -q --no-install-recommends chromium
 
 BUNDLED := models/bundled/rwkv7-pystdlib-tiny.pth
 
@@ -44,4 +59,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules
