@@ -77,12 +77,18 @@ class TimeMix7(nn.Module):
 
         r_h, w_h, k_h, v_h, a_h = (t.unflatten(-1, (h, n)) for t in (r, w, k, v, a))
 
-        def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-            (s,), (rt, wt, kt, vt, alpha, beta) = carry, x
-            s = wkv_step(s, rt, wt, kt, vt, alpha, beta)
-            return (s,), wkv_readout(s, rt)
+        # every per-position operand is shaped for the state update here, for all T at once, so the
+        # sequential part is only the five products and sums of `wkv_update`
+        columns = (r_h.unsqueeze(-1), (-kk).unsqueeze(-1), v_h.unsqueeze(-1))  # [B, T, H, N, 1]
+        rows = (w_h.unsqueeze(-2), torch.stack([kk * a_h, k_h], dim=-2))  # [B, T, H, 1, N], [B, T, H, 2, N]
 
-        y, (wkv,) = ops.scan_time(step, (wkv,), (r_h, w_h, k_h, v_h, -kk, kk * a_h))  # y [B, T, H, N]
+        def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+            (s,), (r_col, alpha_col, v_col, w_row, right) = carry, x
+            s = wkv_update(s, w_row, alpha_col, v_col, right)
+            return (s,), s @ r_col
+
+        y, (wkv,) = ops.scan_time(step, (wkv,), (*columns, *rows))
+        y = y.squeeze(-1)  # [B, T, H, N]
 
         y = ops.group_norm_heads(y.reshape(bsz, t_len, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x_eps)
         bonus = (r_h * k_h * self.r_k).sum(dim=-1, keepdim=True) * v_h
@@ -90,22 +96,17 @@ class TimeMix7(nn.Module):
         return self.output(y * g), wkv
 
 
-def wkv_step(
-    s: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    alpha: torch.Tensor, beta: torch.Tensor,
+def wkv_update(
+    s: torch.Tensor, w_row: torch.Tensor, alpha_col: torch.Tensor, v_col: torch.Tensor, right: torch.Tensor,
 ) -> torch.Tensor:
-    """S ← S·diag(w) + (S·α)βᵀ + v·kᵀ for S [B, H, N(value), N(key)], vectors [B, H, N].
+    """S ← S·diag(w) + (S·α)βᵀ + v·kᵀ for S [B, H, N(value), N(key)].
 
-    The two rank-1 terms are one [N, 2] x [2, N] product, so the state is read and written fewer times.
+    Operands come pre-shaped: w_row [B, H, 1, N], α and v as columns [B, H, N, 1], `right` = [β; k]
+    stacked as [B, H, 2, N]. The two rank-1 terms are one [N, 2] x [2, N] product, so the state is read
+    and written fewer times. The readout y = S·r is `S @ r_col` on the updated state.
     """
-    left = torch.cat([s @ alpha.unsqueeze(-1), v.unsqueeze(-1)], dim=-1)  # [B, H, N, 2]
-    right = torch.stack([beta, k], dim=-2)  # [B, H, 2, N]
-    return s * w.unsqueeze(-2) + left @ right
-
-
-def wkv_readout(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """y = S·r per head, from the updated state."""
-    return (s @ r.unsqueeze(-1)).squeeze(-1)
+    left = torch.cat([s @ alpha_col, v_col], dim=-1)  # [B, H, N, 2]
+    return s * w_row + left @ right
 
 
 class ChannelMix7(nn.Module):
