@@ -424,3 +424,109 @@ def test_a_failure_while_writing_leaves_nothing_behind(packages: dict[str, Path]
         write_repository(packages["4"], out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
     assert sorted(p.name for p in out.iterdir()) == ["old"]  # the old repository is untouched
+
+
+# -- docs/deploy.md: the Triton section's examples, executed ----------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def triton_section() -> str:
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    start = text.index("\n## Triton Inference Server\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def code_blocks(section: str, language: str) -> list[str]:
+    parts = section.split("```")
+    return [part[len(language) + 1:] for part in parts[1::2] if part.startswith(language + "\n")]
+
+
+class StandInClient:
+    """Takes the requests a tritonclient gRPC client would send and answers them as Triton would, with
+    TritonSimulation on the repository's model.onnx. Checks that every request is well-formed for the
+    repository's config: names, datatypes, shapes, and sequence flags."""
+
+    repository: Path
+
+    def __init__(self, url: str, *args, **kwargs) -> None:
+        assert url == "localhost:8001"
+        self.live: set[int] = set()
+        self.simulations: dict[str, TritonSimulation] = {}
+        self.requests = 0
+
+    def infer(self, model_name, inputs, outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
+              **kwargs):
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        model_dir = self.repository / model_name
+        sim = self.simulations.setdefault(model_name, TritonSimulation(model_dir))
+        config = sim.config
+        assert sequence_id != 0, "a sequence model needs a sequence_id"
+        assert sequence_start == (sequence_id not in self.live), "START on the first request of a sequence only"
+        (request,) = inputs
+        assert isinstance(request, InferInput)
+        (wanted,) = config.input
+        assert (request.name(), request.datatype()) == (wanted.name, type_name(wanted.data_type)[len("TYPE_"):])
+        assert request.shape() == [1, *wanted.dims]  # batch 1, as the sequence batcher requires
+        token = np.frombuffer(request._get_content(), np.int64)  # the bytes that would go on the wire
+        assert token.shape == (1,)
+        assert all(isinstance(o, InferRequestedOutput) for o in outputs or [])
+        assert {o.name() for o in outputs or []} <= {o.name for o in config.output}
+        logits = sim.infer([(sequence_id, int(token[0]), sequence_start)])[sequence_id]
+        self.requests += 1
+        self.live.add(sequence_id)
+        if sequence_end:
+            self.live.remove(sequence_id)
+        return _Result({config.output[0].name: logits[None]})
+
+
+class _Result:
+    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def as_numpy(self, name: str) -> np.ndarray | None:
+        return self.outputs.get(name)
+
+
+def test_deploy_doc_triton_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    import shlex
+
+    import tritonclient.grpc
+
+    section = triton_section()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(REPO_ROOT / "models")
+    commands = [line for block in code_blocks(section, "bash") for line in block.splitlines()
+                if line.startswith("rwkv-deploy ")]
+    assert [c.split()[1] for c in commands] == ["export", "package"]
+    for command in commands:  # the documented commands, as written
+        result = runner.invoke(app, shlex.split(command)[1:])
+        assert result.exit_code == 0, f"{command}: {result.output}"
+    (docker,) = [b for b in code_blocks(section, "bash") if "docker run" in b]
+    repo_dir = shlex.split(commands[1])[shlex.split(commands[1]).index("--triton") + 1]
+    assert f'"$PWD/{repo_dir}:/models"' in docker and "tritonserver --model-repository=/models" in docker
+
+    # what the Python runtime generates greedily from the same package
+    package = DeploymentPackage.open(tmp_path / "pkg")
+    backend = OnnxStepBackend(package, threads=1)
+    prompt, state, new = b"def ", backend.fresh_state(1), []
+    for token in prompt:
+        logits, state = backend.step(np.array([token], np.int64), state)
+    for _ in range(64):
+        new.append(int(np.argmax(logits[0])))
+        logits, state = backend.step(np.array([new[-1]], np.int64), state)
+    expected = (prompt + bytes(new)).decode(errors="replace") + "\n"
+
+    (client_code,) = code_blocks(section, "python")
+    StandInClient.repository = tmp_path / repo_dir
+    made: list[StandInClient] = []
+    monkeypatch.setattr(tritonclient.grpc, "InferenceServerClient",
+                        lambda *a, **k: made.append(StandInClient(*a, **k)) or made[-1])
+    capsys.readouterr()
+    exec(compile(client_code, "docs/deploy.md (Triton client)", "exec"), {"__name__": "__doc_example__"})
+    assert capsys.readouterr().out == expected
+    (client,) = made
+    assert client.requests == len(prompt) + 64 - 1 and not client.live  # the sequence was ended
