@@ -53,7 +53,16 @@ try {
     if (msg.type() === "error" || msg.type() === "warning") console.error(`[page ${msg.type()}] ${msg.text()}`);
   });
   page.on("pageerror", (err) => console.error(`[page exception] ${err.message}`));
-  await page.goto(url.href);
+  // The server may still be starting (e.g. started in the background just before): retry for a few seconds.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await page.goto(url.href);
+      break;
+    } catch (err) {
+      if (attempt >= 40 || !String(err.message).includes("ERR_CONNECTION_REFUSED")) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
   const finished = "window.rwkvDemo && (window.rwkvDemo.status === 'done' || window.rwkvDemo.status === 'error')";
   let timedOut = false;
   await page.waitForFunction(finished, null, { timeout: timeoutMs, polling: 100 }).catch(() => {

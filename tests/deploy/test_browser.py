@@ -51,7 +51,7 @@ def run_page(node: str, base: str, package: str, prompt: str, max_tokens: int, s
 
 
 def test_browser_generates_the_python_runtimes_greedy_tokens(node, server, bundled_pkg, tmp_path):
-    prompt = "def fibonacci(n):\n    "
+    prompt = "class Stack:\n    def "
     ref = python_greedy(bundled_pkg, prompt, 64)
     shot = tmp_path / "browser-demo.png"
     report = run_page(node, server, "/packages/tiny/", prompt, 64, screenshot=shot)

@@ -63,7 +63,7 @@ def assert_same_run(js: dict, ref, label: str) -> float:
 
 
 def test_bundled_model_64_greedy_tokens_and_logits_equal_the_python_runtime(node, bundled_pkg, tmp_path):
-    prompt = "def fibonacci(n):\n    "
+    prompt = "class Stack:\n    def "
     ref = python_greedy(bundled_pkg, prompt, 64)
     js = node_greedy(node, bundled_pkg, prompt, 64, tmp_path / "dump.json")
     assert len(ref.token_ids) == 64
@@ -314,7 +314,7 @@ def test_hf_tokenizer_is_a_clear_error_but_token_ids_still_work(node, bundled_pk
 
 def test_bad_arguments(node, bundled_pkg):
     assert_refused(node, bundled_pkg, "top_p must be in (0, 1]", "--prompt", "x", "--top-p", "1.5")
-    assert_refused(node, bundled_pkg, "--prompt or --tokens", "--max-tokens", "3")
+    assert_refused(node, bundled_pkg, "give either --prompt TEXT or --tokens IDS", "--max-tokens", "3")
     assert_refused(node, bundled_pkg, "outside the vocabulary", "--tokens", "300")
 
 
