@@ -9,7 +9,6 @@ repository's model.onnx in ONNX Runtime gives the same logits as the project's P
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
