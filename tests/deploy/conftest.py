@@ -72,3 +72,13 @@ def external_pkg(tmp_path_factory) -> Path:
     torch.save(make_checkpoint("7", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=3), ckpt)
     export_package(ckpt, root / "pkg", ExportOptions(tokenizer="bytes", external_data=True))
     return root / "pkg"
+
+
+@pytest.fixture(scope="session")
+def world_pkg(tmp_path_factory) -> Path:
+    """Random 1-layer RWKV-7 with the 65536-token World vocabulary and its tokenizer file in the package."""
+    root = tmp_path_factory.mktemp("js-world")
+    ckpt = root / "world7.pth"
+    torch.save(make_checkpoint("7", n_layer=1, n_embd=32, head_size=16, vocab_size=65536, seed=4), ckpt)
+    export_package(ckpt, root / "pkg", ExportOptions(tokenizer="world"))
+    return root / "pkg"

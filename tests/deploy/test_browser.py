@@ -26,9 +26,10 @@ def load_serve_module():
 
 
 @pytest.fixture(scope="module")
-def server(chromium, bundled_pkg, external_pkg, tuned_pkg):
+def server(chromium, bundled_pkg, external_pkg, tuned_pkg, world_pkg):
     serve = load_serve_module()
-    httpd, base = serve.serve_in_thread({"tiny": bundled_pkg, "external": external_pkg, "tuned": tuned_pkg})
+    httpd, base = serve.serve_in_thread({"tiny": bundled_pkg, "external": external_pkg, "tuned": tuned_pkg,
+                                         "world": world_pkg})
     yield base
     httpd.shutdown()
     httpd.server_close()
@@ -68,14 +69,17 @@ def test_browser_generates_the_python_runtimes_greedy_tokens(node, server, bundl
         shutil.copyfile(shot, DOCS_SCREENSHOT)
 
 
-@pytest.mark.parametrize("name, prompt", [("external", "abc"), ("tuned", "10 20 30 40")])
-def test_browser_external_data_and_initial_state(node, server, external_pkg, tuned_pkg, name, prompt):
-    package_dir = {"external": external_pkg, "tuned": tuned_pkg}[name]
-    ref = python_greedy(package_dir, prompt if name == "external" else [int(t) for t in prompt.split()], 24)
+@pytest.mark.parametrize("name, prompt", [("external", "abc"), ("tuned", "10 20 30 40"), ("world", "Hello 世界 🎉 café")])
+def test_browser_external_data_initial_state_and_world_tokenizer(node, server, external_pkg, tuned_pkg, world_pkg,
+                                                                 name, prompt):
+    package_dir = {"external": external_pkg, "tuned": tuned_pkg, "world": world_pkg}[name]
+    ref = python_greedy(package_dir, [int(t) for t in prompt.split()] if name == "tuned" else prompt, 24)
     report = run_page(node, server, f"../packages/{name}/", prompt, 24)  # relative to the page
     assert report["status"] == "done", report
     assert report["result"]["promptIds"] == ref.prompt_ids
     assert report["result"]["tokenIds"] == ref.token_ids
+    if name != "tuned":
+        assert report["result"]["text"] == ref.text
 
 
 def test_browser_names_a_missing_package_file(node, server):

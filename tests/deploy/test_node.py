@@ -4,7 +4,9 @@ Python tokenizers' ids, state init (fill values and init_file) is honoured, bad 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,18 @@ def test_graph_with_external_data(node, external_pkg, tmp_path):
     assert data_file and (external_pkg / data_file).stat().st_size > 100_000
     ref = python_greedy(external_pkg, "abc", 32)
     assert_same_run(node_greedy(node, external_pkg, "abc", 32, tmp_path / "dump.json"), ref, "v7 external data")
+
+
+def test_world_tokenizer_package(node, world_pkg):
+    """Text in and out through the package's own World vocab file (tokens only: 65536-wide logits make big dumps)."""
+    assert json.loads((world_pkg / "manifest.json").read_text())["tokenizer"]["kind"] == "world"
+    prompt = "Hello 世界 🎉 café\n"
+    ref = python_greedy(world_pkg, prompt, 24)
+    out = run_node(node, CLI, world_pkg, "--prompt", prompt, "--max-tokens", "24", "--greedy", "--threads", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    js = json.loads(out.stdout)
+    assert js["promptIds"] == ref.prompt_ids and js["tokenIds"] == ref.token_ids and js["text"] == ref.text
+    assert max(ref.token_ids) > 255  # really World ids, not bytes
 
 
 def test_unknown_graphs_in_the_manifest_are_ignored(node, bundled_pkg, tmp_path):
@@ -321,6 +335,16 @@ def test_bad_arguments(node, bundled_pkg):
 def test_onnxruntime_node_uses_its_bundled_cpu_binaries_only(node):
     """deploy/node/.npmrc makes the install script skip the CUDA download; only the npm package's files exist."""
     assert "onnxruntime-node-install=skip" in (NODE_DIR / ".npmrc").read_text().splitlines()
+    # Rerun onnxruntime-node's install script the way `npm ci` does, with its downloads sent to a dead proxy:
+    # it succeeds only because it downloads nothing (without the .npmrc it tries api.nuget.org and fails).
+    npm = shutil.which("npm")
+    assert npm, "npm is not installed"
+    dead_proxy = "http://127.0.0.1:9"
+    out = subprocess.run([npm, "rebuild", "onnxruntime-node", "--foreground-scripts", "--offline"], cwd=NODE_DIR,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GLOBAL_AGENT_HTTP_PROXY": dead_proxy, "GLOBAL_AGENT_HTTPS_PROXY": dead_proxy,
+                              "HTTPS_PROXY": dead_proxy, "HTTP_PROXY": dead_proxy})
+    assert out.returncode == 0, out.stdout + out.stderr
     binaries = sorted(p.name for p in (NODE_DIR / "node_modules" / "onnxruntime-node" / "bin").rglob("*") if p.is_file())
     assert "onnxruntime_binding.node" in binaries
     assert not [b for b in binaries if "cuda" in b or "tensorrt" in b], binaries

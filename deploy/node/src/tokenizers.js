@@ -76,11 +76,8 @@ export function parsePythonLiteral(literal) {
   const inner = body.slice(1, -1);
   if (!inner.includes("\\")) {
     if (inner.includes(quote)) throw new Error("unescaped quote inside the literal");
-    if (isBytes) {
-      if (/[^\x00-\x7f]/.test(inner)) throw new Error("bytes literal with non-ASCII characters");
-      return encoder.encode(inner);
-    }
-    return encoder.encode(inner);
+    if (isBytes && /[^\x00-\x7f]/.test(inner)) throw new Error("bytes literal with non-ASCII characters");
+    return encoder.encode(inner); // no escapes: the literal is exactly its text, UTF-8 encoded
   }
   // str literal: collect code points; bytes literal: collect byte values.
   const out = [];
