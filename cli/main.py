@@ -46,7 +46,7 @@ def inspect_cmd(
 def export_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint (default: the bundled model)"),
     out: Path = typer.Option(..., "--out", "-o", help="package directory to create"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 | int4"),
     opset: int = typer.Option(18, help="ONNX opset"),
     tokenizer: Optional[str] = typer.Option(None, help="world | bytes | none | path to tokenizer.json (default: from vocab size)"),
     external_data: bool = typer.Option(False, "--external-data", help="store weights in a separate .data file"),

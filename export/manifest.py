@@ -40,6 +40,7 @@ class GraphInfo:
     precision: str
     opset: int
     external_data: str | None = None
+    quantization: dict[str, Any] | None = None  # int8/int4: what was quantized and how (export/quantize.py)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from rwkv_deploy.models.reference.base import RWKVModel
 from .manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
 from .onnx_graph import DEFAULT_OPSET, LOGITS_OUTPUT, TOKEN_INPUT, export_step_graph, state_input_name, state_output_name
 from .onnx_checks import check_onnx_file
-from .precision import PRECISIONS, apply_precision
+from .precision import PRECISIONS, QUANTIZED_PRECISIONS, apply_precision
+from .quantize import quantize_staged_graph
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
 
 INITIAL_STATE_FILE = "initial_state.npz"
@@ -101,8 +102,15 @@ def export_package(
         name = options.name or Path(checkpoint).stem
         graph_file = f"{name}.onnx"
         progress("tracing the step graph to ONNX and checking it")
-        external = export_step_graph(graph_model, tmp / graph_file, options.opset, options.external_data,
+        quantized = options.precision in QUANTIZED_PRECISIONS
+        traced = tmp / (f".fp32-{graph_file}" if quantized else graph_file)
+        external = export_step_graph(graph_model, traced, options.opset, True if quantized else options.external_data,
                                      check=check_onnx_file)
+        quantization = None
+        if quantized:  # int8/int4: quantize the traced fp32 graph into the final file, drop the fp32 one
+            progress(f"quantizing the step graph to {options.precision}")
+            external, quantization = quantize_staged_graph(traced, tmp / graph_file, options.precision,
+                                                           options.external_data, check=check_onnx_file)
         state = _state_entries(model, tmp)
         tokenizer = install_tokenizer(kind, tok_source, tmp)
         progress("hashing files")
@@ -112,7 +120,7 @@ def export_package(
                             head_size=cfg.head_size, vocab_size=cfg.vocab_size, ffn_size=cfg.ffn_size,
                             lora=dict(cfg.lora)),
             graphs={"step": GraphInfo(path=graph_file, precision=options.precision, opset=options.opset,
-                                      external_data=external)},
+                                      external_data=external, quantization=quantization)},
             state=state, tokenizer=tokenizer, files=files, token_input=TOKEN_INPUT, logits_output=LOGITS_OUTPUT,
             producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
             source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},

@@ -19,7 +19,8 @@ from torch import nn
 
 from rwkv_deploy.models.reference.base import RWKVModel
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+QUANTIZED_PRECISIONS = ("int8", "int4")  # traced in fp32, then the ONNX file is quantized (export/quantize.py)
 FP16_INPUT_LIMIT = 2.0**12  # headroom x16 below fp16's max (65504) for inputs seen in calibration
 FP16_OUTPUT_LIMIT = 2.0**13
 
@@ -95,7 +96,7 @@ def to_fp16(model: RWKVModel, calibration: torch.Tensor | None = None) -> RWKVMo
 
 
 def apply_precision(model: RWKVModel, precision: str) -> RWKVModel:
-    if precision == "fp32":
+    if precision == "fp32" or precision in QUANTIZED_PRECISIONS:
         return model
     if precision == "fp16":
         return to_fp16(model)

@@ -1,0 +1,479 @@
+"""Weight-only blockwise quantization of an exported fp32 ONNX graph: `--precision int8` and `int4`.
+
+Works on any graph file the exporter writes (the step graph, and any further graph of a package), after
+export, on the ONNX file itself:
+
+- every `MatMul` whose right-hand side is a constant 2-D float32 matrix W [K, N] (the linear layers, the
+  low-rank (LoRA) products of v6/v7 and the head) becomes ONNX Runtime's `com.microsoft::MatMulNBits`:
+  W is stored as `bits`-bit integers in blocks of `block_size` consecutive K values, each block with its
+  own float32 scale (and, asymmetric, its own zero point); ONNX Runtime's kernels read the packed
+  weights directly, so a decode step moves 4x (int8) or ~7x (int4) fewer weight bytes than fp32;
+- the embedding table (the `Gather` of a constant [V, C] matrix by the token input) becomes
+  `com.microsoft::GatherBlockQuantized` (8-bit, blocks along C): only one row per token is read, so this
+  is for package size, not speed;
+- nothing else changes: layer/group norms, exp/decay, the WKV state update, the residual stream and every
+  graph input and output (the recurrent state included) stay float32.
+
+The rewrite reads one weight at a time (memory-mapped when the source keeps its weights as external data)
+and streams the result to disk, so it needs little memory beyond the graph's structure, and it is
+deterministic: the same source file and settings give a byte-identical result.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+from rwkv_deploy.errors import RwkvDeployError
+
+from .onnx_file import inline_external_data
+
+MS_DOMAIN = "com.microsoft"
+TWO_GB = 2 * 1024**3
+_ALIGN = 64  # byte alignment of every tensor in the staged data file
+_INLINE_MAX = 1024  # smaller untouched initializers stay inside the graph proto
+
+
+class QuantizeError(RwkvDeployError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How one precision quantizes. The defaults per precision are in QUANT_CONFIGS (see docs/export.md)."""
+
+    bits: int  # MatMul weights: 8 or 4
+    block_size: int  # K values per block (power of two >= 16)
+    symmetric: bool  # symmetric: no zero points (ORT's default 2^(bits-1)); else one zero point per block
+    accuracy_level: int  # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+    head_bits: int  # bits for the head (the MatMul that produces the logits)
+    embedding_bits: int | None  # GatherBlockQuantized bits for the embedding table; None keeps it fp32
+    embedding_block_size: int = 32
+
+    def __post_init__(self) -> None:
+        for bits in (self.bits, self.head_bits, self.embedding_bits or 8):
+            if bits not in (4, 8):
+                raise ValueError(f"bits must be 4 or 8, not {bits}")
+        for block in (self.block_size, self.embedding_block_size):
+            if block < 16 or block & (block - 1):
+                raise ValueError(f"block size must be a power of two >= 16, not {block}")
+
+
+QUANT_CONFIGS: dict[str, QuantConfig] = {
+    "int8": QuantConfig(bits=8, block_size=32, symmetric=False, accuracy_level=4, head_bits=8, embedding_bits=8),
+    "int4": QuantConfig(bits=4, block_size=32, symmetric=False, accuracy_level=4, head_bits=4, embedding_bits=8),
+}
+
+
+# -- blockwise quantization (numpy) ----------------------------------------------------------------------------
+
+
+def block_quantize(x: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize `x` [..., block] along its last axis: (q uint8 in [0, 2^bits - 1], scale, zero point uint8).
+
+    Symmetric: the zero point is fixed at 2^(bits-1) and scale = max|x| / (2^(bits-1) - 1), so every value
+    is representable. Asymmetric: [min(x, 0), max(x, 0)] maps onto [0, 2^bits - 1].
+    Dequantized value: (q - zero_point) * scale.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        mid = 1 << (bits - 1)
+        scale = np.abs(x).max(axis=-1) / np.float32(mid - 1)
+        zero = np.full(scale.shape, mid, dtype=np.float32)
+    else:
+        lo = np.minimum(x.min(axis=-1), 0.0)
+        hi = np.maximum(x.max(axis=-1), 0.0)
+        scale = (hi - lo) / np.float32(qmax)
+        safe = np.where(scale == 0, np.float32(1), scale)
+        zero = np.clip(np.rint(-lo / safe), 0, qmax)
+    scale = scale.astype(np.float32)
+    safe = np.where(scale == 0, np.float32(1), scale)[..., None]
+    q = np.clip(np.rint(x / safe) + zero[..., None], 0, qmax).astype(np.uint8)
+    return q, scale, zero.astype(np.uint8)
+
+
+def pack_low_first(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 values of `bits` bits along the last axis, the lower-indexed value in the low bits."""
+    if bits == 8:
+        return np.ascontiguousarray(values, dtype=np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), np.uint8)], axis=-1)
+    return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4), dtype=np.uint8)
+
+
+def quantize_matmul_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> dict[str, np.ndarray]:
+    """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points."""
+    k, n = w.shape
+    k_blocks = -(-k // block_size)
+    padded = np.zeros((k_blocks * block_size, n), np.float32)
+    padded[:k] = w
+    blocks = padded.T.reshape(n, k_blocks, block_size)
+    q, scale, zero = block_quantize(blocks, bits, symmetric)
+    out = {"B": pack_low_first(q, bits), "scales": scale.reshape(-1)}
+    if not symmetric:
+        out["zero_points"] = pack_low_first(zero, bits).reshape(-1)
+    return out
+
+
+def dequantize_matmul_weight(parts: dict[str, np.ndarray], k: int, n: int, bits: int, block_size: int) -> np.ndarray:
+    """Inverse of quantize_matmul_weight (for tests and measurements): W' [K, N] in float32."""
+    k_blocks = -(-k // block_size)
+    b = parts["B"].reshape(n, k_blocks, -1)
+    q = b if bits == 8 else np.stack([b & 0xF, b >> 4], axis=-1).reshape(n, k_blocks, -1)
+    if "zero_points" in parts:
+        zp = parts["zero_points"].reshape(n, -1)
+        zp = zp if bits == 8 else np.stack([zp & 0xF, zp >> 4], axis=-1).reshape(n, -1)
+        zero = zp[:, :k_blocks].astype(np.float32)
+    else:
+        zero = np.full((n, k_blocks), 1 << (bits - 1), np.float32)
+    w = (q.astype(np.float32) - zero[..., None]) * parts["scales"].reshape(n, k_blocks)[..., None]
+    return w.reshape(n, -1)[:, :k].T.copy()
+
+
+def quantize_gather_table(table: np.ndarray, bits: int, block_size: int) -> dict[str, np.ndarray]:
+    """Embedding [V, C] -> GatherBlockQuantized's data (uint8, [V, C*bits/8]), scales [V, c_blocks], zero points."""
+    v, c = table.shape
+    c_blocks = -(-c // block_size)
+    padded = np.zeros((v, c_blocks * block_size), np.float32)
+    padded[:, :c] = table
+    q, scale, zero = block_quantize(padded.reshape(v, c_blocks, block_size), bits, symmetric=False)
+    data = pack_low_first(q.reshape(v, -1)[:, :c], bits)
+    return {"data": data, "scales": scale, "zero_points": pack_low_first(zero, bits)}
+
+
+# -- reading and writing tensors ---------------------------------------------------------------------------------
+
+
+class _TensorSource:
+    """Initializer values of the source graph, memory-mapped from external data where it has any."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._maps: dict[str, tuple[BinaryIO, mmap.mmap]] = {}
+
+    def raw(self, tensor: TensorProto) -> bytes | memoryview:
+        if not uses_external_data(tensor):
+            if tensor.HasField("raw_data"):
+                return tensor.raw_data
+            return numpy_helper.to_array(tensor).tobytes()
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info["location"]
+        if location not in self._maps:
+            f = open(self.base / location, "rb")
+            self._maps[location] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        view = memoryview(self._maps[location][1])
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else len(view) - offset
+        return view[offset:offset + length]
+
+    def array(self, tensor: TensorProto) -> np.ndarray:
+        if uses_external_data(tensor) or tensor.HasField("raw_data"):
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            return np.frombuffer(self.raw(tensor), dtype=dtype).reshape(tuple(tensor.dims))
+        return numpy_helper.to_array(tensor)
+
+    def close(self) -> None:
+        for f, mapped in self._maps.values():
+            mapped.close()
+            f.close()
+        self._maps.clear()
+
+
+class _DataWriter:
+    """Appends tensors to one external-data file, each at an aligned offset."""
+
+    def __init__(self, path: Path, location: str) -> None:
+        self.file = open(path, "wb")
+        self.location = location
+        self.offset = 0
+
+    def add(self, name: str, data_type: int, dims: tuple[int, ...] | list[int], raw: bytes | memoryview) -> TensorProto:
+        pad = -self.offset % _ALIGN
+        if pad:
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        self.file.write(raw)
+        tensor = TensorProto(name=name, data_type=data_type, dims=list(dims))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += len(raw)
+        return tensor
+
+    def add_array(self, name: str, array: np.ndarray) -> TensorProto:
+        array = np.ascontiguousarray(array)
+        return self.add(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array.tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# -- finding what to quantize -----------------------------------------------------------------------------------
+
+# ops between the head's MatMul and the logits output (the exporter selects the last position with a Gather)
+_PASS_THROUGH = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Slice")
+
+
+def _head_matmul(graph: onnx.GraphProto, logits_output: str | None) -> str | None:
+    """Output name of the MatMul that produces the logits (through reshapes, casts and selections only)."""
+    if logits_output is None:
+        outputs = [o.name for o in graph.output]
+        logits_output = "logits" if "logits" in outputs else (outputs[0] if outputs else None)
+    producers = {out: node for node in graph.node for out in node.output}
+    name = logits_output
+    while name in producers:
+        node = producers[name]
+        if node.op_type == "MatMul":
+            return node.output[0]
+        if node.op_type not in _PASS_THROUGH:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _float_matrix(tensor: TensorProto | None) -> bool:
+    return tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2
+
+
+# -- the rewrite ---------------------------------------------------------------------------------------------------
+
+
+def quantize_onnx_file(
+    src: str | Path, dst: str | Path, precision: str, *, config: QuantConfig | None = None,
+    external_data: bool | None = None, logits_output: str | None = "logits",
+) -> dict[str, Any]:
+    """Quantize the fp32 graph `src` into `dst` and describe what was done (recorded in the manifest).
+
+    `precision` picks QUANT_CONFIGS[precision] unless `config` is given. The result keeps its weights as
+    ONNX external data (`<dst name>.data`, next to `dst`) when `external_data` is true, or, when it is None,
+    when they exceed protobuf's 2 GB limit; otherwise `dst` is one self-contained file. The returned dict
+    has "external_data" (the data file's name or None) plus the settings and counts written to the
+    manifest's `graphs.<name>.quantization`.
+    """
+    src, dst = Path(src), Path(dst)
+    if config is None:
+        if precision not in QUANT_CONFIGS:
+            raise QuantizeError(f"no quantization for precision {precision!r} (known: {', '.join(QUANT_CONFIGS)})")
+        config = QUANT_CONFIGS[precision]
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:
+        raise QuantizeError(f"{src}: cannot read the ONNX graph ({type(exc).__name__}: {exc})") from None
+    graph = model.graph
+    if any(o.domain == MS_DOMAIN for o in model.opset_import):
+        raise QuantizeError(f"{src}: already uses {MS_DOMAIN} operators (quantized twice?)")
+
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    in_subgraphs = _subgraph_inputs(graph)  # weights read inside Scan/Loop/If bodies stay as they are
+    token_inputs = {i.name for i in graph.input
+                    if i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)}
+    head_output = _head_matmul(graph, logits_output)
+
+    # Which weights: every constant 2-D float32 matrix read only as a MatMul's B, and the embedding table.
+    matmul_bits: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and _float_matrix(initializers.get(node.input[1])):
+            weight = node.input[1]
+            if weight not in in_subgraphs and all(c.op_type == "MatMul" and list(c.input).index(weight) == 1 for c in consumers[weight]):
+                is_head = node.output[0] == head_output
+                matmul_bits[weight] = config.head_bits if is_head else config.bits
+    embedding: str | None = None
+    if config.embedding_bits is not None:
+        for node in graph.node:
+            if (node.op_type == "Gather" and _float_matrix(initializers.get(node.input[0]))
+                    and node.input[0] not in in_subgraphs
+                    and not any(a.name == "axis" and a.i != 0 for a in node.attribute)
+                    and all(c.op_type == "Gather" and c.input[0] == node.input[0] for c in consumers[node.input[0]])
+                    and _depends_on(graph, node.input[1], token_inputs)):
+                embedding = node.input[0]
+                break
+
+    external = external_data
+    staging = dst.with_name(f".quantizing-{dst.name}")
+    data_name = f"{dst.name}.data"
+    staged_data = staging.with_name(staging.name + ".data")
+    source = _TensorSource(src.parent)
+    writer = _DataWriter(staged_data, data_name if external else staged_data.name)
+    summary: dict[str, Any] = {
+        "method": "weight-only blockwise (round to nearest)",
+        "matmul": {"op": f"{MS_DOMAIN}::MatMulNBits", "bits": config.bits, "block_size": config.block_size,
+                   "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
+                   "head_bits": config.head_bits, "count": 0},
+        "embedding": None,
+        "float32_kept": "norms, biases, decay/mix vectors, state update, graph inputs and outputs",
+        "weight_bytes": {"before": 0, "after": 0},
+    }
+    try:
+        new_inits: list[TensorProto] = []
+        for tensor in graph.initializer:
+            before = _nbytes(tensor)
+            summary["weight_bytes"]["before"] += before
+            if tensor.name in matmul_bits:
+                bits = matmul_bits[tensor.name]
+                parts = quantize_matmul_weight(source.array(tensor), bits, config.block_size, config.symmetric)
+                made = [writer.add_array(f"{tensor.name}.q{bits}", parts["B"]),
+                        writer.add_array(f"{tensor.name}.scales", parts["scales"])]
+                if "zero_points" in parts:
+                    made.append(writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"]))
+                summary["matmul"]["count"] += len(consumers[tensor.name])
+            elif tensor.name == embedding:
+                parts = quantize_gather_table(source.array(tensor), config.embedding_bits, config.embedding_block_size)
+                made = [writer.add_array(f"{tensor.name}.q{config.embedding_bits}", parts["data"]),
+                        writer.add_array(f"{tensor.name}.scales", parts["scales"]),
+                        writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"])]
+                summary["embedding"] = {"op": f"{MS_DOMAIN}::GatherBlockQuantized", "bits": config.embedding_bits,
+                                        "block_size": config.embedding_block_size, "symmetric": False}
+            elif before <= _INLINE_MAX and not uses_external_data(tensor):
+                made = [tensor]
+            else:
+                made = [writer.add(tensor.name, tensor.data_type, tensor.dims, source.raw(tensor))]
+                for key in ("doc_string",):
+                    if tensor.HasField(key):
+                        setattr(made[0], key, getattr(tensor, key))
+            summary["weight_bytes"]["after"] += sum(_nbytes(t) for t in made)
+            new_inits.extend(made)
+        writer.close()
+        source.close()
+
+        new_nodes = []
+        for node in graph.node:
+            if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in matmul_bits:
+                weight, bits = node.input[1], matmul_bits[node.input[1]]
+                k, n = (int(d) for d in initializers[weight].dims)
+                inputs = [node.input[0], f"{weight}.q{bits}", f"{weight}.scales"]
+                if not config.symmetric:
+                    inputs.append(f"{weight}.zero_points")
+                attrs = {"K": k, "N": n, "bits": bits, "block_size": config.block_size}
+                if config.accuracy_level:
+                    attrs["accuracy_level"] = config.accuracy_level
+                new_nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
+                                                  domain=MS_DOMAIN, **attrs))
+            elif node.op_type == "Gather" and embedding is not None and node.input[0] == embedding:
+                bits = config.embedding_bits
+                new_nodes.append(helper.make_node(
+                    "GatherBlockQuantized",
+                    [f"{embedding}.q{bits}", node.input[1], f"{embedding}.scales", f"{embedding}.zero_points"],
+                    list(node.output), name=node.name, domain=MS_DOMAIN,
+                    gather_axis=0, quantize_axis=1, block_size=config.embedding_block_size, bits=bits))
+            else:
+                new_nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        del graph.initializer[:]
+        graph.initializer.extend(new_inits)
+        quantized = set(matmul_bits) | ({embedding} if embedding else set())
+        kept_inputs = [v for v in graph.input if v.name not in quantized]
+        del graph.input[:]
+        graph.input.extend(kept_inputs)
+        kept_info = [v for v in graph.value_info if v.name not in quantized]
+        del graph.value_info[:]
+        graph.value_info.extend(kept_info)
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+
+        if external is None:
+            external = staged_data.stat().st_size + model.ByteSize() >= TWO_GB
+        dst_data = dst.with_name(data_name)
+        if external:
+            if writer.location != data_name:
+                _relocate(model, writer.location, data_name)
+            onnx.save(model, str(staging))
+            os.replace(staged_data, dst_data)
+            os.replace(staging, dst)
+        else:
+            onnx.save(model, str(staging))
+            inline_external_data(staging, dst)
+            dst_data.unlink(missing_ok=True)
+    finally:
+        writer.close()
+        source.close()
+        staging.unlink(missing_ok=True)
+        staged_data.unlink(missing_ok=True)
+    summary["external_data"] = data_name if external else None
+    return summary
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Every value name read by a node inside a control-flow body (at any depth)."""
+    names: set[str] = set()
+    pending = [g for node in graph.node for a in node.attribute for g in [*([a.g] if a.HasField("g") else []), *a.graphs]]
+    while pending:
+        body = pending.pop()
+        for node in body.node:
+            names.update(node.input)
+            pending.extend(g for a in node.attribute for g in [*([a.g] if a.HasField("g") else []), *a.graphs])
+    return names
+
+
+def _relocate(model: onnx.ModelProto, old: str, new: str) -> None:
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+
+
+def _nbytes(tensor: TensorProto) -> int:
+    if uses_external_data(tensor):
+        return int(next((e.value for e in tensor.external_data if e.key == "length"), 0))
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    return numpy_helper.to_array(tensor).nbytes
+
+
+def _depends_on(graph: onnx.GraphProto, name: str, sources: set[str]) -> bool:
+    """Whether the value `name` is computed from one of the graph inputs `sources` (the token ids)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    pending, seen = [name], set()
+    while pending:
+        current = pending.pop()
+        if current in sources:
+            return True
+        if current in seen or current not in producers:
+            continue
+        seen.add(current)
+        pending.extend(producers[current].input)
+    return False
+
+
+def manifest_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """What goes into GraphInfo.quantization: the summary without the file layout."""
+    return {k: v for k, v in summary.items() if k != "external_data"}
+
+
+def quantize_staged_graph(
+    staged: Path, final: Path, precision: str, external_data: bool | None,
+    check: Callable[[Path], None] | None = None,
+) -> tuple[str | None, dict[str, Any]]:
+    """Package-builder step: quantize the traced fp32 graph `staged` into `final`, then delete `staged`
+    (and its external data). Returns (external-data file name or None, the manifest's quantization record)."""
+    try:
+        summary = quantize_onnx_file(staged, final, precision, external_data=external_data)
+    finally:
+        model_files = [staged, staged.with_name(staged.name + ".data")]
+        for path in model_files:
+            path.unlink(missing_ok=True)
+    if check is not None:
+        check(final)
+    return summary["external_data"], manifest_record(summary)
+
+
+def config_for(precision: str, **overrides: Any) -> QuantConfig:
+    """QUANT_CONFIGS[precision] with some fields replaced (for measurements)."""
+    return replace(QUANT_CONFIGS[precision], **overrides)
+
+
+def config_dict(config: QuantConfig) -> dict[str, Any]:
+    return asdict(config)
