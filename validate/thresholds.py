@@ -4,7 +4,9 @@ fp32 exports compute what the reference computes in the same precision, so only 
 separates them: limits sit roughly 10x above what correct fp32 exports measure (see the numbers in each
 class). fp16 exports round weights and matrix products to fp16 by design, so their limits are on what a
 user would notice (distribution shift, changed argmax, greedy text diverging where the reference was sure)
-while still far below what a wrong or overflowing graph produces. Any NaN or Inf fails at every precision.
+while still far below what a wrong or overflowing graph produces. int8/int4 exports round weights to 8/4 bits,
+so their limits are set from measured quantization error with headroom (see the classes). Any NaN or Inf fails
+at every precision.
 """
 
 from __future__ import annotations
@@ -81,7 +83,49 @@ class Fp16Thresholds(Thresholds):
     growth_ratio_max: float = 100.0
 
 
-THRESHOLDS: dict[str, Thresholds] = {"fp32": Fp32Thresholds(), "fp16": Fp16Thresholds()}
+@dataclass(frozen=True)
+class Int8Thresholds(Thresholds):
+    """int8 exports quantize every matrix product's weights (and the embedding) to 8 bits in blocks of 32 and
+    let ONNX Runtime quantize the activations to int8 inside MatMulNBits (accuracy_level 4), so their error is
+    rounding by design, ~100x fp16's. Measured with `rwkv-deploy validate` (256 steps x 4 sequences): the
+    bundled model max |dlogit| 1.08 (random stream; 0.53 on text), state rel 1.99, KL mean 1.7e-3 and max 0.094,
+    top-1 0.963, growth 1.07, greedy text identical; random v4/v5.2/v6/v7 models (2x64 vocab 256 and 4x256
+    vocab 4096) at most 0.31, 0.54, 1.2e-4, 3.3e-3, top-1 >= 0.961, greedy parting at reference margins
+    <= 0.028. The limits sit ~3-5x above the bundled model's (a trained model's logits are the larger and
+    sharper ones) and far below a wrong graph's: the bundled int8 package with its zero points overwritten by
+    the symmetric default (a plausible packing bug) measures max |dlogit| 22.5, KL mean 8.3, top-1 0.031."""
+
+    precision: str = "int8"
+    logits_max_abs: float = 3.0
+    state_max_rel: float = 5.0
+    kl_mean: float = 1e-2
+    kl_max: float = 0.5
+    top1_min: float = 0.9
+    growth_ratio_max: float = 100.0
+
+
+@dataclass(frozen=True)
+class Int4Thresholds(Thresholds):
+    """int4 exports store the matrix-product weights (head included) in 4 bits, blocks of 32 with a zero point
+    each (the embedding stays 8-bit). That is a real loss on the 0.97M-parameter bundled model (width 128):
+    max |dlogit| 5.96 (3.73 on text), state rel 4.13, KL mean 0.117 (0.066 on text) and max 2.18, top-1 0.739
+    (0.836 on text), greedy text parting where the reference's top-2 were within 0.83. Random v4/v5.2/v6/v7
+    models (same sizes as int8's): max |dlogit| <= 1.02, state rel <= 6.0, KL mean <= 0.012 and max <= 0.043,
+    top-1 >= 0.695 (their logits are nearly flat, so near-ties flip), greedy margins <= 0.36. The limits
+    are ~2.5x the worst measured value: they catch a broken graph (zero points overwritten as above: KL mean
+    8.2, top-1 0.032), not the inherent loss of 4-bit weights; prefer int8 (or fp16) when that loss matters."""
+
+    precision: str = "int4"
+    logits_max_abs: float = 15.0
+    state_max_rel: float = 20.0
+    kl_mean: float = 0.3
+    kl_max: float = 5.0
+    top1_min: float = 0.6
+    growth_ratio_max: float = 100.0
+
+
+THRESHOLDS: dict[str, Thresholds] = {"fp32": Fp32Thresholds(), "fp16": Fp16Thresholds(), "int8": Int8Thresholds(),
+                                     "int4": Int4Thresholds()}
 
 
 class UnknownPrecisionError(RwkvDeployError):
