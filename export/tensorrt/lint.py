@@ -28,6 +28,8 @@ LEVELS = ("error", "warning", "info")
 PROTOBUF_LIMIT = 2**31 - 1  # the parser reads protobuf with SetTotalBytesLimit(INT_MAX)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 STATE_INPUT_PREFIX, STATE_OUTPUT_PREFIX = "state_in.", "state_out."
+ORT_DOMAIN = "com.microsoft"
+ORT_QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulBnb4", "DequantizeBlockwise")  # export/quantize.py
 
 _TRT_TYPE_NAMES = {
     TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
@@ -165,7 +167,11 @@ def _check_opset(g: _Graph) -> Iterator[Finding]:
 
 def _check_ops(g: _Graph) -> Iterator[Finding]:
     for node in g.all_nodes():
-        if node.domain not in DEFAULT_DOMAINS:
+        if node.domain == ORT_DOMAIN and node.op_type in ORT_QUANTIZED_OPS:
+            yield _at("error", "ort-quantized-op", node, f"{node.domain}::{node.op_type} is an ONNX Runtime contrib op "
+                      "(rwkv-deploy's weight-only int8/int4 export); TensorRT's ONNX parser does not implement it",
+                      "for TensorRT export with --precision fp16 (or fp32); int8/int4 packages are for ONNX Runtime")
+        elif node.domain not in DEFAULT_DOMAINS:
             yield _at("error", "custom-op", node, f"op {node.domain}::{node.op_type} is outside the ONNX domain",
                       "re-export without custom ops, or build with a TensorRT plugin that implements it")
         elif node.op_type not in SUPPORTED_OPS:
