@@ -1,0 +1,217 @@
+"""int8/int4 exports: every version quantizes, the graph really holds quantized weights (and no fp32 copies),
+the state stays fp32, logits stay within the validator's int8/int4 limits, packages shrink as expected, the
+quantization is deterministic, `rwkv-deploy validate` passes on the bundled model and check-trt rejects them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from typer.testing import CliRunner
+
+from rwkv_deploy.cli.main import app
+from rwkv_deploy.export.manifest import read_manifest
+from rwkv_deploy.export.package_builder import ExportOptions, export_package
+from rwkv_deploy.export.quantize import (QUANT_CONFIGS, config_for, dequantize_matmul_weight, quantize_matmul_weight,
+                                          quantize_onnx_file)
+from rwkv_deploy.export.tensorrt.lint import lint_package
+from rwkv_deploy.export.verify import verify_package
+from rwkv_deploy.models.bundled import bundled_checkpoint
+from rwkv_deploy.validate.thresholds import thresholds_for
+from tests.helpers.onnx_compare import run_both
+from tests.helpers.random_checkpoints import make_checkpoint
+
+VERSIONS = ["4", "5.2", "6", "7"]
+QUANTIZED = ["int8", "int4"]
+STEPS = 32
+runner = CliRunner()
+
+
+def write_checkpoint(path: Path, version: str, n_layer: int = 2, n_embd: int = 64, vocab: int = 256) -> Path:
+    extra = {} if version == "4" else {"head_size": 16}
+    torch.save(make_checkpoint(version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab, seed=0, **extra), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """int8 and int4 packages of one small random checkpoint per version."""
+    root = tmp_path_factory.mktemp("quantized")
+    out = {}
+    for version in VERSIONS:
+        ckpt = write_checkpoint(root / f"v{version}.pth", version)
+        for precision in QUANTIZED:
+            out[version, precision] = (ckpt, root / f"v{version}-{precision}")
+            export_package(ckpt, out[version, precision][1], ExportOptions(precision=precision, tokenizer="none"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wide_fp32(tmp_path_factory) -> Path:
+    """fp32 graph of a 2-layer, 256-wide RWKV-7 (vocab 1024): weights dominate the file, as in real models."""
+    root = tmp_path_factory.mktemp("wide")
+    ckpt = write_checkpoint(root / "w.pth", "7", n_embd=256, vocab=1024)
+    export_package(ckpt, root / "fp32", ExportOptions(tokenizer="none"))
+    return root / "fp32" / "w.onnx"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundled-q")
+    for precision in QUANTIZED:
+        export_package(bundled_checkpoint(), root / precision, ExportOptions(precision=precision))
+    return root
+
+
+def graph_of(package: Path) -> onnx.ModelProto:
+    return onnx.load(str(package / read_manifest(package).graphs["step"].path))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("precision", QUANTIZED)
+def test_graph_holds_quantized_weights_and_no_fp32_copies(packages, version, precision):
+    ckpt, package = packages[version, precision]
+    model = graph_of(package)
+    config = QUANT_CONFIGS[precision]
+    ops = [n for n in model.graph.node if n.domain == "com.microsoft"]
+    matmul_nbits = [n for n in ops if n.op_type == "MatMulNBits"]
+    # every linear layer, LoRA product and the head: no MatMul with a constant 2-D float weight is left
+    inits = {t.name: t for t in model.graph.initializer}
+    float_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                     and inits[n.input[1]].data_type == TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2]
+    assert not float_matmuls
+    assert len(matmul_nbits) >= 2 * 4 + 1  # >= 4 projections per layer, plus the head
+    assert {int(next(a.i for a in n.attribute if a.name == "bits")) for n in matmul_nbits} == {config.bits}
+    assert [n.op_type for n in ops if n.op_type == "GatherBlockQuantized"] == ["GatherBlockQuantized"]
+    assert not any(n.op_type == "Gather" and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.FLOAT
+                   and len(inits[n.input[0]].dims) == 2 for n in model.graph.node)
+    # the fp32 originals are gone, and what stays float (norms, decay/mix vectors, v6's 3-D mix LoRA, the
+    # block scales) is a minority of the weight bytes
+    sources = {n.input[1].rsplit(".q", 1)[0] for n in matmul_nbits}
+    assert sources and not sources & set(inits)
+    nbytes = {name: len(t.raw_data) or numpy_helper.to_array(t).nbytes for name, t in inits.items()}
+    float_bytes = sum(nbytes[n] for n, t in inits.items() if t.data_type == TensorProto.FLOAT and not n.endswith(".scales"))
+    print(f"v{version} {precision}: float (non-scale) share of weight bytes {float_bytes / sum(nbytes.values()):.2f}")
+    assert float_bytes < 0.5 * sum(nbytes.values())
+    quantization = read_manifest(package).graphs["step"].quantization
+    assert quantization["matmul"]["bits"] == config.bits and quantization["matmul"]["count"] == len(matmul_nbits)
+    assert quantization["embedding"]["op"] == "com.microsoft::GatherBlockQuantized"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("precision", QUANTIZED)
+def test_io_and_state_stay_float32(packages, version, precision):
+    _, package = packages[version, precision]
+    model = graph_of(package)
+    manifest = read_manifest(package)
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+    assert dtypes["token"] == TensorProto.INT64 and dtypes["logits"] == TensorProto.FLOAT
+    for entry in manifest.state:
+        assert entry.dtype == "float32"
+        assert dtypes[entry.input] == TensorProto.FLOAT and dtypes[entry.output] == TensorProto.FLOAT
+    assert verify_package(package) == []
+    assert manifest.graphs["step"].precision == precision
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("precision", QUANTIZED)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_logits_stay_within_the_validator_limits(packages, version, precision, batch):
+    ckpt, package = packages[version, precision]
+    limits = thresholds_for(precision)
+    worst, kls, agree, total = 0.0, [], 0, 0
+    for ref, art in run_both(ckpt, package, batch, steps=STEPS):
+        assert np.isfinite(art).all()
+        worst = max(worst, float(np.abs(ref - art).max()))
+        lp = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
+        lq = art - np.logaddexp.reduce(art, axis=-1, keepdims=True)
+        kls.extend((np.exp(lp) * (lp - lq)).sum(-1).tolist())
+        agree += int((ref.argmax(-1) == art.argmax(-1)).sum())
+        total += batch
+    print(f"v{version} {precision} batch {batch}: max |dlogit| {worst:.3g}, KL mean {np.mean(kls):.3g} "
+          f"max {np.max(kls):.3g}, top-1 {agree / total:.3f}")
+    assert worst <= limits.logits_max_abs
+    assert np.mean(kls) <= limits.kl_mean and np.max(kls) <= limits.kl_max
+    assert agree / total >= limits.top1_min
+    assert worst > 1e-5  # the weights really were rounded: not an fp32 graph under another name
+
+
+@pytest.mark.parametrize("precision, min_ratio", [("int8", 3.0), ("int4", 4.5)])
+def test_quantized_file_is_smaller_by_the_expected_factor(wide_fp32, tmp_path, precision, min_ratio):
+    # int8: 1 byte + a 4-byte scale and 1-byte zero point per 32 weights = 1.16 B/weight (3.5x smaller than fp32);
+    # int4: 0.5 + 5/32 = 0.66 B/weight (6.1x); the embedding is 8-bit in both; norms and vectors stay fp32
+    dst = tmp_path / f"{precision}.onnx"
+    summary = quantize_onnx_file(wide_fp32, dst, precision)
+    ratio = wide_fp32.stat().st_size / dst.stat().st_size
+    print(f"{precision}: {wide_fp32.stat().st_size} -> {dst.stat().st_size} bytes ({ratio:.2f}x)")
+    assert ratio >= min_ratio
+    assert summary["weight_bytes"]["before"] / summary["weight_bytes"]["after"] >= min_ratio
+
+
+def test_quantization_is_deterministic(packages, wide_fp32, tmp_path):
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_onnx_file(wide_fp32, first, "int4")
+    quantize_onnx_file(wide_fp32, second, "int4")
+    assert first.read_bytes() == second.read_bytes()
+    ckpt, package = packages["7", "int8"]
+    again = tmp_path / "again"
+    export_package(ckpt, again, ExportOptions(precision="int8", tokenizer="none"))
+    name = read_manifest(package).graphs["step"].path
+    assert (again / name).read_bytes() == (package / name).read_bytes()
+    assert (again / "manifest.json").read_text() == (package / "manifest.json").read_text()
+
+
+def test_external_data_result(wide_fp32, tmp_path):
+    dst = tmp_path / "ext.onnx"
+    summary = quantize_onnx_file(wide_fp32, dst, "int4", external_data=True)
+    assert summary["external_data"] == "ext.onnx.data" and (tmp_path / "ext.onnx.data").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]  # no staging files left
+    inline = tmp_path.parent / f"{tmp_path.name}-inline.onnx"
+    quantize_onnx_file(wide_fp32, inline, "int4")
+    a, b = onnx.load(str(dst)), onnx.load(str(inline))  # the same tensors either way
+    tensors = lambda m: {t.name: numpy_helper.to_array(t).tobytes() for t in m.graph.initializer}
+    assert tensors(a) == tensors(b)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_blockwise_round_trip_error_is_half_a_step(bits, symmetric):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((80, 24)).astype(np.float32)  # K = 80: the last block of 32 is padded
+    parts = quantize_matmul_weight(w, bits, 32, symmetric)
+    back = dequantize_matmul_weight(parts, 80, 24, bits, 32)
+    step = parts["scales"].reshape(24, 3).T.repeat(32, axis=0)[:80]  # each weight's block scale
+    assert np.all(np.abs(back - w) <= step / 2 + 1e-6)
+    assert parts["B"].shape == (24, 3, 32 * bits // 8)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        config_for("int4", block_size=24)
+    with pytest.raises(ValueError):
+        config_for("int8", bits=3)
+
+
+@pytest.mark.parametrize("precision", QUANTIZED)
+def test_validate_passes_on_the_bundled_package(bundled, precision):
+    result = runner.invoke(app, ["validate", str(bundled / precision), "--checkpoint", str(bundled_checkpoint()),
+                                 "--steps", "64", "--batch", "2", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((bundled / precision / "validation" / "report.json").read_text())
+    assert report["result"] == "PASS" and report["thresholds"]["precision"] == precision
+    print(precision, report["summary"])
+
+
+@pytest.mark.parametrize("precision", QUANTIZED)
+def test_check_trt_rejects_quantized_packages(bundled, precision):
+    report = lint_package(bundled / precision)
+    flagged = [f for f in report.errors if f.check == "ort-quantized-op"]
+    assert {f.op for f in flagged} == {"MatMulNBits", "GatherBlockQuantized"}
+    assert all("--precision fp16" in f.fix and f.node for f in flagged)
+    result = runner.invoke(app, ["check-trt", str(bundled / precision)])
+    assert result.exit_code == 1 and "MatMulNBits" in result.output
