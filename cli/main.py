@@ -51,18 +51,23 @@ def export_cmd(
     tokenizer: Optional[str] = typer.Option(None, help="world | bytes | none | path to tokenizer.json (default: from vocab size)"),
     external_data: bool = typer.Option(False, "--external-data", help="store weights in a separate .data file"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
+    prefill: bool = typer.Option(False, "--prefill", help="also export the time-parallel prefill graph "
+                                 "(tokens [batch, T] in one call; weights stored once for both graphs)"),
+    prefill_logits: str = typer.Option("last", "--prefill-logits", help="prefill graph output: last | all positions"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
 ) -> None:
-    """Export a checkpoint's single-step graph to ONNX and write a deployment package."""
+    """Export a checkpoint's single-step graph (and optionally its prefill graph) to ONNX as a deployment package."""
     from rwkv_deploy.export.package_builder import ExportOptions, export_package
     from .progress import stage_printer
 
     options = ExportOptions(precision=precision, opset=opset, tokenizer=tokenizer,
-                            external_data=True if external_data else None, force=force)
+                            external_data=True if external_data else None, force=force, prefill=prefill,
+                            prefill_logits=prefill_logits)
     with stage_printer(enabled=not quiet) as progress:
         manifest = export_package(checkpoint or _default_checkpoint(), out, options, progress=progress)
     graph = manifest.graphs["step"]
-    typer.echo(f"wrote {out}/{graph.path} (RWKV-{manifest.model.version}, {graph.precision}, "
+    extra = f" and {manifest.graphs['prefill'].path}" if "prefill" in manifest.graphs else ""
+    typer.echo(f"wrote {out}/{graph.path}{extra} (RWKV-{manifest.model.version}, {graph.precision}, "
                f"{len(manifest.state)} state tensors, tokenizer {manifest.tokenizer.kind})")
 
 

@@ -41,6 +41,7 @@ class GraphInfo:
     opset: int
     external_data: str | None = None
     quantization: dict[str, Any] | None = None  # int8/int4: what was quantized and how (export/quantize.py)
+    logits: str | None = None  # prefill graph: "last" ([batch, vocab]) or "all" ([batch, T, vocab]) positions
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +23,12 @@ from rwkv_deploy.models import build_model, load_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
 
 from .manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
-from .onnx_graph import DEFAULT_OPSET, LOGITS_OUTPUT, TOKEN_INPUT, export_step_graph, state_input_name, state_output_name
+from .onnx_graph import (DEFAULT_OPSET, LOGITS_OUTPUT, TOKEN_INPUT, export_prefill_graph, export_step_graph,
+                         state_input_name, state_output_name)
 from .onnx_checks import check_onnx_file
 from .precision import PRECISIONS, QUANTIZED_PRECISIONS, apply_precision
 from .quantize import quantize_staged_graph
+from .shared_weights import share_weights
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
 
 INITIAL_STATE_FILE = "initial_state.npz"
@@ -43,6 +46,27 @@ class ExportOptions:
     tokenizer: str | None = None  # "world", "bytes", "none", a tokenizer.json path, or None to infer
     force: bool = False
     name: str | None = None  # graph file stem; default: the checkpoint's stem
+    prefill: bool = False  # also export the time-parallel prefill graph (weights shared with the step graph)
+    prefill_logits: str = "last"  # prefill graph output: "last" position's logits, or "all" positions
+
+
+def _write_graph(
+    kind: str, export: Callable[..., str | None], model: RWKVModel, path: Path, options: ExportOptions,
+    progress: Callable[[str], None],
+) -> GraphInfo:
+    """Trace one graph of the package to `path` (checked), quantized for int8/int4; its manifest entry."""
+    progress(f"tracing the {kind} graph to ONNX and checking it")
+    quantized = options.precision in QUANTIZED_PRECISIONS
+    traced = path.with_name(f".fp32-{path.name}") if quantized else path
+    external = export(model, traced, options.opset, True if quantized else options.external_data,
+                      check=check_onnx_file)
+    quantization = None
+    if quantized:  # int8/int4: quantize the traced fp32 graph into the final file, drop the fp32 one
+        progress(f"quantizing the {kind} graph to {options.precision}")
+        external, quantization = quantize_staged_graph(traced, path, options.precision, options.external_data,
+                                                       check=check_onnx_file)
+    return GraphInfo(path=path.name, precision=options.precision, opset=options.opset, external_data=external,
+                     quantization=quantization)
 
 
 def _state_entries(model: RWKVModel, package_dir: Path) -> list[StateEntry]:
@@ -81,6 +105,8 @@ def export_package(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> Manifest:
     """Export `checkpoint` into the package directory `out_dir` and return its manifest."""
+    if options.prefill_logits not in ("last", "all"):
+        raise ExportError(f"unknown prefill logits {options.prefill_logits!r}; expected last or all")
     if options.precision not in PRECISIONS:
         raise ExportError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
@@ -101,16 +127,16 @@ def export_package(
         graph_model = apply_precision(model, options.precision)
         name = options.name or Path(checkpoint).stem
         graph_file = f"{name}.onnx"
-        progress("tracing the step graph to ONNX and checking it")
-        quantized = options.precision in QUANTIZED_PRECISIONS
-        traced = tmp / (f".fp32-{graph_file}" if quantized else graph_file)
-        external = export_step_graph(graph_model, traced, options.opset, True if quantized else options.external_data,
-                                     check=check_onnx_file)
-        quantization = None
-        if quantized:  # int8/int4: quantize the traced fp32 graph into the final file, drop the fp32 one
-            progress(f"quantizing the step graph to {options.precision}")
-            external, quantization = quantize_staged_graph(traced, tmp / graph_file, options.precision,
-                                                           options.external_data, check=check_onnx_file)
+        graphs = {"step": _write_graph("step", export_step_graph, graph_model, tmp / graph_file, options, progress)}
+        if options.prefill:
+            prefill = partial(export_prefill_graph, all_logits=options.prefill_logits == "all")
+            graphs["prefill"] = _write_graph("prefill", prefill, graph_model, tmp / f"{name}.prefill.onnx",
+                                             options, progress)
+            progress("storing the weights once for both graphs")
+            data_name = f"{graph_file}.data"
+            share_weights([tmp / g.path for g in graphs.values()], data_name)
+            graphs = {k: replace(g, external_data=data_name) for k, g in graphs.items()}
+            graphs["prefill"] = replace(graphs["prefill"], logits=options.prefill_logits)
         state = _state_entries(model, tmp)
         tokenizer = install_tokenizer(kind, tok_source, tmp)
         progress("hashing files")
@@ -119,8 +145,7 @@ def export_package(
             model=ModelInfo(version=cfg.version, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
                             head_size=cfg.head_size, vocab_size=cfg.vocab_size, ffn_size=cfg.ffn_size,
                             lora=dict(cfg.lora)),
-            graphs={"step": GraphInfo(path=graph_file, precision=options.precision, opset=options.opset,
-                                      external_data=external, quantization=quantization)},
+            graphs=graphs,
             state=state, tokenizer=tokenizer, files=files, token_input=TOKEN_INPUT, logits_output=LOGITS_OUTPUT,
             producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
             source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},

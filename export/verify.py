@@ -33,6 +33,8 @@ INDEX_FORMAT_VERSION = 1
 VALIDATION_DIR = "validation/"
 ALIGNMENT = 64  # archive member data offsets are multiples of this, so runtimes can map weights in place
 BATCH_AXIS = "batch"
+TIME_AXIS = "T"  # the prefill graph's sequence axis
+PREFILL_TOKENS_INPUT = "tokens"
 TOKEN_DTYPE = "int64"
 LOGITS_DTYPE = "float32"
 _CHUNK = 1 << 20
@@ -214,25 +216,39 @@ def _sibling(graph_path: str, name: str) -> str:
 
 
 def _graph_problems(reader: _Reader, manifest: Manifest) -> list[str]:
-    graph = manifest.graphs.get("step")
-    if graph is None or graph.path not in reader.names:
-        return []  # reported as missing by the file checks
-    try:
-        with reader.open(graph.path) as f:
-            model = onnx.load_model(f, load_external_data=False)
-    except (OSError, zipfile.BadZipFile, DecodeError, ValueError) as exc:
-        return [f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})"]
+    problems = []
+    for kind, graph in manifest.graphs.items():
+        if graph.path not in reader.names:
+            continue  # reported as missing by the file checks
+        try:
+            with reader.open(graph.path) as f:
+                model = onnx.load_model(f, load_external_data=False)
+        except (OSError, zipfile.BadZipFile, DecodeError, ValueError) as exc:
+            problems.append(f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})")
+            continue
+        want_in, want_out = _expected_io(kind, graph, manifest)
+        weights = {t.name for t in model.graph.initializer}  # old IR versions also list initializers as inputs
+        inputs = [v for v in model.graph.input if v.name not in weights]
+        problems += (_io_problems(graph.path, "input", inputs, want_in)
+                     + _io_problems(graph.path, "output", list(model.graph.output), want_out)
+                     + _opset_problems(graph, model)
+                     + _external_data_problems(reader, graph, model))
+    return problems
+
+
+def _expected_io(kind: str, graph: GraphInfo, manifest: Manifest) -> tuple[list[tuple], list[tuple]]:
+    """(name, dtype, shape) of each input and output the manifest promises for the graph `kind`.
+
+    step: token [batch]; prefill: tokens [batch, T], logits of the last position or of all T positions."""
     vocab = manifest.model.vocab_size
-    want_in = [(manifest.token_input, TOKEN_DTYPE, [BATCH_AXIS])]
-    want_in += [(s.input, s.dtype, list(s.shape)) for s in manifest.state]
-    want_out = [(manifest.logits_output, LOGITS_DTYPE, [BATCH_AXIS, vocab])]
-    want_out += [(s.output, s.dtype, list(s.shape)) for s in manifest.state]
-    weights = {t.name for t in model.graph.initializer}  # old IR versions also list initializers as inputs
-    inputs = [v for v in model.graph.input if v.name not in weights]
-    return (_io_problems(graph.path, "input", inputs, want_in)
-            + _io_problems(graph.path, "output", list(model.graph.output), want_out)
-            + _opset_problems(graph, model)
-            + _external_data_problems(reader, graph, model))
+    state_in = [(s.input, s.dtype, list(s.shape)) for s in manifest.state]
+    state_out = [(s.output, s.dtype, list(s.shape)) for s in manifest.state]
+    if kind == "prefill":
+        logits = [BATCH_AXIS, TIME_AXIS, vocab] if graph.logits == "all" else [BATCH_AXIS, vocab]
+        return ([(PREFILL_TOKENS_INPUT, TOKEN_DTYPE, [BATCH_AXIS, TIME_AXIS])] + state_in,
+                [(manifest.logits_output, LOGITS_DTYPE, logits)] + state_out)
+    return ([(manifest.token_input, TOKEN_DTYPE, [BATCH_AXIS])] + state_in,
+            [(manifest.logits_output, LOGITS_DTYPE, [BATCH_AXIS, vocab])] + state_out)
 
 
 def _io_problems(where: str, kind: str, actual: list[onnx.ValueInfoProto],

@@ -35,7 +35,10 @@ class GenerationError(RwkvDeployError, ValueError):
 
 
 class StepBackend(Protocol):
-    """What generation needs from an inference engine (ONNX Runtime now, TensorRT later)."""
+    """What generation needs from an inference engine (ONNX Runtime, TensorRT).
+
+    A backend may also offer `has_prefill: bool` and `prefill(tokens [B, T], state) -> (logits [B, vocab],
+    state)`; prompts then go through it in one call per block instead of one step per token."""
 
     @property
     def vocab_size(self) -> int: ...
@@ -142,9 +145,12 @@ class Generator:
         running = list(range(len(prompts)))  # batch row -> prompt index
         final_logits: list[np.ndarray | None] = [None] * len(prompts)
         parked: list[RecurrentState | None] = [None] * len(prompts)
-        for position in range(max(map(len, prompts))):
-            logits, state = self.backend.step(np.array([prompts[i][position] for i in running], np.int64), state)
-            done = [row for row, i in enumerate(running) if len(prompts[i]) == position + 1]
+        position = 0
+        for end in sorted(set(map(len, prompts))):  # feed up to where the next prompt ends, in one go
+            block = np.array([prompts[i][position:end] for i in running], np.int64)  # [rows, end - position]
+            logits, state = self._feed(block, state)
+            position = end
+            done = [row for row, i in enumerate(running) if len(prompts[i]) == end]
             if len(done) == len(running) == len(prompts):  # all equally long: the batch state is the answer
                 return logits, state
             for row in done:
@@ -154,6 +160,14 @@ class Generator:
             if done and kept:
                 state = state.rows(kept)
         return np.stack(final_logits), RecurrentState.concat(parked)
+
+    def _feed(self, block: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+        """Tokens [rows, T] into the backend: one prefill call when it has a prefill graph, else T steps."""
+        if block.shape[1] > 1 and getattr(self.backend, "has_prefill", False):
+            return self.backend.prefill(block, state)
+        for column in block.T:
+            logits, state = self.backend.step(np.ascontiguousarray(column), state)
+        return logits, state
 
     def _initial_state(self, states: Sequence[RecurrentState | None]) -> RecurrentState:
         if all(s is None for s in states):

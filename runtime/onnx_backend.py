@@ -21,6 +21,7 @@ from .package import DeploymentPackage, PackageError
 from .state import RecurrentState, StateError, host
 
 CPU = "CPUExecutionProvider"
+PREFILL_TOKENS = "tokens"  # the prefill graph's token input, [batch, T]
 CUDA = "CUDAExecutionProvider"
 
 Provider = str | tuple[str, dict[str, Any]]
@@ -75,6 +76,8 @@ class OnnxStepBackend:
         manifest = package.manifest
         self._entries = manifest.state
         self._outputs = [manifest.logits_output] + [e.output for e in manifest.state]
+        self._providers, self._threads = providers, threads
+        self._prefill_session: ort.InferenceSession | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -95,6 +98,40 @@ class OnnxStepBackend:
         run = self._run_on_device if self.device == "cuda" else self._run_on_host
         logits, values = run(tokens, state.values)
         return logits, state.replace(values)
+
+    @property
+    def has_prefill(self) -> bool:
+        return self.package.prefill_graph_path is not None
+
+    def prefill(self, tokens: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+        """Feed T tokens per sequence in one call of the prefill graph: tokens int64 [batch, T] ->
+        logits [batch, vocab] after the last token, and the state after it.
+
+        Needs a package exported with `--prefill` (`has_prefill`); its session is created on first use."""
+        array = np.asarray(tokens)
+        if array.ndim != 2 or array.shape[1] == 0:
+            raise StateError(f"prefill tokens must be [batch, T] with T >= 1, got shape {list(array.shape)}")
+        flat = self.package.check_tokens(array.reshape(-1)).reshape(array.shape)
+        if state.graph_sha256 not in (None, self.package.graph_sha256):
+            raise StateError("state belongs to another model (its graph sha256 differs from this package's)")
+        state.check(self._entries, batch=array.shape[0])
+        feeds = {PREFILL_TOKENS: flat}
+        feeds.update({e.input: host(v) for e, v in zip(self._entries, state.values)})
+        logits, *values = self._prefill_graph().run(self._outputs, feeds)
+        return (logits[:, -1] if logits.ndim == 3 else logits), state.replace(values)
+
+    def _prefill_graph(self) -> ort.InferenceSession:
+        if self._prefill_session is None:
+            path = self.package.prefill_graph_path
+            if path is None:
+                raise BackendError(f"{self.package.directory}: the package has no prefill graph "
+                                   f"(export it with `rwkv-deploy export --prefill`)")
+            try:
+                self._prefill_session = ort.InferenceSession(str(path), session_options(self._threads),
+                                                             providers=self.session.get_providers())
+            except Exception as exc:  # ORT raises its own exception types
+                raise BackendError(f"{path}: onnxruntime cannot load the graph ({exc})") from None
+        return self._prefill_session
 
     def _run_on_host(self, tokens: np.ndarray, values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
         feeds = {self.package.manifest.token_input: tokens}

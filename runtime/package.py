@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rwkv_deploy.models.tokenizers import Tokenizer
 
 STEP_GRAPH = "step"
+PREFILL_GRAPH = "prefill"  # optional: tokens [batch, T] in, one call for a whole prompt
 
 
 class PackageError(RwkvDeployError):
@@ -81,6 +82,12 @@ class DeploymentPackage:
     @property
     def graph_path(self) -> Path:
         return self.directory / self.manifest.graphs[STEP_GRAPH].path
+
+    @property
+    def prefill_graph_path(self) -> Path | None:
+        """The prefill graph (`rwkv-deploy export --prefill`), or None when the package has none."""
+        graph = self.manifest.graphs.get(PREFILL_GRAPH)
+        return self.directory / graph.path if graph else None
 
     @property
     def graph_sha256(self) -> str | None:

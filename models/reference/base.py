@@ -111,8 +111,8 @@ class RWKVModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, state[i * per_layer : (i + 1) * per_layer], ctx)
             new_state.extend(layer_state)
-        if last_only:
-            x = x[:, -1]
+        if last_only:  # kept [B, 1, C] so the head traces to the same weight layout as the step graph's
+            return self.head(self.ln_out(x[:, -1:]))[:, 0], new_state
         return self.head(self.ln_out(x)), new_state
 
     def step(self, tokens: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[torch.Tensor, State]:
