@@ -68,7 +68,7 @@ class QuantConfig:
 
 
 QUANT_CONFIGS: dict[str, QuantConfig] = {
-    "int8": QuantConfig(bits=8, block_size=32, symmetric=False, accuracy_level=4, head_bits=8, embedding_bits=8),
+    "int8": QuantConfig(bits=8, block_size=128, symmetric=False, accuracy_level=4, head_bits=8, embedding_bits=8),
     "int4": QuantConfig(bits=4, block_size=32, symmetric=False, accuracy_level=4, head_bits=4, embedding_bits=8),
 }
 

@@ -85,21 +85,22 @@ class Fp16Thresholds(Thresholds):
 
 @dataclass(frozen=True)
 class Int8Thresholds(Thresholds):
-    """int8 exports quantize every matrix product's weights (and the embedding) to 8 bits in blocks of 32 and
-    let ONNX Runtime quantize the activations to int8 inside MatMulNBits (accuracy_level 4), so their error is
-    rounding by design, ~100x fp16's. Measured with `rwkv-deploy validate` (256 steps x 4 sequences): the
-    bundled model max |dlogit| 1.08 (random stream; 0.53 on text), state rel 1.99, KL mean 1.7e-3 and max 0.094,
-    top-1 0.963, growth 1.07, greedy text identical; random v4/v5.2/v6/v7 models (2x64 vocab 256 and 4x256
-    vocab 4096) at most 0.31, 0.54, 1.2e-4, 3.3e-3, top-1 >= 0.961, greedy parting at reference margins
-    <= 0.028. The limits sit ~3-5x above the bundled model's (a trained model's logits are the larger and
-    sharper ones) and far below a wrong graph's: the bundled int8 package with its zero points overwritten by
-    the symmetric default (a plausible packing bug) measures max |dlogit| 22.5, KL mean 8.3, top-1 0.031."""
+    """int8 exports quantize every matrix product's weights (and the embedding) to 8 bits, blocks of 128 along
+    K with a scale and zero point each, and let ONNX Runtime quantize the activations to int8 inside MatMulNBits
+    (accuracy_level 4): rounding by design, ~100x fp16's error. Measured with `rwkv-deploy validate` (256 steps
+    x 4 sequences): the bundled model max |dlogit| 2.36 (random-token stream), state rel 1.75, KL mean 3.6e-3
+    and max 0.55, top-1 0.960, growth 1.10, greedy text identical (blocks of 32 would halve that: 1.08, KL mean
+    1.7e-3, max 0.094, but decode 1.4x slower); random v4/v5.2/v6/v7 models (2x64 vocab 256 and 4x256 vocab
+    4096) at most 0.24, 0.60, 1.7e-4, 1.6e-3, top-1 >= 0.963, greedy parting at reference margins <= 0.05.
+    The limits sit ~2.5-3x above the bundled model's (a trained model's logits are the larger and sharper
+    ones) and far below a wrong graph's: the bundled int8 package with its zero points overwritten by the
+    symmetric default (a plausible packing bug) measures max |dlogit| 22.5, KL mean 8.3, top-1 0.031."""
 
     precision: str = "int8"
-    logits_max_abs: float = 3.0
+    logits_max_abs: float = 6.0
     state_max_rel: float = 5.0
     kl_mean: float = 1e-2
-    kl_max: float = 0.5
+    kl_max: float = 1.5
     top1_min: float = 0.9
     growth_ratio_max: float = 100.0
 
