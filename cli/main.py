@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
+from .bench_cmd import register as _register_bench
 from .errors import one_line_errors
 from .generate_cmd import register as _register_generate
 from .package_cmd import register as _register_package
 from .tensorrt_cmd import register as _register_tensorrt
 from .validate_cmd import register as _register_validate
 
-_COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt)
+_COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt, _register_bench)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export RWKV checkpoints to ONNX / TensorRT and run them without PyTorch.")

@@ -1,0 +1,164 @@
+"""The three things `bench` times, behind one small interface: this project's exported package, the
+PyTorch reference model, and BlinkDL's `rwkv` package (cpu fp32). Each runs in its own worker process
+(`bench.worker`), so its peak memory and thread settings are its own."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .timing import Timing, time_calls
+
+DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE = "rwkv-deploy", "torch-reference", "rwkv-package"
+
+
+class Engine(ABC):
+    name: str
+    max_decode_batch: int | None = None  # None: any batch
+
+    def __init__(self, vocab_size: int, seed: int) -> None:
+        self.vocab_size = vocab_size
+        self.rng = np.random.default_rng(seed)
+
+    def tokens(self, *shape: int) -> np.ndarray:
+        return self.rng.integers(0, self.vocab_size, shape, dtype=np.int64)
+
+    @abstractmethod
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        """A callable that runs one decode step of `batch` sequences, carrying its own state forward."""
+
+    @abstractmethod
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        """A callable that feeds `length` tokens of one sequence from a fresh state (the engine's fastest way)."""
+
+    def decode(self, batch: int, min_seconds: float, state: Any = None) -> Timing:
+        return time_calls(self.decode_call(batch, state), min_seconds, warmup=3)
+
+    def prefill(self, length: int, min_seconds: float) -> Timing:
+        return time_calls(self.prefill_call(length), min_seconds, min_calls=2, warmup=2)
+
+
+class DeployEngine(Engine):
+    """A package through the runtime (`--backend`, ONNX Runtime by default): the step graph for decode,
+    the prefill graph when the package has one (else one step per token)."""
+
+    name = DEPLOY
+
+    def __init__(self, package_dir: Path, backend: str, threads: int, vocab_size: int, seed: int) -> None:
+        super().__init__(vocab_size, seed)
+        from rwkv_deploy.runtime import DeploymentPackage
+        from rwkv_deploy.runtime.backends import make_backend
+
+        self.package = DeploymentPackage.open(package_dir, verify=False)
+        options = {"threads": threads} if backend == "onnxruntime" else {}
+        self.backend = make_backend(backend, self.package, **options)
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        current = [state if state is not None else self.backend.fresh_state(batch)]
+
+        def call() -> None:
+            _, current[0] = self.backend.step(self.tokens(batch), current[0])
+        return call
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        from rwkv_deploy.runtime import Generator
+
+        generator = Generator(self.backend)
+        tokens = self.tokens(length).tolist()
+        return lambda: generator.prefill(tokens)
+
+    def load_state(self, path: Path) -> Any:
+        """A context state made by any precision's package of the same model: the tensors are the same
+        fp32 state, so it is taken without the state file's per-graph check (`RecurrentState.load`)."""
+        from rwkv_deploy.runtime import RecurrentState
+
+        names = tuple(e.name for e in self.package.manifest.state)
+        with np.load(path) as data:
+            values = tuple(data[f"s{k:04d}"] for k in range(len(names)))
+        state = RecurrentState(names, values)
+        state.check(self.package.manifest.state, state.batch)
+        return state
+
+    def context_states(self, lengths: list[int], chunk: int, out_dir: Path) -> dict[int, str]:
+        """Feed one long random sequence and save the state after each of `lengths` tokens (.npz)."""
+        from rwkv_deploy.runtime import Generator
+
+        generator, state, fed, saved = Generator(self.backend), None, 0, {}
+        for length in sorted(lengths):
+            while fed < length:
+                n = min(chunk, length - fed)
+                _, state = generator.prefill(self.tokens(n).tolist(), state)
+                fed += n
+            path = out_dir / f"context-{length}.npz"
+            np.savez(path, **{f"s{k:04d}": v for k, v in enumerate(state.numpy().values)})
+            saved[length] = str(path)
+        return saved
+
+
+class TorchReferenceEngine(Engine):
+    """The project's PyTorch reference model in fp32 (the model every export is validated against)."""
+
+    name = TORCH_REFERENCE
+
+    def __init__(self, checkpoint: Path, vocab_size: int, seed: int) -> None:
+        super().__init__(vocab_size, seed)
+        import torch
+        from rwkv_deploy.models import load_model
+
+        self.torch = torch
+        self.model = load_model(checkpoint).eval()
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        current = [self.model.init_state(batch)]
+
+        def call() -> None:
+            with self.torch.no_grad():
+                _, current[0] = self.model.step(self.torch.from_numpy(self.tokens(batch)), current[0])
+        return call
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        tokens = self.torch.from_numpy(self.tokens(1, length))
+
+        def call() -> None:
+            with self.torch.no_grad():
+                self.model(tokens, self.model.init_state(1), last_only=True)
+        return call
+
+
+class RwkvPackageEngine(Engine):
+    """BlinkDL's `rwkv` package, strategy "cpu fp32", its JIT on (its default): one sequence at a time."""
+
+    name = RWKV_PACKAGE
+    max_decode_batch = 1
+
+    def __init__(self, checkpoint: Path, version: str, vocab_size: int, seed: int) -> None:
+        super().__init__(vocab_size, seed)
+        os.environ.setdefault("RWKV_CUDA_ON", "0")
+        if version == "7":
+            os.environ["RWKV_V7_ON"] = "1"
+        import torch
+        from rwkv.model import RWKV  # reads RWKV_* variables at import: set above, in this worker only
+
+        self.torch = torch
+        name = str(checkpoint)[: -len(".pth")]  # the package appends ".pth" itself
+        self.model = RWKV(name, "cpu fp32")  # the v7 class takes no `verbose`
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        current: list[Any] = [None]
+
+        def call() -> None:
+            with self.torch.no_grad():
+                _, current[0] = self.model.forward([int(self.tokens(1)[0])], current[0])
+        return call
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        tokens = self.tokens(length).tolist()
+
+        def call() -> None:
+            with self.torch.no_grad():
+                self.model.forward(tokens, None)
+        return call

@@ -1,0 +1,55 @@
+"""Model shapes for benchmarking with random weights: `--shape VERSION:LAYERS:WIDTH:VOCAB[:HEAD_SIZE]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rwkv_deploy.errors import RwkvDeployError
+
+VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
+
+
+class ShapeError(RwkvDeployError, ValueError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    version: str
+    n_layer: int
+    n_embd: int
+    vocab_size: int
+    head_size: int = 64
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}:{self.n_layer}:{self.n_embd}:{self.vocab_size}:{self.head_size}"
+
+    def write_random_checkpoint(self, path: Path, seed: int = 0) -> Path:
+        """A BlinkDL-format checkpoint of this shape with random (well-scaled) weights."""
+        from rwkv_deploy.models.random_checkpoint import make_checkpoint, save_checkpoint
+
+        sd = make_checkpoint(self.version, n_layer=self.n_layer, n_embd=self.n_embd, head_size=self.head_size,
+                             vocab_size=self.vocab_size, seed=seed)
+        return save_checkpoint(sd, path)
+
+
+def parse_shape(text: str) -> ModelShape:
+    """"7:12:768:65536" is RWKV-7 with 12 layers, width 768, vocabulary 65536 (head size 64 by default)."""
+    parts = text.split(":")
+    if len(parts) not in (4, 5):
+        raise ShapeError(f"--shape {text!r}: expected VERSION:LAYERS:WIDTH:VOCAB[:HEAD_SIZE], e.g. 7:12:768:65536")
+    version = parts[0] if parts[0] != "5" else "5.2"
+    if version not in VERSIONS:
+        raise ShapeError(f"--shape {text!r}: unknown RWKV version {parts[0]!r} (one of {', '.join(VERSIONS)})")
+    try:
+        numbers = [int(p) for p in parts[1:]]
+    except ValueError:
+        raise ShapeError(f"--shape {text!r}: layers, width, vocab and head size must be integers") from None
+    if min(numbers) < 1:
+        raise ShapeError(f"--shape {text!r}: every size must be at least 1")
+    shape = ModelShape(version, *numbers)
+    if version != "4" and shape.n_embd % shape.head_size:
+        raise ShapeError(f"--shape {text!r}: width {shape.n_embd} is not a multiple of head size {shape.head_size}")
+    return shape

@@ -1,0 +1,71 @@
+"""One engine's measurements in a process of its own: `python -m rwkv_deploy.bench.worker JOB.json OUT.json`.
+
+The parent sets the thread variables (OMP_NUM_THREADS, ...) in this process's environment before any
+library starts its thread pool; the job says what to measure; the result lists the rows and this
+process's peak resident memory, which is then the engine's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from .engines import DEPLOY, RWKV_PACKAGE, TORCH_REFERENCE, DeployEngine, Engine, RwkvPackageEngine, TorchReferenceEngine
+
+
+def make_engine(job: dict[str, Any]) -> Engine:
+    if job["engine"] == DEPLOY:
+        return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"])
+    if job["engine"] == TORCH_REFERENCE:
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        return TorchReferenceEngine(Path(job["checkpoint"]), job["vocab_size"], job["seed"])
+    if job["engine"] == RWKV_PACKAGE:
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        return RwkvPackageEngine(Path(job["checkpoint"]), job["version"], job["vocab_size"], job["seed"])
+    raise ValueError(f"unknown engine {job['engine']!r}")
+
+
+def row(job: dict[str, Any], mode: str, batch: int, tokens: int, tokens_per_s: float, seconds_per_call: float,
+        calls: int) -> dict[str, Any]:
+    return {"engine": job["engine"], "precision": job["precision"], "mode": mode, "batch": batch, "tokens": tokens,
+            "tokens_per_s": tokens_per_s, "ms_per_call": 1000 * seconds_per_call, "calls": calls}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    engine = make_engine(job)
+    seconds = job["min_seconds"]
+    if job.get("make_contexts"):
+        return {"contexts": engine.context_states(job["contexts"], job["context_chunk"], Path(job["work_dir"]))}
+    rows = []
+    for batch in job["batches"]:
+        if engine.max_decode_batch is not None and batch > engine.max_decode_batch:
+            continue
+        t = engine.decode(batch, seconds)
+        rows.append(row(job, "decode", batch, 0, batch / t.seconds_per_call, t.seconds_per_call, t.calls))
+    for length in job["prefill_lengths"]:
+        t = engine.prefill(length, seconds)
+        rows.append(row(job, "prefill", 1, length, length / t.seconds_per_call, t.seconds_per_call, t.calls))
+    for length, path in sorted(job.get("context_states", {}).items(), key=lambda kv: int(kv[0])):
+        t = engine.decode(1, seconds, state=engine.load_state(Path(path)))
+        rows.append(row(job, "decode", 1, int(length), 1 / t.seconds_per_call, t.seconds_per_call, t.calls))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    for r in rows:
+        r["peak_rss_mb"] = round(peak_mb, 1)
+    return {"rows": rows, "peak_rss_mb": peak_mb}
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    Path(argv[1]).write_text(json.dumps(run_job(job)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
