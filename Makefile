@@ -39,8 +39,8 @@ BUNDLED := models/bundled/rwkv7-pystdlib-tiny.pth
 demo: setup
 	@echo "== 1/7 inspect the bundled checkpoint"
 	$(BIN)/rwkv-deploy inspect $(BUNDLED)
-	@echo "== 2/7 export fp32 and fp16 ONNX packages"
-	$(BIN)/rwkv-deploy export $(BUNDLED) --out $(DEMO_OUT)/fp32 --force
+	@echo "== 2/7 export fp32 (with the prefill graph) and fp16 ONNX packages"
+	$(BIN)/rwkv-deploy export $(BUNDLED) --out $(DEMO_OUT)/fp32 --prefill --force
 	$(BIN)/rwkv-deploy export $(BUNDLED) --out $(DEMO_OUT)/fp16 --precision fp16 --force
 	@echo "== 3/7 validate both against the PyTorch reference"
 	$(BIN)/rwkv-deploy validate $(DEMO_OUT)/fp32 --checkpoint $(BUNDLED)
