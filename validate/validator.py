@@ -33,6 +33,7 @@ from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.tokenizers import Tokenizer, load_tokenizer
 
 from . import metrics
+from .prefill_check import compare_prefill
 from .streams import TokenStream, make_streams, prompt_tokens
 from .thresholds import Check, Thresholds, evaluate, thresholds_for
 
@@ -544,9 +545,17 @@ def validate_package(
             progress(f"greedy decoding {options.greedy_tokens} tokens on each side")
             with _timed(timings, "greedy"):
                 greedy = compare_greedy(reference, artifact, streams[-1], options.prompt_length, options.greedy_tokens)
+            prefill = None
+            if "prefill" in manifest.graphs and options.backend == "onnxruntime":
+                progress("comparing the prefill graph, chunk by chunk")
+                with _timed(timings, "prefill"):
+                    prefill = compare_prefill(model, manifest, package_dir, streams[-1])
         finally:
             close()
     checks = [c for r in results for c in evaluate(r.name, r.metrics, thresholds, r.details)]
+    if prefill is not None:
+        checks += evaluate("prefill", prefill.metrics, thresholds,
+                           {m: prefill.describe() for m in prefill.metrics})
     checks += evaluate("greedy", {"greedy_divergence_margin": greedy.max_margin}, thresholds,
                        {"greedy_divergence_margin": f"identical tokens per sequence {greedy.matched} of {greedy.tokens}"})
     timings["total"] = round(time.perf_counter() - total, 3)
