@@ -38,6 +38,18 @@ def row(job: dict[str, Any], mode: str, batch: int, tokens: int, tokens_per_s: f
             "tokens_per_s": tokens_per_s, "ms_per_call": 1000 * seconds_per_call, "calls": calls}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux keeps ru_maxrss across exec, so a worker started from a
+    big parent would report the parent's peak; VmHWM belongs to this process image alone."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, bytes on macOS
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     engine = make_engine(job)
     seconds = job["min_seconds"]
@@ -55,7 +67,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     for length, path in sorted(job.get("context_states", {}).items(), key=lambda kv: int(kv[0])):
         t = engine.decode(1, seconds, state=engine.load_state(Path(path)))
         rows.append(row(job, "decode", 1, int(length), 1 / t.seconds_per_call, t.seconds_per_call, t.calls))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak_mb = peak_rss_mb()
     for r in rows:
         r["peak_rss_mb"] = round(peak_mb, 1)
     return {"rows": rows, "peak_rss_mb": peak_mb}
