@@ -52,7 +52,7 @@ def test_fp16_limits_are_looser_than_fp32_but_still_bounded():
     assert fp32.kl_mean < fp16.kl_mean <= 1e-3
     assert fp32.top1_min >= fp16.top1_min >= 0.98
     with pytest.raises(UnknownPrecisionError):
-        thresholds_for("int8")
+        thresholds_for("bf16")
 
 
 def test_evaluate_applies_each_limit_in_its_direction_and_nan_never_passes():
