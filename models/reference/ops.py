@@ -69,6 +69,12 @@ def recurrence_as_scan() -> Iterator[None]:
         _SCAN = previous
 
 
+def single_position(t_len: int) -> bool:
+    """True for a one-token pass (a step graph, a decode step); never while a prefill graph (symbolic T)
+    is traced, so T is not compared there."""
+    return not _SCAN and t_len == 1
+
+
 def scan_time(
     step: Callable[[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]], tuple[tuple[torch.Tensor, ...], torch.Tensor]],
     carry: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...],

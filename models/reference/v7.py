@@ -77,18 +77,23 @@ class TimeMix7(nn.Module):
 
         r_h, w_h, k_h, v_h, a_h = (t.unflatten(-1, (h, n)) for t in (r, w, k, v, a))
 
-        # every per-position operand is shaped for the state update here, for all T at once, so the
-        # sequential part is only the five products and sums of `wkv_update`
-        columns = (r_h.unsqueeze(-1), (-kk).unsqueeze(-1), v_h.unsqueeze(-1))  # [B, T, H, N, 1]
-        rows = (w_h.unsqueeze(-2), torch.stack([kk * a_h, k_h], dim=-2))  # [B, T, H, 1, N], [B, T, H, 2, N]
+        if ops.single_position(t_len):  # a decode step: operands reshaped straight into place, no time axis
+            col, row = (lambda t: t.reshape(bsz, h, n, 1)), (lambda t: t.reshape(bsz, h, 1, n))
+            wkv = wkv_update(wkv, row(w_h), col(-kk), col(v_h), torch.cat([row(kk * a_h), row(k_h)], dim=-2))
+            y = (wkv @ col(r_h)).reshape(bsz, 1, h, n)
+        else:
+            # every per-position operand is shaped for the state update here, for all T at once, so the
+            # sequential part is only the five products and sums of `wkv_update`
+            columns = (r_h.unsqueeze(-1), (-kk).unsqueeze(-1), v_h.unsqueeze(-1))  # [B, T, H, N, 1]
+            rows = (w_h.unsqueeze(-2), torch.stack([kk * a_h, k_h], dim=-2))  # [B, T, H, 1, N], [B, T, H, 2, N]
 
-        def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-            (s,), (r_col, alpha_col, v_col, w_row, right) = carry, x
-            s = wkv_update(s, w_row, alpha_col, v_col, right)
-            return (s,), s @ r_col
+            def step(carry: tuple[torch.Tensor, ...], x: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+                (s,), (r_col, alpha_col, v_col, w_row, right) = carry, x
+                s = wkv_update(s, w_row, alpha_col, v_col, right)
+                return (s,), s @ r_col
 
-        y, (wkv,) = ops.scan_time(step, (wkv,), (*columns, *rows))
-        y = y.squeeze(-1)  # [B, T, H, N]
+            y, (wkv,) = ops.scan_time(step, (wkv,), (*columns, *rows))
+            y = y.squeeze(-1)  # [B, T, H, N]
 
         y = ops.group_norm_heads(y.reshape(bsz, t_len, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x_eps)
         bonus = (r_h * k_h * self.r_k).sum(dim=-1, keepdim=True) * v_h
