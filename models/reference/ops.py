@@ -42,7 +42,8 @@ def lerp_mix(z: torch.Tensor, prev: torch.Tensor, mix: torch.Tensor) -> torch.Te
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
-    return torch.square(torch.relu(x))
+    r = torch.relu(x)
+    return r * r  # one Mul in ONNX; torch.square traces to Pow, which ONNX Runtime runs as a general power
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
