@@ -16,6 +16,7 @@ from rwkv_deploy.errors import RwkvDeployError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PREFILL_TOKENS_INPUT = "tokens"  # the prefill graph's token input, int64 [batch, T] (fixed by format 1)
 
 
 class ManifestError(RwkvDeployError):

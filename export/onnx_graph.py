@@ -17,10 +17,10 @@ from rwkv_deploy.models.reference import ops
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.state import StateSpec
 
+from .manifest import PREFILL_TOKENS_INPUT
 from .onnx_file import inline_external_data
 
 TOKEN_INPUT = "token"
-PREFILL_TOKENS_INPUT = "tokens"
 LOGITS_OUTPUT = "logits"
 DEFAULT_OPSET = 18
 TWO_GB = 2 * 1024**3

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, GraphInfo, Manifest
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, PREFILL_TOKENS_INPUT, GraphInfo, Manifest
 
 # The package layout that these checks enforce and archive.py writes.
 INDEX_NAME = "PACKAGE.json"
@@ -34,7 +34,6 @@ VALIDATION_DIR = "validation/"
 ALIGNMENT = 64  # archive member data offsets are multiples of this, so runtimes can map weights in place
 BATCH_AXIS = "batch"
 TIME_AXIS = "T"  # the prefill graph's sequence axis
-PREFILL_TOKENS_INPUT = "tokens"
 TOKEN_DTYPE = "int64"
 LOGITS_DTYPE = "float32"
 _CHUNK = 1 << 20

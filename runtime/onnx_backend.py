@@ -16,12 +16,12 @@ import numpy as np
 import onnxruntime as ort
 
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.export.manifest import PREFILL_TOKENS_INPUT
 
 from .package import DeploymentPackage, PackageError
 from .state import RecurrentState, StateError, host
 
 CPU = "CPUExecutionProvider"
-PREFILL_TOKENS = "tokens"  # the prefill graph's token input, [batch, T]
 CUDA = "CUDAExecutionProvider"
 
 Provider = str | tuple[str, dict[str, Any]]
@@ -121,7 +121,7 @@ class OnnxStepBackend:
         if state.graph_sha256 not in (None, self.package.graph_sha256):
             raise StateError("state belongs to another model (its graph sha256 differs from this package's)")
         state.check(self._entries, batch=array.shape[0])
-        feeds = {PREFILL_TOKENS: flat}
+        feeds = {PREFILL_TOKENS_INPUT: flat}
         feeds.update({e.input: host(v) for e, v in zip(self._entries, state.values)})
         logits, *values = self._prefill_graph().run(self._outputs, feeds)
         return (logits[:, -1] if logits.ndim == 3 else logits), state.replace(values)

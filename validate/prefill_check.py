@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rwkv_deploy.export.manifest import Manifest
+from rwkv_deploy.export.manifest import PREFILL_TOKENS_INPUT, Manifest
 from rwkv_deploy.models.reference.base import RWKVModel
 
 from . import metrics
 from .streams import TokenStream
-
-PREFILL_TOKENS = "tokens"
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def compare_prefill(model: RWKVModel, manifest: Manifest, package_dir: Path, str
     for start in range(0, tokens.shape[1], chunk):
         block = tokens[:, start:start + chunk]
         ref_logits, ref_state = model(torch.from_numpy(block), ref_state, last_only=True)
-        feeds = {PREFILL_TOKENS: block, **{e.input: s for e, s in zip(manifest.state, art_state)}}
+        feeds = {PREFILL_TOKENS_INPUT: block, **{e.input: s for e, s in zip(manifest.state, art_state)}}
         art_logits, *art_state = session.run(outputs, feeds)
         if art_logits.ndim == 3:  # a graph exported with all positions' logits
             art_logits = art_logits[:, -1]
