@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from rwkv_deploy.export.precision import calibration_tokens, measure_linear_ranges, to_fp16
 from rwkv_deploy.export.package_builder import ExportError, ExportOptions, export_package
 from rwkv_deploy.models import load_model
+from tests.helpers.small_packages import small_checkpoint
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.helpers.onnx_compare import run_both
 
 VERSIONS = ["4", "5.2", "6", "7"]
 STEPS = 64
-
-
-def write_checkpoint(path: Path, version: str, seed: int = 0, **kw) -> Path:
-    extra = {} if version == "4" else {"head_size": 16}
-    torch.save(make_checkpoint(version, n_layer=2, n_embd=64, vocab_size=256, seed=seed, **(extra | kw)), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     out = {}
     for version in VERSIONS:
-        ckpt = write_checkpoint(root / f"v{version}.pth", version)
+        ckpt = small_checkpoint(root / f"v{version}.pth", version)
         for precision in ("fp32", "fp16"):
             out[version, precision] = (ckpt, root / f"v{version}-{precision}")
             export_package(ckpt, out[version, precision][1], ExportOptions(precision=precision))
@@ -96,7 +88,7 @@ def test_fp16_graph_keeps_matmuls_in_fp16_and_norms_in_fp32(packages):
 
 
 def test_export_is_byte_identical(tmp_path):
-    ckpt = write_checkpoint(tmp_path / "m.pth", "6")
+    ckpt = small_checkpoint(tmp_path / "m.pth", "6")
     export_package(ckpt, tmp_path / "a", ExportOptions())
     export_package(ckpt, tmp_path / "b", ExportOptions())
     for name in ("m.onnx", "manifest.json"):
@@ -104,7 +96,7 @@ def test_export_is_byte_identical(tmp_path):
 
 
 def test_external_data_on_request(tmp_path):
-    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+    ckpt = small_checkpoint(tmp_path / "m.pth", "7")
     manifest = export_package(ckpt, tmp_path / "pkg", ExportOptions(external_data=True))
     assert manifest.graphs["step"].external_data == "m.onnx.data"
     assert "m.onnx.data" in manifest.files
@@ -113,7 +105,7 @@ def test_external_data_on_request(tmp_path):
 
 
 def test_non_empty_output_is_refused_without_force(tmp_path):
-    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+    ckpt = small_checkpoint(tmp_path / "m.pth", "7")
     out = tmp_path / "pkg"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
@@ -125,7 +117,7 @@ def test_non_empty_output_is_refused_without_force(tmp_path):
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
-    ckpt = write_checkpoint(tmp_path / "m.pth", "7")
+    ckpt = small_checkpoint(tmp_path / "m.pth", "7")
 
     def broken_check(path):
         raise RuntimeError("simulated failure while checking the graph")

@@ -21,18 +21,11 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.verify import verify_package
 from rwkv_deploy.models import load_model
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
-from tests.helpers.random_checkpoints import make_checkpoint
+from tests.helpers.small_packages import small_checkpoint
 
 VERSIONS = ["4", "5.0", "5.1", "5.2", "6", "7"]
 VOCAB = 256
 LIMIT = 1e-4
-
-
-def checkpoint_for(root: Path, version: str, **extra) -> Path:
-    path = root / f"v{version}.pth"
-    sizes = {} if version == "4" else {"head_size": 16}
-    torch.save(make_checkpoint(version, n_layer=2, n_embd=64, vocab_size=VOCAB, seed=3, **sizes, **extra), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def packages(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("prefill")
     out = {}
     for version in VERSIONS:
-        checkpoint = checkpoint_for(root, version)
+        checkpoint = small_checkpoint(root / f"v{version}.pth", version, seed=3)
         export_package(checkpoint, root / f"pkg-{version}", ExportOptions(tokenizer="bytes", prefill=True))
         out[version] = (checkpoint, root / f"pkg-{version}")
     return out
@@ -119,7 +112,7 @@ def test_weights_are_stored_once_for_both_graphs(packages, tmp_path):
 
 
 def test_all_positions_logits_match_the_reference_forward(tmp_path):
-    checkpoint = checkpoint_for(tmp_path, "6")
+    checkpoint = small_checkpoint(tmp_path / "v6.pth", "6", seed=3)
     export_package(checkpoint, tmp_path / "pkg", ExportOptions(tokenizer="none", prefill=True, prefill_logits="all"))
     manifest, _, prefill = sessions(tmp_path / "pkg")
     assert manifest["graphs"]["prefill"]["logits"] == "all"
@@ -134,7 +127,7 @@ def test_all_positions_logits_match_the_reference_forward(tmp_path):
 
 
 def test_fp16_prefill_stays_within_fp16_limits_of_its_step_graph(tmp_path):
-    checkpoint = checkpoint_for(tmp_path, "7")
+    checkpoint = small_checkpoint(tmp_path / "v7.pth", "7", seed=3)
     export_package(checkpoint, tmp_path / "pkg", ExportOptions(tokenizer="none", precision="fp16", prefill=True))
     manifest, step, prefill = sessions(tmp_path / "pkg")
     tokens = np.random.default_rng(1).integers(0, VOCAB, (2, 24), dtype=np.int64)
@@ -169,7 +162,7 @@ def test_prefill_refuses_bad_tokens_and_packages_without_the_graph(packages, tmp
         backend.prefill(np.array([[1, 2, VOCAB]]), state)
     with pytest.raises(ValueError, match=r"\[batch, T\]"):
         backend.prefill(np.array([1, 2]), state)
-    checkpoint = checkpoint_for(tmp_path, "7")
+    checkpoint = small_checkpoint(tmp_path / "v7.pth", "7", seed=3)
     export_package(checkpoint, tmp_path / "plain", ExportOptions(tokenizer="none"))
     plain = OnnxStepBackend(DeploymentPackage.open(tmp_path / "plain"))
     assert not plain.has_prefill

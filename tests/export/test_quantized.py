@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, numpy_helper
 from typer.testing import CliRunner
 
@@ -23,19 +22,13 @@ from rwkv_deploy.export.tensorrt.lint import lint_package
 from rwkv_deploy.export.verify import verify_package
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.validate.thresholds import thresholds_for
+from tests.helpers.small_packages import small_checkpoint
 from tests.helpers.onnx_compare import run_both
-from tests.helpers.random_checkpoints import make_checkpoint
 
 VERSIONS = ["4", "5.2", "6", "7"]
 QUANTIZED = ["int8", "int4"]
 STEPS = 32
 runner = CliRunner()
-
-
-def write_checkpoint(path: Path, version: str, n_layer: int = 2, n_embd: int = 64, vocab: int = 256) -> Path:
-    extra = {} if version == "4" else {"head_size": 16}
-    torch.save(make_checkpoint(version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab, seed=0, **extra), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("quantized")
     out = {}
     for version in VERSIONS:
-        ckpt = write_checkpoint(root / f"v{version}.pth", version)
+        ckpt = small_checkpoint(root / f"v{version}.pth", version)
         for precision in QUANTIZED:
             out[version, precision] = (ckpt, root / f"v{version}-{precision}")
             export_package(ckpt, out[version, precision][1], ExportOptions(precision=precision, tokenizer="none"))
@@ -55,7 +48,7 @@ def packages(tmp_path_factory):
 def wide_fp32(tmp_path_factory) -> Path:
     """fp32 graph of a 2-layer, 256-wide RWKV-7 (vocab 1024): weights dominate the file, as in real models."""
     root = tmp_path_factory.mktemp("wide")
-    ckpt = write_checkpoint(root / "w.pth", "7", n_embd=256, vocab=1024)
+    ckpt = small_checkpoint(root / "w.pth", "7", n_embd=256, vocab_size=1024)
     export_package(ckpt, root / "fp32", ExportOptions(tokenizer="none"))
     return root / "fp32" / "w.onnx"
 

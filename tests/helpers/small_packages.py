@@ -13,12 +13,20 @@ from tests.helpers.random_checkpoints import make_checkpoint
 VOCAB = 256
 
 
+def small_checkpoint(path: Path, version: str, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
+                     vocab_size: int = VOCAB, **extra) -> Path:
+    """Save a small random RWKV-`version` checkpoint (head size 16 from v5 on) to `path`."""
+    sizes = {} if version == "4" else {"head_size": 16}
+    torch.save(make_checkpoint(version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, seed=seed,
+                               **(sizes | extra)), path)
+    return path
+
+
 def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 0) -> Path:
     """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer) to `root`."""
     checkpoint = root / f"v{version}-seed{seed}.pth"
     if not checkpoint.exists():
-        sizes = {} if version == "4" else {"head_size": 16}
-        torch.save(make_checkpoint(version, n_layer=2, n_embd=64, vocab_size=VOCAB, seed=seed, **sizes), checkpoint)
+        small_checkpoint(checkpoint, version, seed)
     out = root / f"v{version}-{precision}-seed{seed}"
     export_package(checkpoint, out, ExportOptions(precision=precision, tokenizer="none"))
     return out
