@@ -69,12 +69,15 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda st
     options.work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     checkpoint, packages = _prepare(options, progress)
-    first = _manifest(packages[0])
+    manifests = {p: _manifest(p) for p in packages}
+    step_graphs = {p: m["graphs"]["step"] for p, m in manifests.items()}
+    first = manifests[packages[0]]
     version, vocab = first["model"]["version"], first["model"]["vocab_size"]
     common = {"threads": options.threads, "min_seconds": options.min_seconds, "seed": options.seed,
               "vocab_size": vocab, "version": version, "backend": options.backend}
-    context_states = _context_states(options, packages, common, progress) if options.contexts else {}
-    jobs = [{**common, "engine": DEPLOY, "precision": _manifest(p)["graphs"]["step"]["precision"], "package": str(p),
+    by_precision = {g["precision"]: p for p, g in step_graphs.items()}
+    context_states = _context_states(options, by_precision, common, progress) if options.contexts else {}
+    jobs = [{**common, "engine": DEPLOY, "precision": step_graphs[p]["precision"], "package": str(p),
              "batches": list(options.batches), "prefill_lengths": list(options.prefill_lengths),
              "context_states": context_states} for p in packages]
     jobs += _baseline_jobs(options, checkpoint, version, common, notes)
@@ -85,8 +88,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda st
     progress("measuring the memory read bandwidth")
     bandwidth = machine.memory_read_bandwidth(options.threads)
     info = {**machine.describe(), "threads": options.threads, "memory_read_bytes_per_s": bandwidth}
-    weight_bytes = {_manifest(p)["graphs"]["step"]["precision"]: machine.decode_weight_bytes(p / _manifest(p)["graphs"]["step"]["path"])
-                    for p in packages}
+    weight_bytes = {g["precision"]: machine.decode_weight_bytes(p / g["path"]) for p, g in step_graphs.items()}
     info["decode_weight_bytes"] = weight_bytes
     ratios = compute_ratios(rows, weight_bytes, bandwidth, max(options.contexts, default=0), min(options.contexts, default=0))
     return BenchResult(rows, ratios, info, _options_dict(options), notes, time.perf_counter() - started)
@@ -94,8 +96,6 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda st
 
 def _prepare(options: BenchOptions, progress: Callable[[str], None]) -> tuple[Path | None, list[Path]]:
     if options.packages:
-        for p in options.packages:
-            _manifest(p)
         return options.checkpoint, list(options.packages)
     shape = options.shape
     assert shape is not None
@@ -117,12 +117,11 @@ def _prepare(options: BenchOptions, progress: Callable[[str], None]) -> tuple[Pa
     return checkpoint, packages
 
 
-def _context_states(options: BenchOptions, packages: list[Path], common: dict[str, Any],
+def _context_states(options: BenchOptions, by_precision: dict[str, Path], common: dict[str, Any],
                     progress: Callable[[str], None]) -> dict[int, str]:
     """States after 1k/4k/16k... tokens, made once with the fastest package: decode cost at a context only
     needs a state that has seen that many tokens, and every package of one model shares the state format."""
-    by_precision = {_manifest(p)["graphs"]["step"]["precision"]: p for p in packages}
-    source = next((by_precision[p] for p in CONTEXT_SOURCE_ORDER if p in by_precision), packages[0])
+    source = next((by_precision[p] for p in CONTEXT_SOURCE_ORDER if p in by_precision), next(iter(by_precision.values())))
     out_dir = options.work_dir / f"contexts-{source.name}-seed{options.seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = sorted(options.contexts)
