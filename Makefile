@@ -12,14 +12,24 @@ CHROMIUM ?= /usr/bin/chromium
 NODE_DEPS := deploy/node/node_modules/.installed deploy/web/node_modules/.installed
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup demo test clean
+RUNTIME_VENV ?= .venv-runtime
 
-setup: $(VENV)/.installed $(NODE_DEPS) $(CHROMIUM)
+.PHONY: setup setup-python demo test clean
+
+# demo needs Python only; the tests also need the Node.js side, Chromium and a runtime-only install.
+setup-python: $(VENV)/.installed
+setup: setup-python $(RUNTIME_VENV)/.installed $(NODE_DEPS) $(CHROMIUM)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,export]"
+	touch $@
+
+# What `pip install rwkv-deploy` gives a user: the runtime without PyTorch (tests/test_runtime_install.py).
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --disable-pip-version-check -e .
 	touch $@
 
 # Node.js side (deploy/node, deploy/web) and Debian's Chromium for the browser test. onnxruntime-node uses the
@@ -36,7 +46,7 @@ $(CHROMIUM):
 
 BUNDLED := models/bundled/rwkv7-pystdlib-tiny.pth
 
-demo: setup
+demo: setup-python
 	@echo "== 1/7 inspect the bundled checkpoint"
 	$(BIN)/rwkv-deploy inspect $(BUNDLED)
 	@echo "== 2/7 export fp32 (with the prefill graph) and fp16 ONNX packages"
@@ -59,4 +69,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules
+	rm -rf $(VENV) $(RUNTIME_VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules

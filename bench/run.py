@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 
 from . import machine
 from .engines import DEPLOY, RWKV_PACKAGE, TORCH_REFERENCE
@@ -28,6 +30,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 class BenchError(RwkvDeployError):
     exit_code = 2
+
+
+# Writes the package of `checkpoint` at `precision` (step and prefill graphs, no tokenizer) into `out`. Bench
+# runs packages and never imports the exporter; the command passes it in for `--shape`.
+Exporter = Callable[[Path, Path, str], None]
 
 
 @dataclass(frozen=True)
@@ -62,22 +69,24 @@ class BenchResult:
                           indent=2, default=str) + "\n"
 
 
-def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda stage: None) -> BenchResult:
+def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda stage: None,
+              export: Exporter | None = None) -> BenchResult:
+    """Measure every engine; `export` makes the packages when `options.shape` asks for random weights."""
     started = time.perf_counter()
     if (options.shape is None) == (not options.packages):
         raise BenchError("bench: give package directories or --shape, not both and not neither")
     options.work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    checkpoint, packages = _prepare(options, progress)
-    manifests = {p: _manifest(p) for p in packages}
-    step_graphs = {p: m["graphs"]["step"] for p, m in manifests.items()}
-    first = manifests[packages[0]]
-    version, vocab = first["model"]["version"], first["model"]["vocab_size"]
+    checkpoint, packages = _prepare(options, progress, export)
+    manifests = {p: read_manifest(p) for p in packages}
+    step_graphs = {p: m.graphs[STEP_GRAPH] for p, m in manifests.items()}
+    first = manifests[packages[0]].model
+    version, vocab = first.version, first.vocab_size
     common = {"threads": options.threads, "min_seconds": options.min_seconds, "seed": options.seed,
               "vocab_size": vocab, "version": version, "backend": options.backend}
-    by_precision = {g["precision"]: p for p, g in step_graphs.items()}
+    by_precision = {g.precision: p for p, g in step_graphs.items()}
     context_states = _context_states(options, by_precision, common, progress) if options.contexts else {}
-    jobs = [{**common, "engine": DEPLOY, "precision": step_graphs[p]["precision"], "package": str(p),
+    jobs = [{**common, "engine": DEPLOY, "precision": step_graphs[p].precision, "package": str(p),
              "batches": list(options.batches), "prefill_lengths": list(options.prefill_lengths),
              "context_states": context_states} for p in packages]
     jobs += _baseline_jobs(options, checkpoint, version, common, notes)
@@ -88,17 +97,20 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda st
     progress("measuring the memory read bandwidth")
     bandwidth = machine.memory_read_bandwidth(options.threads)
     info = {**machine.describe(), "threads": options.threads, "memory_read_bytes_per_s": bandwidth}
-    weight_bytes = {g["precision"]: machine.decode_weight_bytes(p / g["path"]) for p, g in step_graphs.items()}
+    weight_bytes = {g.precision: machine.decode_weight_bytes(p / g.path) for p, g in step_graphs.items()}
     info["decode_weight_bytes"] = weight_bytes
     ratios = compute_ratios(rows, weight_bytes, bandwidth, max(options.contexts, default=0), min(options.contexts, default=0))
     return BenchResult(rows, ratios, info, _options_dict(options), notes, time.perf_counter() - started)
 
 
-def _prepare(options: BenchOptions, progress: Callable[[str], None]) -> tuple[Path | None, list[Path]]:
+def _prepare(options: BenchOptions, progress: Callable[[str], None],
+             export: Exporter | None) -> tuple[Path | None, list[Path]]:
     if options.packages:
         return options.checkpoint, list(options.packages)
     shape = options.shape
     assert shape is not None
+    if export is None:
+        raise BenchError("bench: --shape needs the exporter (install rwkv-deploy[export]: it brings PyTorch)")
     label = shape.label.replace(":", "-")
     checkpoint = options.work_dir / f"rwkv{label}-seed{options.seed}.pth"
     if not checkpoint.exists():
@@ -107,12 +119,9 @@ def _prepare(options: BenchOptions, progress: Callable[[str], None]) -> tuple[Pa
     packages = []
     for precision in options.precisions:
         out = options.work_dir / f"{checkpoint.stem}-{precision}"
-        if not (out / "manifest.json").exists():
+        if not (out / MANIFEST_NAME).exists():
             progress(f"exporting the {precision} package (step and prefill graphs; cached in {options.work_dir})")
-            from rwkv_deploy.export.package_builder import ExportOptions, export_package
-
-            export_package(checkpoint, out, ExportOptions(precision=precision, tokenizer="none", prefill=True,
-                                                          force=True))
+            export(checkpoint, out, precision)
         packages.append(out)
     return checkpoint, packages
 
@@ -141,6 +150,9 @@ def _baseline_jobs(options: BenchOptions, checkpoint: Path | None, version: str,
         if checkpoint is None:
             notes.append(f"{engine}: skipped (no --checkpoint given for the packages)")
             continue
+        if importlib.util.find_spec("torch") is None:
+            notes.append(f"{engine}: skipped (PyTorch is not installed: pip install \"rwkv-deploy[export]\")")
+            continue
         if engine == RWKV_PACKAGE:
             if importlib.util.find_spec("rwkv") is None:
                 notes.append("rwkv-package: skipped (BlinkDL's rwkv package is not installed: pip install rwkv)")
@@ -164,13 +176,6 @@ def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise BenchError(f"bench: the {job['engine']} {job['precision']} worker failed: {last}")
         return json.loads(out_file.read_text())
-
-
-def _manifest(package: Path) -> dict[str, Any]:
-    path = Path(package) / "manifest.json"
-    if not path.is_file():
-        raise BenchError(f"{path}: not found (is {package} a package written by `rwkv-deploy export`?)")
-    return json.loads(path.read_text())
 
 
 def _options_dict(options: BenchOptions) -> dict[str, Any]:

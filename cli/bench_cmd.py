@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .errors import one_line_errors
+from .extras import require_export_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +67,7 @@ def bench_cmd(
         backend=backend, min_seconds=min_seconds, work_dir=work_dir,
         **({"threads": threads} if threads else {}))
     with stage_printer(enabled=not quiet) as progress:  # progress goes to stderr
-        result = run_bench(options, progress)
+        result = run_bench(options, progress, export=_export_for_bench if options.shape else None)
         out.mkdir(parents=True, exist_ok=True)
         write_bytes_atomically(out / "bench.json", result.to_json().encode())
         write_bytes_atomically(out / "bench.md", markdown(result).encode())
@@ -76,3 +77,11 @@ def bench_cmd(
     else:
         typer.echo(markdown(result), nl=False)
         typer.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+
+
+def _export_for_bench(checkpoint: Path, out: Path, precision: str) -> None:
+    """What `bench --shape` measures: the step and prefill graphs at `precision`, no tokenizer."""
+    require_export_extra("bench --shape")
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+
+    export_package(checkpoint, out, ExportOptions(precision=precision, tokenizer="none", prefill=True, force=True))

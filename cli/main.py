@@ -10,6 +10,7 @@ import typer
 
 from .bench_cmd import register as _register_bench
 from .errors import one_line_errors
+from .extras import require_export_extra, require_modules
 from .generate_cmd import register as _register_generate
 from .package_cmd import register as _register_package
 from .tensorrt_cmd import register as _register_tensorrt
@@ -35,6 +36,7 @@ def inspect_cmd(
     ln_x_eps: Optional[float] = typer.Option(None, help="override the v5+ ln_x GroupNorm epsilon"),
 ) -> None:
     """Print version, sizes, parameter count, stored dtype and recurrent-state bytes of a checkpoint."""
+    require_modules("inspect", "torch")
     from rwkv_deploy.models.inspection import format_summary, summarize_checkpoint
 
     overrides = {"ln_x_eps": ln_x_eps} if ln_x_eps is not None else {}
@@ -58,7 +60,9 @@ def export_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
 ) -> None:
     """Export a checkpoint's single-step graph (and optionally its prefill graph) to ONNX as a deployment package."""
+    require_export_extra("export")
     from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
     from .progress import stage_printer
 
     options = ExportOptions(precision=precision, opset=opset, tokenizer=tokenizer,
@@ -66,8 +70,8 @@ def export_cmd(
                             prefill_logits=prefill_logits)
     with stage_printer(enabled=not quiet) as progress:
         manifest = export_package(checkpoint or _default_checkpoint(), out, options, progress=progress)
-    graph = manifest.graphs["step"]
-    extra = f" and {manifest.graphs['prefill'].path}" if "prefill" in manifest.graphs else ""
+    graph = manifest.graphs[STEP_GRAPH]
+    extra = f" and {manifest.graphs[PREFILL_GRAPH].path}" if PREFILL_GRAPH in manifest.graphs else ""
     typer.echo(f"wrote {out}/{graph.path}{extra} (RWKV-{manifest.model.version}, {graph.precision}, "
                f"{len(manifest.state)} state tensors, tokenizer {manifest.tokenizer.kind})")
 

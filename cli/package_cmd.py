@@ -10,6 +10,7 @@ import typer
 from rwkv_deploy.errors import RwkvDeployError
 
 from .errors import one_line_errors
+from .extras import require_modules
 
 
 class PackageUsageError(RwkvDeployError):
@@ -48,12 +49,13 @@ def package_cmd(
                                    triton_max_queue_delay_us, triton_max_sequences,
                                    max(1, round(triton_sequence_idle_s * 1e6)))
     if out is not None:
-        from rwkv_deploy.export.archive import create_archive
+        from rwkv_deploy.package.archive import create_archive
 
         members = create_archive(package_dir, out, force=force)
         total = sum(m.size for m in members)
         typer.echo(f"wrote {out} ({len(members)} files and the PACKAGE.json index, {total / 2**20:.1f} MiB)")
     if triton is not None:
+        require_modules("package --triton", "onnx")
         from rwkv_deploy.export.triton import write_repository
 
         repo = write_repository(package_dir, triton, name=triton_name, batching=batching, force=force)
@@ -67,11 +69,14 @@ def verify_cmd(
     """Check a package: file hashes, archive index, no stray files, manifest against the ONNX graph.
 
     Prints one line per problem, then OK or FAILED; exits 1 when there are problems."""
-    from rwkv_deploy.export.verify import verify_package
+    from rwkv_deploy.package.verify import graph_checks_available, verify_package
 
     problems = verify_package(path)
     for problem in problems:
         typer.echo(problem)
+    if not graph_checks_available():
+        typer.echo('note: the graphs\' inputs and outputs were not checked against the manifest (that needs onnx: '
+                   'pip install "rwkv-deploy[export]")', err=True)
     if problems:
         typer.echo(f"FAILED: {path} ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from .errors import one_line_errors
+from .extras import require_modules
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +24,7 @@ def check_trt_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Lint the package's ONNX graph for TensorRT's ONNX parser; exits 1 on any error-level finding."""
+    require_modules("check-trt", "onnx")
     from rwkv_deploy.export.tensorrt.lint import format_report, lint_package
     from rwkv_deploy.runtime.package import package_directory
 
@@ -48,6 +50,7 @@ def build_engine_cmd(
 ) -> None:
     """Build a strongly typed TensorRT engine from the package's graph: writes engine.plan and engine.json
     into the package and lists both in manifest.json. Exit 2 without TensorRT or a GPU."""
+    require_modules("build-engine", "onnx")
     from rwkv_deploy.export.tensorrt.build_config import make_build_config
     from rwkv_deploy.export.tensorrt.builder import build_engine
 

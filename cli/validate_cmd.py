@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .errors import one_line_errors
+from .extras import require_export_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +32,7 @@ def validate_cmd(
                                 help="what runs the artifact: onnxruntime, or tensorrt (the package's built engine)"),
 ) -> None:
     """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime or TensorRT) on the same tokens; exit 1 if not faithful."""
+    require_export_extra("validate")
     from rwkv_deploy.validate import ThresholdsNotMet, ValidateOptions, validate_package, write_report
     from .progress import stage_printer
 

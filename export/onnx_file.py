@@ -22,6 +22,7 @@ _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 _LENGTH_DELIMITED = 2
 _CHUNK = 16 << 20
+TWO_GB = 2 * 1024**3  # protobuf's message size limit: larger models keep their weights as external data
 
 
 def _varint(n: int) -> bytes:

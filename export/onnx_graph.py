@@ -17,21 +17,12 @@ from rwkv_deploy.models.reference import ops
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.state import StateSpec
 
-from .manifest import PREFILL_TOKENS_INPUT
-from .onnx_file import inline_external_data
+from rwkv_deploy.package.names import (BATCH_AXIS, LOGITS_OUTPUT, MAX_BATCH, PREFILL_TOKENS_INPUT, TIME_AXIS, TOKEN_INPUT,
+                                       state_input, state_output)
 
-TOKEN_INPUT = "token"
-LOGITS_OUTPUT = "logits"
+from .onnx_file import TWO_GB, inline_external_data
+
 DEFAULT_OPSET = 18
-TWO_GB = 2 * 1024**3
-
-
-def state_input_name(name: str) -> str:
-    return f"state_in.{name}"
-
-
-def state_output_name(name: str) -> str:
-    return f"state_out.{name}"
 
 
 class StepGraph(nn.Module):
@@ -60,8 +51,8 @@ class PrefillGraph(nn.Module):
 
 
 def io_names(spec: StateSpec) -> tuple[list[str], list[str]]:
-    inputs = [TOKEN_INPUT] + [state_input_name(n) for n in spec.names]
-    outputs = [LOGITS_OUTPUT] + [state_output_name(n) for n in spec.names]
+    inputs = [TOKEN_INPUT] + [state_input(n) for n in spec.names]
+    outputs = [LOGITS_OUTPUT] + [state_output(n) for n in spec.names]
     return inputs, outputs
 
 
@@ -82,7 +73,7 @@ def export_step_graph(
     example_batch = 2
     token = torch.zeros(example_batch, dtype=torch.long)
     state = tuple(model.init_state(example_batch))
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)
     inputs, outputs = io_names(model.state_spec())
     return _export(StepGraph(model), (token, state), ({0: batch}, tuple({0: batch} for _ in state)),
                    inputs, outputs, Path(path), opset, external_data, check)
@@ -101,11 +92,11 @@ def export_prefill_graph(
     example_batch, example_t = 2, 3
     tokens = torch.zeros(example_batch, example_t, dtype=torch.long)
     state = tuple(model.init_state(example_batch))
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    length = torch.export.Dim("T", min=1, max=1 << 20)
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)
+    length = torch.export.Dim(TIME_AXIS, min=1, max=1 << 20)
     spec = model.state_spec()
-    inputs = [PREFILL_TOKENS_INPUT] + [state_input_name(n) for n in spec.names]
-    outputs = [LOGITS_OUTPUT] + [state_output_name(n) for n in spec.names]
+    inputs = [PREFILL_TOKENS_INPUT] + [state_input(n) for n in spec.names]
+    outputs = [LOGITS_OUTPUT] + [state_output(n) for n in spec.names]
     with ops.recurrence_as_scan():
         return _export(PrefillGraph(model, all_logits), (tokens, state),
                        ({0: batch, 1: length}, tuple({0: batch} for _ in state)),

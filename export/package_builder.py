@@ -21,10 +21,11 @@ from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.models import build_model, load_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
+from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
+from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, STEP_GRAPH, TOKEN_INPUT,
+                                       state_input, state_output)
 
-from .manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
-from .onnx_graph import (DEFAULT_OPSET, LOGITS_OUTPUT, TOKEN_INPUT, export_prefill_graph, export_step_graph,
-                         state_input_name, state_output_name)
+from .onnx_graph import DEFAULT_OPSET, export_prefill_graph, export_step_graph
 from .onnx_checks import check_onnx_file
 from .precision import PRECISIONS, QUANTIZED_PRECISIONS, apply_precision
 from .quantize import quantize_staged_graph
@@ -76,7 +77,7 @@ def _state_entries(model: RWKVModel, package_dir: Path) -> list[StateEntry]:
         if spec.init_from_checkpoint:
             tuned[spec.name] = tensor[0].numpy()
         entries.append(StateEntry(
-            name=spec.name, input=state_input_name(spec.name), output=state_output_name(spec.name),
+            name=spec.name, input=state_input(spec.name), output=state_output(spec.name),
             shape=list(spec.shape), dtype=spec.dtype, init=float(spec.init),
             init_file=INITIAL_STATE_FILE if spec.init_from_checkpoint else None))
     if tuned:
@@ -127,16 +128,16 @@ def export_package(
         graph_model = apply_precision(model, options.precision)
         name = options.name or Path(checkpoint).stem
         graph_file = f"{name}.onnx"
-        graphs = {"step": _write_graph("step", export_step_graph, graph_model, tmp / graph_file, options, progress)}
+        graphs = {STEP_GRAPH: _write_graph(STEP_GRAPH, export_step_graph, graph_model, tmp / graph_file, options, progress)}
         if options.prefill:
             prefill = partial(export_prefill_graph, all_logits=options.prefill_logits == "all")
-            graphs["prefill"] = _write_graph("prefill", prefill, graph_model, tmp / f"{name}.prefill.onnx",
-                                             options, progress)
+            graphs[PREFILL_GRAPH] = _write_graph(PREFILL_GRAPH, prefill, graph_model, tmp / f"{name}.prefill.onnx",
+                                                 options, progress)
             progress("storing the weights once for both graphs")
             data_name = f"{graph_file}.data"
             share_weights([tmp / g.path for g in graphs.values()], data_name)
             graphs = {k: replace(g, external_data=data_name) for k, g in graphs.items()}
-            graphs["prefill"] = replace(graphs["prefill"], logits=options.prefill_logits)
+            graphs[PREFILL_GRAPH] = replace(graphs[PREFILL_GRAPH], logits=options.prefill_logits)
         state = _state_entries(model, tmp)
         tokenizer = install_tokenizer(kind, tok_source, tmp)
         progress("hashing files")

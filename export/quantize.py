@@ -33,11 +33,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.package.names import LOGITS_OUTPUT
 
-from .onnx_file import inline_external_data
+from .onnx_file import TWO_GB, inline_external_data
 
 MS_DOMAIN = "com.microsoft"
-TWO_GB = 2 * 1024**3
 _ALIGN = 64  # byte alignment of every tensor in the staged data file
 _INLINE_MAX = 1024  # smaller untouched initializers stay inside the graph proto
 
@@ -228,7 +228,7 @@ def _head_matmul(graph: onnx.GraphProto, logits_output: str | None) -> str | Non
     """Output name of the MatMul that produces the logits (through reshapes, casts and selections only)."""
     if logits_output is None:
         outputs = [o.name for o in graph.output]
-        logits_output = "logits" if "logits" in outputs else (outputs[0] if outputs else None)
+        logits_output = LOGITS_OUTPUT if LOGITS_OUTPUT in outputs else (outputs[0] if outputs else None)
     producers = {out: node for node in graph.node for out in node.output}
     name = logits_output
     while name in producers:
@@ -250,7 +250,7 @@ def _float_matrix(tensor: TensorProto | None) -> bool:
 
 def quantize_onnx_file(
     src: str | Path, dst: str | Path, precision: str, *, config: QuantConfig | None = None,
-    external_data: bool | None = None, logits_output: str | None = "logits",
+    external_data: bool | None = None, logits_output: str | None = LOGITS_OUTPUT,
 ) -> dict[str, Any]:
     """Quantize the fp32 graph `src` into `dst` and describe what was done (recorded in the manifest).
 

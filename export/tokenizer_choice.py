@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.models.tokenizers import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, load_tokenizer
+from rwkv_deploy.tokenization import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, load_tokenizer
 
-from .manifest import TokenizerInfo
+from rwkv_deploy.package.manifest import TokenizerInfo
 
 
 class TokenizerChoiceError(RwkvDeployError):

@@ -45,7 +45,7 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .manifest import MANIFEST_NAME, Manifest, StateEntry, read_manifest
+from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry, read_manifest
 
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
@@ -280,7 +280,7 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
                      batching: BatchingOptions | None = None, force: bool = False) -> TritonRepository:
     """Write the Triton model repository of the verified package `package_dir` to `out`, atomically: a
     temporary sibling folder renamed into place. `out` must be new or empty unless `force`."""
-    from .verify import verify_package
+    from rwkv_deploy.package.verify import verify_package
 
     package_dir, out = Path(package_dir), Path(out)
     name = name or default_model_name(package_dir)
@@ -337,7 +337,7 @@ def _check_paths(package_dir: Path, out: Path, force: bool) -> None:
 
 def _engine(package_dir: Path, manifest: Manifest) -> tuple[Path, int] | None:
     """(plan path, largest batch the plan accepts) when the package has a TensorRT engine, else None."""
-    from .tensorrt.engine_files import read_engine_record
+    from rwkv_deploy.package.engines import read_engine_record
 
     raw = json.loads((package_dir / MANIFEST_NAME).read_text())
     entry = raw.get("engines", {}).get("tensorrt")
@@ -361,7 +361,7 @@ def _engine(package_dir: Path, manifest: Manifest) -> tuple[Path, int] | None:
 
 
 def _write_initial_states(package_dir: Path, manifest: Manifest, model_dir: Path) -> None:
-    from rwkv_deploy.runtime.state import load_initial_arrays
+    from rwkv_deploy.package.state_files import load_initial_arrays
 
     tuned = load_initial_arrays(manifest, package_dir)
     for entry in manifest.state:

@@ -1,7 +1,7 @@
 """Checkpoint loading, version detection and the PyTorch reference models of RWKV v4-v7.
 
-Attributes are imported lazily (PEP 562) so that `rwkv_deploy.models.tokenizers`, which deployed
-runtimes use, never pulls in PyTorch.
+Attributes are imported lazily (PEP 562): importing a submodule (`rwkv_deploy.models.random_checkpoint`,
+`rwkv_deploy.models.state`) does not load every reader and reference model.
 """
 
 from __future__ import annotations

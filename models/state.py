@@ -11,7 +11,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-BATCH = "batch"
+from rwkv_deploy.package.names import BATCH_AXIS
+
+BATCH = BATCH_AXIS  # the symbolic batch axis: the exported graphs and the manifest use the same name
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .sampling import SamplingParams, sample_token
 from .state import RecurrentState
 
 if TYPE_CHECKING:
-    from rwkv_deploy.models.tokenizers import Tokenizer
+    from rwkv_deploy.tokenization import Tokenizer
 
 Prompt = str | Sequence[int]
 

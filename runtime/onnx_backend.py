@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import PREFILL_TOKENS_INPUT
+from rwkv_deploy.package.names import PREFILL_TOKENS_INPUT
 
 from .package import DeploymentPackage, PackageError
 from .state import RecurrentState, StateError, host

@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.package.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
+from rwkv_deploy.package.state_files import graph_sha256, load_initial_arrays
 
-from .state import RecurrentState, graph_sha256, load_initial_arrays
+from .state import RecurrentState
 
 if TYPE_CHECKING:
-    from rwkv_deploy.models.tokenizers import Tokenizer
-
-STEP_GRAPH = "step"
-PREFILL_GRAPH = "prefill"  # optional: tokens [batch, T] in, one call for a whole prompt
-
+    from rwkv_deploy.tokenization import Tokenizer
 
 class PackageError(RwkvDeployError):
     """A package that cannot be used: files missing or changed since export, or no step graph."""
@@ -45,7 +43,7 @@ def load_package_tokenizer(manifest: Manifest, package_dir: Path) -> "Tokenizer 
     info = manifest.tokenizer
     if info.kind == "none":
         return None
-    from rwkv_deploy.models.tokenizers import load_tokenizer
+    from rwkv_deploy.tokenization import load_tokenizer
 
     return load_tokenizer(info.kind, package_dir / info.files[0] if info.files else None)
 
@@ -119,7 +117,7 @@ def package_directory(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         yield path
         return
-    from rwkv_deploy.export.archive import extract_package
+    from rwkv_deploy.package.archive import extract_package
 
     with tempfile.TemporaryDirectory(prefix="rwkv-deploy-package-") as tmp:
         yield extract_package(path, Path(tmp) / "package")

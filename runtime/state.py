@@ -7,30 +7,20 @@ their own form (an ONNX Runtime `OrtValue` on a GPU); everything that needs the 
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import Manifest, StateEntry
+from rwkv_deploy.package.manifest import Manifest, StateEntry
+from rwkv_deploy.package.state_files import (StateError, concrete_shape, graph_sha256, read_state_file,
+                                             write_state_file)
 
-BATCH = "batch"
-STATE_FILE_FORMAT = "rwkv-deploy-state"
-STATE_FILE_VERSION = 1
-_HEADER_KEY = "__header__"
+__all__ = ["RecurrentState", "StateError", "host", "shape_and_dtype"]
+
 _ORT_DTYPES = {"tensor(float)": np.dtype("float32"), "tensor(float16)": np.dtype("float16")}
-
-
-class StateError(RwkvDeployError, ValueError):
-    """A state that does not fit the model: wrong tensors, shapes, dtypes, or another model's file."""
-
-    exit_code = 2
 
 
 def host(value: Any) -> np.ndarray:
@@ -44,15 +34,6 @@ def shape_and_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype | str]:
     if isinstance(value, np.ndarray):
         return value.shape, value.dtype
     return tuple(value.shape()), _ORT_DTYPES.get(value.data_type(), value.data_type())
-
-
-def concrete_shape(entry: StateEntry, batch: int) -> tuple[int, ...]:
-    return tuple(batch if d == BATCH else int(d) for d in entry.shape)
-
-
-def graph_sha256(manifest: Manifest, graph: str = "step") -> str | None:
-    """The identity of the model a state belongs to: the hash of its graph file."""
-    return manifest.files.get(manifest.graphs[graph].path) if graph in manifest.graphs else None
 
 
 @dataclass(frozen=True)
@@ -134,56 +115,13 @@ class RecurrentState:
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write an .npz that a later process can `load` (atomically: a crash leaves the old file)."""
-        arrays = [host(v) for v in self.values]
-        header = {
-            "format": STATE_FILE_FORMAT, "format_version": STATE_FILE_VERSION, "graph_sha256": self.graph_sha256,
-            "tensors": [{"name": n, "shape": list(a.shape), "dtype": a.dtype.name} for n, a in zip(self.names, arrays)],
-        }
-        path = Path(path)
-        payload = {_HEADER_KEY: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-        payload.update({f"t{k:04d}": a for k, a in enumerate(arrays)})  # names may hold characters zip dislikes
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write a state file that a later process can `load` (atomically: a crash leaves the old file)."""
+        write_state_file(path, self.names, [host(v) for v in self.values], self.graph_sha256)
 
     @classmethod
     def load(cls, path: str | os.PathLike, manifest: Manifest) -> "RecurrentState":
         """A state written by `save`; StateError if the file is not one or belongs to another model."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(bytes(data[_HEADER_KEY]).decode())
-                arrays = [data[f"t{k:04d}"] for k in range(len(header["tensors"]))]
-        except (OSError, ValueError, KeyError) as exc:
-            raise StateError(f"{path}: not an rwkv-deploy state file ({type(exc).__name__}: {exc})") from None
-        if header.get("format") != STATE_FILE_FORMAT or header.get("format_version") != STATE_FILE_VERSION:
-            raise StateError(f"{path}: not an rwkv-deploy state file of format version {STATE_FILE_VERSION}")
-        expected = graph_sha256(manifest)
-        if header["graph_sha256"] != expected:
-            raise StateError(f"{path}: state was saved from another model (graph sha256 "
-                             f"{str(header['graph_sha256'])[:12]}, this package's graph is {str(expected)[:12]})")
-        state = cls(tuple(t["name"] for t in header["tensors"]), tuple(arrays), expected)
-        if state.names != tuple(e.name for e in manifest.state):
-            raise StateError(f"{path}: state tensors {list(state.names)[:3]}... do not match the manifest's")
+        names, arrays = read_state_file(path, manifest)
+        state = cls(names, tuple(arrays), graph_sha256(manifest))
         state.check(manifest.state, state.batch)
         return state
-
-
-def load_initial_arrays(manifest: Manifest, package_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Per-sequence initial values of the entries with an `init_file` (state-tuned models), by name."""
-    arrays: dict[str, np.ndarray] = {}
-    for entry in manifest.state:
-        if entry.init_file is None:
-            continue
-        path = Path(package_dir) / entry.init_file
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays[entry.name] = data[entry.name]
-        except (OSError, ValueError, KeyError) as exc:
-            raise StateError(f"{path}: cannot read the initial value of {entry.name} ({exc})") from None
-    return arrays

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import sha256_file
-from rwkv_deploy.export.tensorrt.engine_files import (ENGINE_PLAN, EngineError, check_compatibility,
-                                                     read_engine_record)
-from rwkv_deploy.export.tensorrt.environment import (INSTALL_HINT, GpuInfo, TensorRTUnavailable, load_tensorrt,
+from rwkv_deploy.package.manifest import sha256_file
+from rwkv_deploy.package.engines import EngineError, check_compatibility, read_engine_record
+from rwkv_deploy.package.names import ENGINE_PLAN
+from rwkv_deploy.tensorrt_library import (INSTALL_HINT, GpuInfo, TensorRTUnavailable, load_tensorrt,
                                                      tensorrt_version)
-from rwkv_deploy.export.tensorrt.profiles import BatchRange, select_profile
+from rwkv_deploy.package.profiles import BatchRange, select_profile
 
 from .package import DeploymentPackage
 from .state import RecurrentState, StateError

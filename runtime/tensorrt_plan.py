@@ -22,9 +22,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from rwkv_deploy.export.manifest import Manifest
+from rwkv_deploy.package.manifest import Manifest
 
-from .state import concrete_shape, host
+from rwkv_deploy.package.state_files import concrete_shape
+
+from .state import host
 
 T = TypeVar("T")
 

@@ -158,7 +158,7 @@ def tensorrt_checks(packages: Callable[[], dict[str, Path]], steps: int) -> Iter
     from rwkv_deploy.errors import RwkvDeployError
     from rwkv_deploy.export.tensorrt.build_config import make_build_config
     from rwkv_deploy.export.tensorrt.builder import build_engine
-    from rwkv_deploy.export.tensorrt.environment import load_tensorrt
+    from rwkv_deploy.tensorrt_library import load_tensorrt
     from rwkv_deploy.export.tensorrt.lint import lint_package
     from rwkv_deploy.runtime import DeploymentPackage
     from rwkv_deploy.runtime.onnx_backend import CPU, OnnxStepBackend

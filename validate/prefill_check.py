@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rwkv_deploy.export.manifest import PREFILL_TOKENS_INPUT, Manifest
+from rwkv_deploy.package.manifest import Manifest
+from rwkv_deploy.package.names import PREFILL_GRAPH, PREFILL_TOKENS_INPUT
 from rwkv_deploy.models.reference.base import RWKVModel
 
 from . import metrics
@@ -41,7 +42,7 @@ def compare_prefill(model: RWKVModel, manifest: Manifest, package_dir: Path, str
                     chunk: int = 64) -> PrefillResult:
     import onnxruntime as ort
 
-    graph = manifest.graphs["prefill"]
+    graph = manifest.graphs[PREFILL_GRAPH]
     session = ort.InferenceSession(str(package_dir / graph.path), providers=["CPUExecutionProvider"])
     tokens = np.ascontiguousarray(stream.tokens.T)  # [batch, steps]
     batch = tokens.shape[0]

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rwkv_deploy.package.names import STEP_GRAPH
+
 from .validator import ValidationResult
 
 PLOT_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis
@@ -52,7 +54,7 @@ def report_dict(result: ValidationResult) -> dict[str, Any]:
         "result": "PASS" if result.passed else "FAIL",
         "summary": result.summary_line(),
         "failed_checks": [c.describe() for c in result.failures],
-        "package": {"dir": result.package_dir, "graph": asdict(m.graphs["step"]), "model": asdict(m.model),
+        "package": {"dir": result.package_dir, "graph": asdict(m.graphs[STEP_GRAPH]), "model": asdict(m.model),
                     "tokenizer": m.tokenizer.kind, "state_tensors": [e.name for e in m.state],
                     "producer": m.producer, "source": m.source},
         "reference": {"checkpoint": result.checkpoint, "runtime": f"PyTorch {result.versions['torch']}, fp32, CPU"},
@@ -111,7 +113,7 @@ _STREAM_ROWS = (
 def markdown(result: ValidationResult, plot_name: str) -> str:
     """A readable summary: the verdict first, then what was compared, the checks, and the details."""
     m, o = result.manifest, result.options
-    graph = m.graphs["step"]
+    graph = m.graphs[STEP_GRAPH]
     verdict = (f"**PASS**: all {len(result.checks)} checks passed" if result.passed else
                f"**FAIL**: {len(result.failures)} of {len(result.checks)} checks failed: "
                + "; ".join(c.describe() for c in result.failures))

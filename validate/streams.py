@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rwkv_deploy.models.tokenizers import Tokenizer
+from rwkv_deploy.tokenization import Tokenizer
 
 # Several scripts and some code, so a World / HF tokenizer produces long and short tokens, and a byte
 # tokenizer produces multi-byte UTF-8 sequences.

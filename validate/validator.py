@@ -27,10 +27,10 @@ import torch
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import Manifest, read_manifest, sha256_file, verify_files
+from rwkv_deploy.package.manifest import Manifest, read_manifest, sha256_file, verify_files
 from rwkv_deploy.models import load_model
 from rwkv_deploy.models.reference.base import RWKVModel
-from rwkv_deploy.models.tokenizers import Tokenizer, load_tokenizer
+from rwkv_deploy.tokenization import Tokenizer, load_tokenizer
 
 from . import metrics
 from .prefill_check import compare_prefill

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import read_manifest
+from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.names import STEP_GRAPH
 
-from .profiles import OptimizationProfile, make_profiles, parse_batch_ranges
+from rwkv_deploy.package.profiles import OptimizationProfile, make_profiles, parse_batch_ranges
 
 DEFAULT_OPT_LEVEL = 3  # TensorRT's default; 0..5
 NETWORK_FLAGS = ("STRONGLY_TYPED",)
@@ -77,7 +78,7 @@ def make_build_config(package_dir: str | Path, batch: Sequence[str] | None = Non
         raise BuildConfigError(f"--timing-cache {timing_cache}: keep the cache outside the package "
                                "(verify rejects files the manifest does not list)")
     return EngineBuildConfig(
-        graph=manifest.graphs["step"].path,
+        graph=manifest.graphs[STEP_GRAPH].path,
         profiles=tuple(make_profiles(manifest, parse_batch_ranges(batch))),
         builder_optimization_level=opt_level,
         workspace_bytes=None if workspace_mb is None else workspace_mb * 2**20,

@@ -16,12 +16,12 @@ from types import ModuleType
 from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.package.manifest import Manifest, read_manifest, verify_files
 from rwkv_deploy.fileio import write_bytes_atomically
 
 from .build_config import EngineBuildConfig
 from .engine_files import install_engine
-from .environment import require_tensorrt_and_gpu, tensorrt_version
+from rwkv_deploy.tensorrt_library import require_tensorrt_and_gpu, tensorrt_version
 from .lint import lint_package
 
 PARSER_ERRORS_SHOWN = 3

@@ -20,14 +20,14 @@ import onnx
 from onnx import TensorProto
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import read_manifest
+from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.names import STATE_INPUT_PREFIX, STATE_OUTPUT_PREFIX, STEP_GRAPH
 
 from .op_table import CONSTANT_INPUTS, OPSET_MAX, OPSET_MIN, SINGLE_OUTPUT_OPS, SUPPORTED_OPS, TYPED_INPUT
 
 LEVELS = ("error", "warning", "info")
 PROTOBUF_LIMIT = 2**31 - 1  # the parser reads protobuf with SetTotalBytesLimit(INT_MAX)
 DEFAULT_DOMAINS = ("", "ai.onnx")
-STATE_INPUT_PREFIX, STATE_OUTPUT_PREFIX = "state_in.", "state_out."
 ORT_DOMAIN = "com.microsoft"
 ORT_QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulBnb4", "DequantizeBlockwise")  # export/quantize.py
 
@@ -405,7 +405,7 @@ def lint_package(package_dir: str | Path) -> LintReport:
     """Lint the step graph of the package in `package_dir`."""
     package_dir = Path(package_dir)
     manifest = read_manifest(package_dir)
-    graph_path = package_dir / manifest.graphs["step"].path
+    graph_path = package_dir / manifest.graphs[STEP_GRAPH].path
     try:
         model = onnx.load(str(graph_path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError, OSError, ...

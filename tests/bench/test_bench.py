@@ -110,7 +110,7 @@ def test_a_package_with_its_checkpoint_and_bad_input(tmp_path):
     engines = {r["engine"] for r in json.loads(result.stdout)["rows"]}
     assert engines == {"rwkv-deploy", "torch-reference"}
     missing = runner.invoke(app, ["bench", str(tmp_path / "nothing"), "-q", "--out", str(tmp_path / "o2")])
-    assert missing.exit_code == 2 and "manifest.json: not found" in missing.output
+    assert missing.exit_code == 2 and "manifest.json: no manifest.json" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
     both = runner.invoke(app, ["bench", str(tmp_path / "pkg"), "--shape", "7:1:64:256:16", "-q"])
     assert both.exit_code == 2 and "not both" in both.output

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_deploy.models.tokenizers.world import WORLD_VOCAB_FILE, WorldTokenizer, read_world_vocab
+from rwkv_deploy.tokenization.world import WORLD_VOCAB_FILE, WorldTokenizer, read_world_vocab
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from rwkv_deploy.runtime.sampling import softmax, top_k_mask, top_p_mask
 from tests.deploy.jsutil import CLI, NODE_DIR, node_greedy, python_greedy, run_node

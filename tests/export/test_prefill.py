@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.export.verify import verify_package
+from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models import load_model
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
 from tests.helpers.small_packages import small_checkpoint

@@ -14,12 +14,12 @@ from onnx import TensorProto, numpy_helper
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.manifest import read_manifest
+from rwkv_deploy.package.manifest import read_manifest
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.quantize import (QUANT_CONFIGS, config_for, dequantize_matmul_weight, quantize_matmul_weight,
                                           quantize_onnx_file)
 from rwkv_deploy.export.tensorrt.lint import lint_package
-from rwkv_deploy.export.verify import verify_package
+from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.validate.thresholds import thresholds_for
 from tests.helpers.small_packages import small_checkpoint

@@ -22,12 +22,12 @@ from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.export import triton as triton_module
-from rwkv_deploy.export.manifest import StateEntry
+from rwkv_deploy.package.manifest import StateEntry
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.triton import (BatchingOptions, TritonError, model_config, render_config,
                                        write_repository)
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
-from rwkv_deploy.runtime.state import load_initial_arrays
+from rwkv_deploy.package.state_files import load_initial_arrays
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.helpers.small_packages import export_small, v7_manifest
 
@@ -142,7 +142,7 @@ def _initial_state(model_dir: Path, state: model_config_pb2.ModelSequenceBatchin
 def test_initial_state_files_hold_the_manifests_initial_values(repos: dict[str, Path], packages: dict[str, Path],
                                                                kind: str) -> None:
     model_dir, package = repos[kind], packages[kind]
-    from rwkv_deploy.export.manifest import read_manifest
+    from rwkv_deploy.package.manifest import read_manifest
 
     manifest = read_manifest(package)
     tuned = load_initial_arrays(manifest, package)

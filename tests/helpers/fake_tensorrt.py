@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rwkv_deploy.export.tensorrt.environment import GpuInfo
+from rwkv_deploy.tensorrt_library import GpuInfo
 from rwkv_deploy.runtime.tensorrt_plan import NumpyBufferOps
 
 _ONNX_TO_TRT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64",
@@ -389,7 +389,7 @@ FAKE_VERSION = "10.13.3.9"
 
 def build_fake_engine(package_dir: Any, batches: list[str]) -> None:
     """Build an engine into `package_dir` with the project's real build code, driving FakeTensorRT."""
-    from rwkv_deploy.export.tensorrt import environment
+    from rwkv_deploy import tensorrt_library as environment
     from rwkv_deploy.export.tensorrt.build_config import make_build_config
     from rwkv_deploy.export.tensorrt.builder import build_engine
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rwkv_deploy.export.manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
+from rwkv_deploy.package.manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
@@ -22,13 +22,15 @@ def small_checkpoint(path: Path, version: str, seed: int = 0, n_layer: int = 2, 
     return path
 
 
-def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 0) -> Path:
-    """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer) to `root`."""
+def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 0, **options) -> Path:
+    """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer unless `options`
+    say otherwise) to `root`; `options` are further ExportOptions fields (prefill=True, ...)."""
     checkpoint = root / f"v{version}-seed{seed}.pth"
     if not checkpoint.exists():
         small_checkpoint(checkpoint, version, seed)
-    out = root / f"v{version}-{precision}-seed{seed}"
-    export_package(checkpoint, out, ExportOptions(precision=precision, tokenizer="none"))
+    suffix = "".join(f"-{k}-{v}" for k, v in sorted(options.items()))
+    out = root / f"v{version}-{precision}-seed{seed}{suffix}"
+    export_package(checkpoint, out, ExportOptions(**{"precision": precision, "tokenizer": "none", **options}))
     return out
 
 

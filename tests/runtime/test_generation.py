@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.models.tokenizers import ByteTokenizer
+from rwkv_deploy.tokenization import ByteTokenizer
 from rwkv_deploy.runtime.generation import GenerationError, Generator, TextStream
 from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
 from rwkv_deploy.runtime.package import DeploymentPackage

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv_deploy.export.manifest import ManifestError
+from rwkv_deploy.package.manifest import ManifestError
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.runtime.package import DeploymentPackage, InputError, PackageError
 from tests.helpers.random_checkpoints import make_checkpoint

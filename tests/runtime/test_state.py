@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rwkv_deploy.export.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
+from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
 from rwkv_deploy.runtime.state import RecurrentState, StateError
 
 TUNED = np.arange(6, dtype=np.float32).reshape(2, 3)  # a state-tuned model's per-sequence value

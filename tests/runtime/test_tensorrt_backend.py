@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_deploy.export.tensorrt import environment
+from rwkv_deploy import tensorrt_library as environment
 from rwkv_deploy.export.tensorrt.build_config import make_build_config
 from rwkv_deploy.export.tensorrt.builder import build_engine
-from rwkv_deploy.export.tensorrt.engine_files import EngineError
-from rwkv_deploy.export.tensorrt.environment import GpuInfo
-from rwkv_deploy.export.tensorrt.profiles import BatchRange, ProfileError
+from rwkv_deploy.package.engines import EngineError
+from rwkv_deploy.tensorrt_library import GpuInfo
+from rwkv_deploy.package.profiles import BatchRange, ProfileError
 from rwkv_deploy.runtime import DeploymentPackage, Generator, RecurrentState
 from rwkv_deploy.runtime.backends import UnknownBackendError, make_backend
 from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv_deploy.export.manifest import MANIFEST_NAME
+from rwkv_deploy.package.manifest import MANIFEST_NAME
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.validate import Fp32Thresholds, ValidateOptions, ValidationResult, validate_package
 from tests.helpers.random_checkpoints import make_checkpoint

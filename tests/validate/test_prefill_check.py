@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rwkv_deploy.export.manifest import read_manifest
+from rwkv_deploy.package.manifest import read_manifest
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.models import load_model
 from rwkv_deploy.validate import ValidateOptions, validate_package

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rwkv_deploy.models.tokenizers import load_tokenizer
+from rwkv_deploy.tokenization import load_tokenizer
 from rwkv_deploy.validate import Fp16Thresholds, Fp32Thresholds, thresholds_for
 from rwkv_deploy.validate.streams import SAMPLE_TEXT, make_streams, prompt_tokens, random_stream, text_stream
 from rwkv_deploy.validate.thresholds import UnknownPrecisionError, evaluate

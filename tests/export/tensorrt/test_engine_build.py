@@ -16,14 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.manifest import read_manifest, sha256_file
-from rwkv_deploy.export.tensorrt import environment
+from rwkv_deploy.package.manifest import read_manifest, sha256_file
+from rwkv_deploy import tensorrt_library as environment
 from rwkv_deploy.export.tensorrt.build_config import make_build_config
 from rwkv_deploy.export.tensorrt.builder import EngineBuildError, build_engine
-from rwkv_deploy.export.tensorrt.engine_files import (EngineError, check_compatibility, engine_record,
-                                                     install_engine, read_engine_record)
-from rwkv_deploy.export.tensorrt.environment import GpuInfo, TensorRTUnavailable
-from rwkv_deploy.export.verify import verify_package
+from rwkv_deploy.export.tensorrt.engine_files import engine_record, install_engine
+from rwkv_deploy.package.engines import EngineError, check_compatibility, read_engine_record
+from rwkv_deploy.tensorrt_library import GpuInfo, TensorRTUnavailable
+from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.runtime.package import DeploymentPackage
 from tests.helpers.fake_tensorrt import FakeTensorRT, ParserError
 from tests.helpers.small_packages import export_small

@@ -14,9 +14,7 @@ from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-PREFILL_TOKENS_INPUT = "tokens"  # the prefill graph's token input, int64 [batch, T] (fixed by format 1)
+from .names import FORMAT_VERSION, LOGITS_OUTPUT, MANIFEST_NAME, TOKEN_INPUT
 
 
 class ManifestError(RwkvDeployError):
@@ -73,8 +71,8 @@ class Manifest:
     state: list[StateEntry]
     tokenizer: TokenizerInfo
     files: dict[str, str]
-    token_input: str = "token"
-    logits_output: str = "logits"
+    token_input: str = TOKEN_INPUT
+    logits_output: str = LOGITS_OUTPUT
     format_version: int = FORMAT_VERSION
     producer: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +94,17 @@ class Manifest:
             producer=data.get("producer", {}),
             source=data.get("source", {}),
         )
+
+
+def external_data_path(graph_path: str, name: str) -> str:
+    """The package path of a graph's external data file `name`: ONNX resolves it relative to the graph's folder."""
+    folder = graph_path.rpartition("/")[0]
+    return f"{folder}/{name}" if folder else name
+
+
+def shape_text(shape: list | None) -> str:
+    """A manifest shape for messages: `[batch, 4, 64]`, or `unknown`."""
+    return "unknown" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def read_manifest(package_dir: str | Path) -> Manifest:

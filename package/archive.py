@@ -35,8 +35,9 @@ from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.fileio import write_atomically
 
-from .manifest import MANIFEST_NAME, read_manifest, sha256_file
-from .verify import ALIGNMENT, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME, verify_package
+from .manifest import read_manifest, sha256_file
+from .names import ALIGNMENT, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME
+from .verify import verify_package
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can record
 _ALIGN_EXTRA_ID = 0xD935  # zipalign's extra field: 2-byte alignment, then zero padding

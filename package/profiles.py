@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.export.manifest import Manifest
+from .manifest import Manifest
+from .names import BATCH_AXIS, MAX_BATCH
 
-BATCH = "batch"
-MAX_BATCH = 65536  # the exporter declares batch in [1, 65536]
 DEFAULT_BATCH = "1:1:8"
 
 Shape = tuple[int, ...]
@@ -93,17 +92,17 @@ class OptimizationProfile:
 
 def input_dims(manifest: Manifest) -> list[tuple[str, list[int | str]]]:
     """(input name, dims with `batch` first) for every graph input, in graph order (token, then state)."""
-    dims: list[tuple[str, list[int | str]]] = [(manifest.token_input, [BATCH])]
+    dims: list[tuple[str, list[int | str]]] = [(manifest.token_input, [BATCH_AXIS])]
     for entry in manifest.state:
         shape = list(entry.shape)
-        if not shape or shape[0] != BATCH or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        if not shape or shape[0] != BATCH_AXIS or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
             raise ProfileError(f"state {entry.name!r} has shape {shape}; a profile needs [batch, fixed sizes...]")
         dims.append((entry.input, shape))
     return dims
 
 
 def _concrete(dims: Sequence[int | str], batch: int) -> Shape:
-    return tuple(batch if d == BATCH else int(d) for d in dims)
+    return tuple(batch if d == BATCH_AXIS else int(d) for d in dims)
 
 
 def parse_batch_ranges(texts: Sequence[str] | None) -> list[BatchRange]:

@@ -18,9 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.archive import create_archive
+from rwkv_deploy.package.archive import create_archive
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.export.verify import INDEX_NAME, VerifyError, verify_package
+from rwkv_deploy.package.names import INDEX_NAME
+from rwkv_deploy.package.verify import VerifyError, verify_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
 runner = CliRunner()

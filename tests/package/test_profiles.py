@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from rwkv_deploy.export.tensorrt.profiles import (BatchRange, InputShapes, OptimizationProfile, ProfileError,
+from rwkv_deploy.package.profiles import (BatchRange, InputShapes, OptimizationProfile, ProfileError,
                                                  make_profiles, parse_batch_ranges, select_profile)
 from tests.helpers.small_packages import v7_manifest
 

@@ -9,6 +9,7 @@ Each problem is one line that starts with the file it concerns (a path inside th
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import re
@@ -19,23 +20,12 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
-import onnx
-from google.protobuf.message import DecodeError
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, PREFILL_TOKENS_INPUT, GraphInfo, Manifest
-
-# The package layout that these checks enforce and archive.py writes.
-INDEX_NAME = "PACKAGE.json"
-INDEX_FORMAT = "rwkv-deploy-archive"
-INDEX_FORMAT_VERSION = 1
-VALIDATION_DIR = "validation/"
-ALIGNMENT = 64  # archive member data offsets are multiples of this, so runtimes can map weights in place
-BATCH_AXIS = "batch"
-TIME_AXIS = "T"  # the prefill graph's sequence axis
-TOKEN_DTYPE = "int64"
-LOGITS_DTYPE = "float32"
+from .manifest import Manifest, external_data_path, shape_text
+from .names import (ALIGNMENT, BATCH_AXIS, FORMAT_VERSION, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME,
+                    MANIFEST_NAME, STEP_GRAPH, VALIDATION_DIR)
 _CHUNK = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, fixed fields, name length, extra length
 
@@ -60,6 +50,11 @@ def verify_package(path: str | Path) -> list[str]:
         return [f"{path.name}: not a readable zip archive ({exc})"]
 
 
+def graph_checks_available() -> bool:
+    """Whether `verify` also checks the graphs' I/O against the manifest (it needs `onnx`, in `[export]`)."""
+    return importlib.util.find_spec("onnx") is not None
+
+
 def member_name_problem(name: str) -> str | None:
     """Why `name` cannot be a relative path inside a package (absolute, `..`, ...), or None if it can."""
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
@@ -74,7 +69,7 @@ def member_name_problem(name: str) -> str | None:
 # -- reading a package, directory or archive alike ------------------------------------------------------
 
 
-class _Reader:
+class PackageReader:
     """Files of a package by relative posix name, with each file's (sha256, size) computed at most once."""
 
     def __init__(self, names: list[str]) -> None:
@@ -100,7 +95,7 @@ class _Reader:
         return self._digests[name]
 
 
-class _DirReader(_Reader):
+class _DirReader(PackageReader):
     def __init__(self, root: Path) -> None:
         super().__init__(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
         self.root = root
@@ -109,7 +104,7 @@ class _DirReader(_Reader):
         return open(self.root / name, "rb")
 
 
-class _ZipReader(_Reader):
+class _ZipReader(PackageReader):
     def __init__(self, zf: zipfile.ZipFile) -> None:
         super().__init__([i.filename for i in zf.infolist() if not i.is_dir()])
         self.zf = zf
@@ -121,20 +116,23 @@ class _ZipReader(_Reader):
 # -- the checks -----------------------------------------------------------------------------------------
 
 
-def _verify(reader: _Reader, archive: bool) -> list[str]:
+def _verify(reader: PackageReader, archive: bool) -> list[str]:
     manifest, problems = _read_manifest(reader)
     if manifest is not None:
         problems += _listed_file_problems(reader, manifest)
         problems += _unlisted_file_problems(reader, manifest)
         problems += _reference_problems(reader, manifest)
-        problems += _graph_problems(reader, manifest)
+        if graph_checks_available():
+            from .graph_checks import graph_problems
+
+            problems += graph_problems(reader, manifest)
         problems += _initial_state_problems(reader, manifest)
     if archive or INDEX_NAME in reader.names:
         problems += _index_problems(reader)
     return problems
 
 
-def _read_manifest(reader: _Reader) -> tuple[Manifest | None, list[str]]:
+def _read_manifest(reader: PackageReader) -> tuple[Manifest | None, list[str]]:
     if MANIFEST_NAME not in reader.names:
         return None, [f"{MANIFEST_NAME}: missing (not an rwkv-deploy package)"]
     try:
@@ -149,7 +147,7 @@ def _read_manifest(reader: _Reader) -> tuple[Manifest | None, list[str]]:
         return None, [f"{MANIFEST_NAME}: malformed ({type(exc).__name__}: {exc})"]
 
 
-def _hash_problem(reader: _Reader, name: str, sha256: str, size: int | None, listed_in: str) -> str | None:
+def _hash_problem(reader: PackageReader, name: str, sha256: str, size: int | None, listed_in: str) -> str | None:
     if name not in reader.names:
         return f"{name}: listed in {listed_in} but missing"
     try:
@@ -163,7 +161,7 @@ def _hash_problem(reader: _Reader, name: str, sha256: str, size: int | None, lis
     return None
 
 
-def _listed_file_problems(reader: _Reader, manifest: Manifest) -> list[str]:
+def _listed_file_problems(reader: PackageReader, manifest: Manifest) -> list[str]:
     problems = []
     for name, sha256 in manifest.files.items():
         if bad := member_name_problem(name):
@@ -173,7 +171,7 @@ def _listed_file_problems(reader: _Reader, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _unlisted_file_problems(reader: _Reader, manifest: Manifest) -> list[str]:
+def _unlisted_file_problems(reader: PackageReader, manifest: Manifest) -> list[str]:
     known = set(manifest.files) | {MANIFEST_NAME, INDEX_NAME}
     return [f"{name}: not listed in {MANIFEST_NAME} files (unexpected file in the package)"
             for name in reader.names if name not in known and not name.startswith(VALIDATION_DIR)]
@@ -184,7 +182,7 @@ def _referenced_files(manifest: Manifest) -> Iterator[tuple[str, str]]:
     for key, graph in manifest.graphs.items():
         yield f"graphs.{key}.path", graph.path
         if graph.external_data:
-            yield f"graphs.{key}.external_data", _sibling(graph.path, graph.external_data)
+            yield f"graphs.{key}.external_data", external_data_path(graph.path, graph.external_data)
     for name in manifest.tokenizer.files:
         yield "tokenizer.files", name
     for entry in manifest.state:
@@ -192,9 +190,9 @@ def _referenced_files(manifest: Manifest) -> Iterator[tuple[str, str]]:
             yield f"state {entry.name!r} init_file", entry.init_file
 
 
-def _reference_problems(reader: _Reader, manifest: Manifest) -> list[str]:
+def _reference_problems(reader: PackageReader, manifest: Manifest) -> list[str]:
     """Files the manifest points to must be listed in `files` (hashed) and present; the state must be batched."""
-    problems = [] if "step" in manifest.graphs else [f"{MANIFEST_NAME}: graphs has no 'step' graph"]
+    problems = [] if STEP_GRAPH in manifest.graphs else [f"{MANIFEST_NAME}: graphs has no {STEP_GRAPH!r} graph"]
     for field, name in _referenced_files(manifest):
         if name not in manifest.files:
             problems.append(f"{MANIFEST_NAME}: {field} {name!r} is not listed in files (its hash cannot be checked)")
@@ -203,125 +201,12 @@ def _reference_problems(reader: _Reader, manifest: Manifest) -> list[str]:
     for entry in manifest.state:
         if not entry.shape or entry.shape[0] != BATCH_AXIS or not all(
                 isinstance(d, int) and d > 0 for d in entry.shape[1:]):
-            problems.append(f"{MANIFEST_NAME}: state {entry.name!r} shape {_fmt(entry.shape)} must be "
+            problems.append(f"{MANIFEST_NAME}: state {entry.name!r} shape {shape_text(entry.shape)} must be "
                             f"[{BATCH_AXIS}, positive ints...]")
     return problems
 
 
-def _sibling(graph_path: str, name: str) -> str:
-    """ONNX resolves external data locations relative to the graph file's folder."""
-    folder = graph_path.rpartition("/")[0]
-    return f"{folder}/{name}" if folder else name
-
-
-def _graph_problems(reader: _Reader, manifest: Manifest) -> list[str]:
-    problems = []
-    for kind, graph in manifest.graphs.items():
-        if graph.path not in reader.names:
-            continue  # reported as missing by the file checks
-        try:
-            with reader.open(graph.path) as f:
-                model = onnx.load_model(f, load_external_data=False)
-        except (OSError, zipfile.BadZipFile, DecodeError, ValueError) as exc:
-            problems.append(f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})")
-            continue
-        want_in, want_out = _expected_io(kind, graph, manifest)
-        weights = {t.name for t in model.graph.initializer}  # old IR versions also list initializers as inputs
-        inputs = [v for v in model.graph.input if v.name not in weights]
-        problems += (_io_problems(graph.path, "input", inputs, want_in)
-                     + _io_problems(graph.path, "output", list(model.graph.output), want_out)
-                     + _opset_problems(graph, model)
-                     + _external_data_problems(reader, graph, model))
-    return problems
-
-
-def _expected_io(kind: str, graph: GraphInfo, manifest: Manifest) -> tuple[list[tuple], list[tuple]]:
-    """(name, dtype, shape) of each input and output the manifest promises for the graph `kind`.
-
-    step: token [batch]; prefill: tokens [batch, T], logits of the last position or of all T positions."""
-    vocab = manifest.model.vocab_size
-    state_in = [(s.input, s.dtype, list(s.shape)) for s in manifest.state]
-    state_out = [(s.output, s.dtype, list(s.shape)) for s in manifest.state]
-    if kind == "prefill":
-        logits = [BATCH_AXIS, TIME_AXIS, vocab] if graph.logits == "all" else [BATCH_AXIS, vocab]
-        return ([(PREFILL_TOKENS_INPUT, TOKEN_DTYPE, [BATCH_AXIS, TIME_AXIS])] + state_in,
-                [(manifest.logits_output, LOGITS_DTYPE, logits)] + state_out)
-    return ([(manifest.token_input, TOKEN_DTYPE, [BATCH_AXIS])] + state_in,
-            [(manifest.logits_output, LOGITS_DTYPE, [BATCH_AXIS, vocab])] + state_out)
-
-
-def _io_problems(where: str, kind: str, actual: list[onnx.ValueInfoProto],
-                 expected: list[tuple[str, str, list]]) -> list[str]:
-    by_name = {v.name: v for v in actual}
-    want_names = [name for name, _, _ in expected]
-    problems = [f"{where}: graph has no {kind} {name!r} (manifest.json expects it)"
-                for name in want_names if name not in by_name]
-    problems += [f"{where}: graph {kind} {v.name!r} is not declared in manifest.json"
-                 for v in actual if v.name not in want_names]
-    if not problems and [v.name for v in actual] != want_names:
-        problems.append(f"{where}: graph {kind}s are not in manifest.json's order (token/logits, then state)")
-    for name, dtype, shape in expected:
-        if name in by_name:
-            got_dtype, got_shape = _tensor_type(by_name[name])
-            if got_dtype != dtype:
-                problems.append(f"{where}: {kind} {name!r} is {got_dtype}, expected {dtype}")
-            if got_shape != shape:
-                problems.append(f"{where}: {kind} {name!r} has shape {_fmt(got_shape)}, expected {_fmt(shape)}")
-    return problems
-
-
-def _tensor_type(value: onnx.ValueInfoProto) -> tuple[str, list | None]:
-    """(dtype name as numpy spells it, dims: symbolic names as str, fixed sizes as int, "?" when unknown)."""
-    if value.type.WhichOneof("value") != "tensor_type":
-        return f"non-tensor ({value.type.WhichOneof('value')})", None
-    tensor = value.type.tensor_type
-    try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-    except (KeyError, ValueError, TypeError):
-        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
-    if not tensor.HasField("shape"):
-        return dtype, None
-    return dtype, [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else "?"
-                   for d in tensor.shape.dim]
-
-
-def _opset_problems(graph: GraphInfo, model: onnx.ModelProto) -> list[str]:
-    opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
-    got = opsets.get("ai.onnx")
-    if got == graph.opset:
-        return []
-    return [f"{graph.path}: graph uses opset {got} but manifest.json graphs.step.opset is {graph.opset}"]
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and constant attributes, subgraphs (If/Loop bodies) included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graph_tensors(sub)
-
-
-def _external_data_problems(reader: _Reader, graph: GraphInfo, model: onnx.ModelProto) -> list[str]:
-    locations = {entry.value for t in _graph_tensors(model.graph)
-                 if t.data_location == onnx.TensorProto.EXTERNAL
-                 for entry in t.external_data if entry.key == "location"}
-    declared = graph.external_data
-    problems = [f"{graph.path}: weights are stored in external file {loc!r} that manifest.json "
-                f"graphs.step.external_data does not declare ({declared!r})"
-                for loc in sorted(locations) if loc != declared]
-    if declared and declared not in locations:
-        problems.append(f"{graph.path}: manifest.json declares external data {declared!r} but the graph has none there")
-    for loc in sorted(locations):
-        if _sibling(graph.path, loc) not in reader.names:
-            problems.append(f"{_sibling(graph.path, loc)}: external data of {graph.path} but missing")
-    return problems
-
-
-def _initial_state_problems(reader: _Reader, manifest: Manifest) -> list[str]:
+def _initial_state_problems(reader: PackageReader, manifest: Manifest) -> list[str]:
     """Each `init_file` array exists with the state's per-sequence shape and dtype (no batch axis)."""
     problems, cache = [], {}
     for entry in manifest.state:
@@ -341,12 +226,12 @@ def _initial_state_problems(reader: _Reader, manifest: Manifest) -> list[str]:
             continue
         want = list(entry.shape[1:])
         if list(array.shape) != want or array.dtype.name != entry.dtype:
-            problems.append(f"{name}: array {entry.name!r} is {array.dtype.name} {_fmt(list(array.shape))}, "
-                            f"expected {entry.dtype} {_fmt(want)}")
+            problems.append(f"{name}: array {entry.name!r} is {array.dtype.name} {shape_text(list(array.shape))}, "
+                            f"expected {entry.dtype} {shape_text(want)}")
     return problems
 
 
-def _index_problems(reader: _Reader) -> list[str]:
+def _index_problems(reader: PackageReader) -> list[str]:
     if INDEX_NAME not in reader.names:
         return [f"{INDEX_NAME}: missing (an archive lists and hashes every member there)"]
     try:
@@ -397,7 +282,3 @@ def _data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int | None:
     if signature != b"PK\x03\x04":
         return None
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-
-
-def _fmt(shape: list | None) -> str:
-    return "unknown" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"

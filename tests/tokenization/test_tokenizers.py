@@ -14,7 +14,7 @@ from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.models.tokenizers import (
+from rwkv_deploy.tokenization import (
     WORLD_VOCAB_FILE,
     ByteTokenizer,
     HFTokenizer,

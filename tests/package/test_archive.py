@@ -16,10 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export import archive as archive_module
-from rwkv_deploy.export.archive import ArchiveError, ArchiveTargetError, create_archive, extract_package
+from rwkv_deploy.package import archive as archive_module
+from rwkv_deploy.package.archive import ArchiveError, ArchiveTargetError, create_archive, extract_package
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.export.verify import ALIGNMENT, INDEX_NAME, verify_package
+from rwkv_deploy.package.names import ALIGNMENT, INDEX_NAME
+from rwkv_deploy.package.verify import verify_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
 runner = CliRunner()

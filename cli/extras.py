@@ -1,0 +1,28 @@
+"""Which commands need the `[export]` extra: a plain `pip install rwkv-deploy` is the runtime only, so the
+commands that load checkpoints or ONNX protobufs say in one line what to install instead of a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from rwkv_deploy.errors import RwkvDeployError
+
+TORCH_HINT = "install PyTorch first (its CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+
+
+class MissingExtraError(RwkvDeployError):
+    exit_code = 2
+
+
+def require_modules(command: str, *modules: str) -> None:
+    """Raise MissingExtraError naming `command` and the `[export]` extra when any of `modules` is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        hint = f"; {TORCH_HINT}" if "torch" in missing else ""
+        raise MissingExtraError(f"`rwkv-deploy {command}` needs {' and '.join(missing)}, which this install lacks: "
+                                f'pip install "rwkv-deploy[export]"{hint}')
+
+
+def require_export_extra(command: str) -> None:
+    """For commands that run the PyTorch reference and write or read ONNX protobufs."""
+    require_modules(command, "torch", "onnx")

@@ -1,0 +1,67 @@
+"""`pip install rwkv-deploy` without extras is the runtime: it generates from, verifies and packages a package
+with no PyTorch and no onnx installed, and the commands that need them say which extra to install.
+
+The runtime-only environment is `.venv-runtime` (`make setup` creates it with `pip install -e .`)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rwkv_deploy.runtime import DeploymentPackage, Generator
+from rwkv_deploy.runtime.backends import make_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_VENV = ROOT / ".venv-runtime"
+PROMPT = "def main():"
+
+
+@pytest.fixture(scope="module")
+def runtime_bin() -> Path:
+    if not (RUNTIME_VENV / ".installed").exists():
+        pytest.fail(f"{RUNTIME_VENV} is missing: `make setup` creates the runtime-only install these tests use")
+    return RUNTIME_VENV / "bin"
+
+
+def _run(binary: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_runtime_install_has_no_pytorch_and_no_onnx(runtime_bin: Path) -> None:
+    code = ("import importlib.util as u, sys; import rwkv_deploy.runtime, rwkv_deploy.package.archive, "
+            "rwkv_deploy.tokenization; print([m for m in ('torch', 'onnx', 'safetensors') if u.find_spec(m)])")
+    done = _run(runtime_bin / "python", "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_generate_verify_and_package_run_without_pytorch(runtime_bin: Path, shared_package, tmp_path: Path) -> None:
+    package = shared_package("7", tokenizer="bytes", prefill=True)
+    cli = runtime_bin / "rwkv-deploy"
+    done = _run(cli, "generate", str(package), "--prompt", PROMPT, "--max-tokens", "24", "--greedy")
+    assert done.returncode == 0, done.stderr
+    # the same text as the full install's runtime
+    opened = DeploymentPackage.open(package)
+    expected = Generator(make_backend("onnxruntime", opened), opened.tokenizer).generate(PROMPT, 24, temperature=0.0)
+    assert expected.stats.generated_tokens == 24
+    assert done.stdout == expected.text + "\n"
+
+    archive = tmp_path / "pkg.zip"
+    assert _run(cli, "package", str(package), "-o", str(archive)).returncode == 0
+    verified = _run(cli, "verify", str(archive))
+    assert verified.returncode == 0 and verified.stdout.strip().endswith(f"OK: {archive}")
+    assert "not checked" in verified.stderr  # says what it could not check without onnx
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "{tmp}/out"], ["validate", "{tmp}", "-c", "x.pth"],
+                                     ["inspect"]])
+def test_commands_that_need_pytorch_say_which_extra_to_install(runtime_bin: Path, tmp_path: Path,
+                                                               command: list[str]) -> None:
+    before = sorted(tmp_path.iterdir())
+    done = _run(runtime_bin / "rwkv-deploy", *[a.format(tmp=tmp_path) for a in command])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "rwkv-deploy[export]"' in lines[0] and command[0] in lines[0]
+    assert sorted(tmp_path.iterdir()) == before
