@@ -1,4 +1,4 @@
-"""Which RWKV version a state dict is, from its keys and shapes alone (design doc §2.1)."""
+"""Which RWKV version a state dict is, from its keys and shapes alone (docs/rwkv-math.md §2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sizes every version reads the same way from a state dict (design doc §2.2)."""
+"""Sizes every version reads the same way from a state dict (docs/rwkv-math.md §2.2)."""
 
 from __future__ import annotations
 

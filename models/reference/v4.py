@@ -1,7 +1,7 @@
 """RWKV-4: per-channel WKV kept in max-shifted log space (aa, bb, pp), "time_mix" token shift.
 
-Math: ../shared/design/rwkv_versions.md §3. State per layer: att_shift, aa, bb, pp (init -1e30), ffn_shift,
-all [C] fp32. `time_decay` holds the load-time form -exp(w) (log of the per-step decay).
+Math: docs/rwkv-math.md §4. State per layer: att_shift [C], aa, bb, pp (init -1e30) [A], ffn_shift [C],
+all fp32. `time_decay` holds the load-time form -exp(w) (log of the per-step decay).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RWKV-5 "Eagle" (5.0, 5.1, 5.2): matrix-valued per-head state with a static decay.
 
-Math: ../shared/design/rwkv_versions.md §4. State per layer: att_shift [C], wkv S [H, N(key), N(value)]
+Math: docs/rwkv-math.md §5. State per layer: att_shift [C], wkv S [H, N(key), N(value)]
 (fp32), ffn_shift [C]. Load-time forms: `time_decay` holds w = exp(-exp(raw)) and `time_faaaa` holds the
 bonus u ([H] for 5.0/5.1, [H, N] for 5.2). 5.0 has no gate.
 """

@@ -1,6 +1,6 @@
 """RWKV-6 "Finch": v5's state update with data-dependent token shift (ddlerp) and decay (LoRA).
 
-Math: ../shared/design/rwkv_versions.md §5. Same state layout as v5. `time_decay` stays in log-log form;
+Math: docs/rwkv-math.md §6. Same state layout as v5. `time_decay` stays in log-log form;
 the per-token decay is exp(-exp(time_decay + tanh(xw·Dw1)·Dw2)).
 """
 

@@ -1,6 +1,6 @@
 """RWKV-7 "Goose" (x070, G1): generalised delta-rule state update with in-context learning rate.
 
-Math: ../shared/design/rwkv_versions.md §6. State per layer: att_shift [C], wkv S [H, N(value), N(key)]
+Math: docs/rwkv-math.md §7. State per layer: att_shift [C], wkv S [H, N(value), N(key)]
 (fp32), ffn_shift [C]. `v_first` (layer 0's value) is not state: it is a wire inside one token.
 """
 

@@ -46,7 +46,7 @@ def model_file(tag: str, fmt: str = "FP32") -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Expected BlinkDL structure (design/rwkv_versions.md; README §2 model shapes)
+# Expected BlinkDL structure (docs/rwkv-math.md §2.1, §9.2; README §2 model shapes)
 # --------------------------------------------------------------------------------------------------
 
 
