@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 
+from rwkv_deploy.export.options import PRECISIONS, ExportOptions
+from rwkv_deploy.package.names import PREFILL_LOGITS
+
 from .bench_cmd import register as _register_bench
 from .errors import one_line_errors
 from .extras import require_export_extra, require_modules
@@ -15,6 +18,8 @@ from .generate_cmd import register as _register_generate
 from .package_cmd import register as _register_package
 from .tensorrt_cmd import register as _register_tensorrt
 from .validate_cmd import register as _register_validate
+
+DEFAULTS = ExportOptions()
 
 _COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt, _register_bench)
 
@@ -49,25 +54,28 @@ def inspect_cmd(
 def export_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint (default: the bundled model)"),
     out: Path = typer.Option(..., "--out", "-o", help="package directory to create"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 | int4"),
-    opset: int = typer.Option(18, help="ONNX opset"),
+    precision: str = typer.Option(DEFAULTS.precision, help=" | ".join(PRECISIONS)),
+    opset: int = typer.Option(DEFAULTS.opset, help="ONNX opset"),
     tokenizer: Optional[str] = typer.Option(None, help="world | bytes | none | path to tokenizer.json (default: from vocab size)"),
     external_data: bool = typer.Option(False, "--external-data", help="store weights in a separate .data file"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
     prefill: bool = typer.Option(False, "--prefill", help="also export the time-parallel prefill graph "
-                                 "(tokens [batch, T] in one call; weights stored once for both graphs)"),
-    prefill_logits: str = typer.Option("last", "--prefill-logits", help="prefill graph output: last | all positions"),
+                                 "(tokens \\[batch, T] in one call; weights stored once for both graphs)"),
+    prefill_logits: str = typer.Option(DEFAULTS.prefill_logits, "--prefill-logits",
+                                       help=f"prefill graph output: {' | '.join(PREFILL_LOGITS)} positions"),
+    ln_x_eps: Optional[float] = typer.Option(None, "--ln-x-eps", help="v5+ ln_x GroupNorm epsilon (default "
+                                             "BlinkDL's 64e-5; 1e-5 reproduces rwkv.cpp's v5)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
 ) -> None:
     """Export a checkpoint's single-step graph (and optionally its prefill graph) to ONNX as a deployment package."""
     require_export_extra("export")
-    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from rwkv_deploy.export.package_builder import export_package
     from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
     from .progress import stage_printer
 
     options = ExportOptions(precision=precision, opset=opset, tokenizer=tokenizer,
                             external_data=True if external_data else None, force=force, prefill=prefill,
-                            prefill_logits=prefill_logits)
+                            prefill_logits=prefill_logits, ln_x_eps=ln_x_eps)
     with stage_printer(enabled=not quiet) as progress:
         manifest = export_package(checkpoint or _default_checkpoint(), out, options, progress=progress)
     graph = manifest.graphs[STEP_GRAPH]

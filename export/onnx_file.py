@@ -10,11 +10,14 @@ holds at most one chunk of weights. The result is deterministic.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 _MODEL_GRAPH = 7  # ModelProto.graph
@@ -39,13 +42,74 @@ def _key(field: int, length: int) -> bytes:
     return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(length)
 
 
-def _external_location(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph (Scan/Loop/If bodies) inside it, at any depth."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from subgraphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from subgraphs(sub)
+
+
+def external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
+    """(file, offset, length or None for "to the end") of a tensor stored as ONNX external data."""
     info = {e.key: e.value for e in tensor.external_data}
     return info["location"], int(info.get("offset", 0)), (int(info["length"]) if "length" in info else None)
 
 
+def tensor_nbytes(tensor: TensorProto) -> int:
+    """Bytes of a tensor's values, wherever they are stored."""
+    if uses_external_data(tensor):
+        return external_location(tensor)[2] or 0
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    return numpy_helper.to_array(tensor).nbytes
+
+
+class TensorReader:
+    """The values of a graph's initializers, inline or external; external files are memory-mapped once each,
+    so a rewrite holds one tensor's bytes at a time (`with TensorReader(folder) as reader: ...`)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._maps: dict[str, tuple[BinaryIO, mmap.mmap]] = {}
+
+    def raw(self, tensor: TensorProto) -> bytes | memoryview:
+        if not uses_external_data(tensor):
+            return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        location, offset, length = external_location(tensor)
+        if location not in self._maps:
+            f = open(self.base / location, "rb")
+            self._maps[location] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        view = memoryview(self._maps[location][1])
+        end = len(view) if length is None else offset + length
+        if end > len(view):
+            raise OSError(f"{self.base / location}: external data ends before tensor {tensor.name!r} does")
+        return view[offset:end]
+
+    def array(self, tensor: TensorProto) -> np.ndarray:
+        if uses_external_data(tensor) or tensor.HasField("raw_data"):
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            return np.frombuffer(self.raw(tensor), dtype=dtype).reshape(tuple(tensor.dims))
+        return numpy_helper.to_array(tensor)
+
+    def close(self) -> None:
+        for f, mapped in self._maps.values():
+            mapped.close()
+            f.close()
+        self._maps.clear()
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _write_tensor_record(out: BinaryIO, tensor: onnx.TensorProto, base: Path) -> None:
-    location, offset, length = _external_location(tensor)
+    location, offset, length = external_location(tensor)
     data_path = base / location
     if length is None:
         length = data_path.stat().st_size - offset

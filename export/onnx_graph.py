@@ -21,8 +21,8 @@ from rwkv_deploy.package.names import (BATCH_AXIS, LOGITS_OUTPUT, MAX_BATCH, PRE
                                        state_input, state_output)
 
 from .onnx_file import TWO_GB, inline_external_data
+from .options import DEFAULT_OPSET
 
-DEFAULT_OPSET = 18
 
 
 class StepGraph(nn.Module):

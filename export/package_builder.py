@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -22,12 +22,13 @@ from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.models import build_model, load_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
-from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, STEP_GRAPH, TOKEN_INPUT,
-                                       state_input, state_output)
+from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS,
+                                       PREFILL_LOGITS_ALL, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
 
-from .onnx_graph import DEFAULT_OPSET, export_prefill_graph, export_step_graph
+from .onnx_graph import export_prefill_graph, export_step_graph
 from .onnx_checks import check_onnx_file
-from .precision import PRECISIONS, QUANTIZED_PRECISIONS, apply_precision
+from .options import PRECISIONS, QUANTIZED_PRECISIONS, ExportOptions
+from .precision import apply_precision
 from .quantize import quantize_staged_graph
 from .shared_weights import share_weights
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
@@ -37,18 +38,6 @@ INITIAL_STATE_FILE = "initial_state.npz"
 
 class ExportError(RwkvDeployError):
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    precision: str = "fp32"
-    opset: int = DEFAULT_OPSET
-    external_data: bool | None = None  # None: only when the weights exceed 2 GB
-    tokenizer: str | None = None  # "world", "bytes", "none", a tokenizer.json path, or None to infer
-    force: bool = False
-    name: str | None = None  # graph file stem; default: the checkpoint's stem
-    prefill: bool = False  # also export the time-parallel prefill graph (weights shared with the step graph)
-    prefill_logits: str = "last"  # prefill graph output: "last" position's logits, or "all" positions
 
 
 def _write_graph(
@@ -106,14 +95,16 @@ def export_package(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> Manifest:
     """Export `checkpoint` into the package directory `out_dir` and return its manifest."""
-    if options.prefill_logits not in ("last", "all"):
-        raise ExportError(f"unknown prefill logits {options.prefill_logits!r}; expected last or all")
+    if options.prefill_logits not in PREFILL_LOGITS:
+        raise ExportError(f"unknown prefill logits {options.prefill_logits!r}; expected {' or '.join(PREFILL_LOGITS)}")
+    if options.ln_x_eps is not None and not 0 < options.ln_x_eps < 1:
+        raise ExportError(f"--ln-x-eps {options.ln_x_eps}: must be a small positive number (BlinkDL 64e-5, rwkv.cpp 1e-5)")
     if options.precision not in PRECISIONS:
         raise ExportError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
     _prepare_target(out_dir, options.force)
     progress("loading checkpoint")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, **({"ln_x_eps": options.ln_x_eps} if options.ln_x_eps is not None else {}))
     cfg = ckpt.config
     kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
     model = build_model(cfg, ckpt.tensors)
@@ -130,7 +121,7 @@ def export_package(
         graph_file = f"{name}.onnx"
         graphs = {STEP_GRAPH: _write_graph(STEP_GRAPH, export_step_graph, graph_model, tmp / graph_file, options, progress)}
         if options.prefill:
-            prefill = partial(export_prefill_graph, all_logits=options.prefill_logits == "all")
+            prefill = partial(export_prefill_graph, all_logits=options.prefill_logits == PREFILL_LOGITS_ALL)
             graphs[PREFILL_GRAPH] = _write_graph(PREFILL_GRAPH, prefill, graph_model, tmp / f"{name}.prefill.onnx",
                                                  options, progress)
             progress("storing the weights once for both graphs")

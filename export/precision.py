@@ -19,8 +19,8 @@ from torch import nn
 
 from rwkv_deploy.models.reference.base import RWKVModel
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
-QUANTIZED_PRECISIONS = ("int8", "int4")  # traced in fp32, then the ONNX file is quantized (export/quantize.py)
+from .options import PRECISIONS, QUANTIZED_PRECISIONS
+
 FP16_INPUT_LIMIT = 2.0**12  # headroom x16 below fp16's max (65504) for inputs seen in calibration
 FP16_OUTPUT_LIMIT = 2.0**13
 
@@ -102,7 +102,3 @@ def apply_precision(model: RWKVModel, precision: str) -> RWKVModel:
         return to_fp16(model)
     raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
-
-def fp16_scales(model: nn.Module) -> dict[str, float]:
-    """The non-trivial input scales of an fp16 model (recorded in the manifest for transparency)."""
-    return {n: m.input_scale for n, m in model.named_modules() if isinstance(m, Fp16Linear) and m.input_scale != 1.0}

@@ -21,21 +21,20 @@ deterministic: the same source file and settings give a byte-identical result.
 
 from __future__ import annotations
 
-import mmap
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 
-from .onnx_file import TWO_GB, inline_external_data
+from .onnx_file import TWO_GB, TensorReader, inline_external_data, subgraphs, tensor_nbytes
 
 MS_DOMAIN = "com.microsoft"
 _ALIGN = 64  # byte alignment of every tensor in the staged data file
@@ -153,41 +152,6 @@ def quantize_gather_table(table: np.ndarray, bits: int, block_size: int) -> dict
 # -- reading and writing tensors ---------------------------------------------------------------------------------
 
 
-class _TensorSource:
-    """Initializer values of the source graph, memory-mapped from external data where it has any."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self._maps: dict[str, tuple[BinaryIO, mmap.mmap]] = {}
-
-    def raw(self, tensor: TensorProto) -> bytes | memoryview:
-        if not uses_external_data(tensor):
-            if tensor.HasField("raw_data"):
-                return tensor.raw_data
-            return numpy_helper.to_array(tensor).tobytes()
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info["location"]
-        if location not in self._maps:
-            f = open(self.base / location, "rb")
-            self._maps[location] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        view = memoryview(self._maps[location][1])
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else len(view) - offset
-        return view[offset:offset + length]
-
-    def array(self, tensor: TensorProto) -> np.ndarray:
-        if uses_external_data(tensor) or tensor.HasField("raw_data"):
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            return np.frombuffer(self.raw(tensor), dtype=dtype).reshape(tuple(tensor.dims))
-        return numpy_helper.to_array(tensor)
-
-    def close(self) -> None:
-        for f, mapped in self._maps.values():
-            mapped.close()
-            f.close()
-        self._maps.clear()
-
-
 class _DataWriter:
     """Appends tensors to one external-data file, each at an aligned offset."""
 
@@ -248,6 +212,167 @@ def _float_matrix(tensor: TensorProto | None) -> bool:
 # -- the rewrite ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class QuantPlan:
+    """Which initializers a graph's rewrite quantizes: MatMul weights with their bits, and the embedding."""
+
+    matmul_bits: dict[str, int]  # weight name -> bits (the head may differ)
+    embedding: str | None  # the token-indexed Gather table, or None
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.matmul_bits) | ({self.embedding} if self.embedding else set())
+
+
+def plan_quantization(graph: onnx.GraphProto, config: QuantConfig, logits_output: str | None) -> QuantPlan:
+    """Every constant 2-D float32 matrix read only as a MatMul's B (weights inside Scan/Loop/If bodies stay
+    as they are), and the embedding table read by a Gather of the token ids."""
+    initializers = {t.name: t for t in graph.initializer}
+    consumers = _consumers(graph)
+    in_subgraphs = _subgraph_inputs(graph)
+    head_output = _head_matmul(graph, logits_output)
+    matmul_bits: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and _float_matrix(initializers.get(node.input[1])):
+            weight = node.input[1]
+            if weight not in in_subgraphs and all(c.op_type == "MatMul" and list(c.input).index(weight) == 1
+                                                  for c in consumers[weight]):
+                matmul_bits[weight] = config.head_bits if node.output[0] == head_output else config.bits
+    return QuantPlan(matmul_bits, _embedding_table(graph, config, initializers, consumers, in_subgraphs))
+
+
+def _embedding_table(graph: onnx.GraphProto, config: QuantConfig, initializers: dict[str, TensorProto],
+                     consumers: dict[str, list[onnx.NodeProto]], in_subgraphs: set[str]) -> str | None:
+    if config.embedding_bits is None:
+        return None
+    token_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)}
+    for node in graph.node:
+        if (node.op_type == "Gather" and _float_matrix(initializers.get(node.input[0]))
+                and node.input[0] not in in_subgraphs
+                and not any(a.name == "axis" and a.i != 0 for a in node.attribute)
+                and all(c.op_type == "Gather" and c.input[0] == node.input[0] for c in consumers[node.input[0]])
+                and _depends_on(graph, node.input[1], token_inputs)):
+            return node.input[0]
+    return None
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _summary(config: QuantConfig) -> dict[str, Any]:
+    """The record of what was done (manifest `graphs.<name>.quantization`); counts are filled in as it goes."""
+    return {
+        "method": "weight-only blockwise (round to nearest)",
+        "matmul": {"op": f"{MS_DOMAIN}::MatMulNBits", "bits": config.bits, "block_size": config.block_size,
+                   "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
+                   "head_bits": config.head_bits, "count": 0},
+        "embedding": None,
+        "float32_kept": "norms, biases, decay/mix vectors, state update, graph inputs and outputs",
+        "weight_bytes": {"before": 0, "after": 0},
+    }
+
+
+def _quantized_initializers(graph: onnx.GraphProto, plan: QuantPlan, config: QuantConfig, source: TensorReader,
+                            writer: _DataWriter, summary: dict[str, Any]) -> list[TensorProto]:
+    """The graph's new initializers: quantized parts for planned weights, the rest moved to `writer`'s file
+    (or kept inline when small)."""
+    consumers = _consumers(graph)
+    new_inits: list[TensorProto] = []
+    for tensor in graph.initializer:
+        before = tensor_nbytes(tensor)
+        summary["weight_bytes"]["before"] += before
+        if tensor.name in plan.matmul_bits:
+            bits = plan.matmul_bits[tensor.name]
+            parts = quantize_matmul_weight(source.array(tensor), bits, config.block_size, config.symmetric)
+            made = [writer.add_array(f"{tensor.name}.q{bits}", parts["B"]),
+                    writer.add_array(f"{tensor.name}.scales", parts["scales"])]
+            if "zero_points" in parts:
+                made.append(writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"]))
+            summary["matmul"]["count"] += len(consumers[tensor.name])
+        elif tensor.name == plan.embedding:
+            bits = config.embedding_bits
+            parts = quantize_gather_table(source.array(tensor), bits, config.embedding_block_size)
+            made = [writer.add_array(f"{tensor.name}.q{bits}", parts["data"]),
+                    writer.add_array(f"{tensor.name}.scales", parts["scales"]),
+                    writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"])]
+            summary["embedding"] = {"op": f"{MS_DOMAIN}::GatherBlockQuantized", "bits": bits,
+                                    "block_size": config.embedding_block_size, "symmetric": False}
+        elif before <= _INLINE_MAX and not uses_external_data(tensor):
+            made = [tensor]
+        else:
+            made = [writer.add(tensor.name, tensor.data_type, tensor.dims, source.raw(tensor))]
+            if tensor.HasField("doc_string"):
+                made[0].doc_string = tensor.doc_string
+        summary["weight_bytes"]["after"] += sum(tensor_nbytes(t) for t in made)
+        new_inits.extend(made)
+    return new_inits
+
+
+def _quantized_nodes(graph: onnx.GraphProto, plan: QuantPlan, config: QuantConfig) -> list[onnx.NodeProto]:
+    """The graph's nodes with each planned MatMul as MatMulNBits and the embedding Gather as GatherBlockQuantized."""
+    dims = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in plan.matmul_bits:
+            weight, bits = node.input[1], plan.matmul_bits[node.input[1]]
+            k, n = dims[weight]
+            inputs = [node.input[0], f"{weight}.q{bits}", f"{weight}.scales"]
+            if not config.symmetric:
+                inputs.append(f"{weight}.zero_points")
+            attrs = {"K": k, "N": n, "bits": bits, "block_size": config.block_size}
+            if config.accuracy_level:
+                attrs["accuracy_level"] = config.accuracy_level
+            nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
+                                          domain=MS_DOMAIN, **attrs))
+        elif node.op_type == "Gather" and plan.embedding is not None and node.input[0] == plan.embedding:
+            table, bits = plan.embedding, config.embedding_bits
+            nodes.append(helper.make_node(
+                "GatherBlockQuantized", [f"{table}.q{bits}", node.input[1], f"{table}.scales", f"{table}.zero_points"],
+                list(node.output), name=node.name, domain=MS_DOMAIN,
+                gather_axis=0, quantize_axis=1, block_size=config.embedding_block_size, bits=bits))
+        else:
+            nodes.append(node)
+    return nodes
+
+
+def _replace(field: Any, items: list) -> None:
+    del field[:]
+    field.extend(items)
+
+
+def _load_fp32_graph(src: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:
+        raise QuantizeError(f"{src}: cannot read the ONNX graph ({type(exc).__name__}: {exc})") from None
+    if any(o.domain == MS_DOMAIN for o in model.opset_import):
+        raise QuantizeError(f"{src}: already uses {MS_DOMAIN} operators (quantized twice?)")
+    return model
+
+
+def _save(model: onnx.ModelProto, staging: Path, staged_data: Path, dst: Path, data_name: str,
+          location: str, external: bool | None) -> bool:
+    """Write the rewritten model to `dst`: with its weights in `data_name` beside it, or (when `external` is
+    false, or None and under 2 GB) as one self-contained file. Returns whether the weights are external."""
+    if external is None:
+        external = staged_data.stat().st_size + model.ByteSize() >= TWO_GB
+    if external and location != data_name:
+        _relocate(model, location, data_name)
+    onnx.save(model, str(staging))
+    if external:
+        os.replace(staged_data, dst.with_name(data_name))
+        os.replace(staging, dst)
+    else:
+        inline_external_data(staging, dst)
+        dst.with_name(data_name).unlink(missing_ok=True)
+    return external
+
+
 def quantize_onnx_file(
     src: str | Path, dst: str | Path, precision: str, *, config: QuantConfig | None = None,
     external_data: bool | None = None, logits_output: str | None = LOGITS_OUTPUT,
@@ -265,141 +390,26 @@ def quantize_onnx_file(
         if precision not in QUANT_CONFIGS:
             raise QuantizeError(f"no quantization for precision {precision!r} (known: {', '.join(QUANT_CONFIGS)})")
         config = QUANT_CONFIGS[precision]
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:
-        raise QuantizeError(f"{src}: cannot read the ONNX graph ({type(exc).__name__}: {exc})") from None
+    model = _load_fp32_graph(src)
     graph = model.graph
-    if any(o.domain == MS_DOMAIN for o in model.opset_import):
-        raise QuantizeError(f"{src}: already uses {MS_DOMAIN} operators (quantized twice?)")
-
-    initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    in_subgraphs = _subgraph_inputs(graph)  # weights read inside Scan/Loop/If bodies stay as they are
-    token_inputs = {i.name for i in graph.input
-                    if i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)}
-    head_output = _head_matmul(graph, logits_output)
-
-    # Which weights: every constant 2-D float32 matrix read only as a MatMul's B, and the embedding table.
-    matmul_bits: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2 and _float_matrix(initializers.get(node.input[1])):
-            weight = node.input[1]
-            if weight not in in_subgraphs and all(c.op_type == "MatMul" and list(c.input).index(weight) == 1 for c in consumers[weight]):
-                is_head = node.output[0] == head_output
-                matmul_bits[weight] = config.head_bits if is_head else config.bits
-    embedding: str | None = None
-    if config.embedding_bits is not None:
-        for node in graph.node:
-            if (node.op_type == "Gather" and _float_matrix(initializers.get(node.input[0]))
-                    and node.input[0] not in in_subgraphs
-                    and not any(a.name == "axis" and a.i != 0 for a in node.attribute)
-                    and all(c.op_type == "Gather" and c.input[0] == node.input[0] for c in consumers[node.input[0]])
-                    and _depends_on(graph, node.input[1], token_inputs)):
-                embedding = node.input[0]
-                break
-
-    external = external_data
+    plan = plan_quantization(graph, config, logits_output)
     staging = dst.with_name(f".quantizing-{dst.name}")
     data_name = f"{dst.name}.data"
     staged_data = staging.with_name(staging.name + ".data")
-    source = _TensorSource(src.parent)
-    writer = _DataWriter(staged_data, data_name if external else staged_data.name)
-    summary: dict[str, Any] = {
-        "method": "weight-only blockwise (round to nearest)",
-        "matmul": {"op": f"{MS_DOMAIN}::MatMulNBits", "bits": config.bits, "block_size": config.block_size,
-                   "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
-                   "head_bits": config.head_bits, "count": 0},
-        "embedding": None,
-        "float32_kept": "norms, biases, decay/mix vectors, state update, graph inputs and outputs",
-        "weight_bytes": {"before": 0, "after": 0},
-    }
+    writer = _DataWriter(staged_data, data_name if external_data else staged_data.name)
+    summary = _summary(config)
     try:
-        new_inits: list[TensorProto] = []
-        for tensor in graph.initializer:
-            before = _nbytes(tensor)
-            summary["weight_bytes"]["before"] += before
-            if tensor.name in matmul_bits:
-                bits = matmul_bits[tensor.name]
-                parts = quantize_matmul_weight(source.array(tensor), bits, config.block_size, config.symmetric)
-                made = [writer.add_array(f"{tensor.name}.q{bits}", parts["B"]),
-                        writer.add_array(f"{tensor.name}.scales", parts["scales"])]
-                if "zero_points" in parts:
-                    made.append(writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"]))
-                summary["matmul"]["count"] += len(consumers[tensor.name])
-            elif tensor.name == embedding:
-                parts = quantize_gather_table(source.array(tensor), config.embedding_bits, config.embedding_block_size)
-                made = [writer.add_array(f"{tensor.name}.q{config.embedding_bits}", parts["data"]),
-                        writer.add_array(f"{tensor.name}.scales", parts["scales"]),
-                        writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"])]
-                summary["embedding"] = {"op": f"{MS_DOMAIN}::GatherBlockQuantized", "bits": config.embedding_bits,
-                                        "block_size": config.embedding_block_size, "symmetric": False}
-            elif before <= _INLINE_MAX and not uses_external_data(tensor):
-                made = [tensor]
-            else:
-                made = [writer.add(tensor.name, tensor.data_type, tensor.dims, source.raw(tensor))]
-                for key in ("doc_string",):
-                    if tensor.HasField(key):
-                        setattr(made[0], key, getattr(tensor, key))
-            summary["weight_bytes"]["after"] += sum(_nbytes(t) for t in made)
-            new_inits.extend(made)
+        with TensorReader(src.parent) as source:
+            initializers = _quantized_initializers(graph, plan, config, source, writer, summary)
         writer.close()
-        source.close()
-
-        new_nodes = []
-        for node in graph.node:
-            if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in matmul_bits:
-                weight, bits = node.input[1], matmul_bits[node.input[1]]
-                k, n = (int(d) for d in initializers[weight].dims)
-                inputs = [node.input[0], f"{weight}.q{bits}", f"{weight}.scales"]
-                if not config.symmetric:
-                    inputs.append(f"{weight}.zero_points")
-                attrs = {"K": k, "N": n, "bits": bits, "block_size": config.block_size}
-                if config.accuracy_level:
-                    attrs["accuracy_level"] = config.accuracy_level
-                new_nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
-                                                  domain=MS_DOMAIN, **attrs))
-            elif node.op_type == "Gather" and embedding is not None and node.input[0] == embedding:
-                bits = config.embedding_bits
-                new_nodes.append(helper.make_node(
-                    "GatherBlockQuantized",
-                    [f"{embedding}.q{bits}", node.input[1], f"{embedding}.scales", f"{embedding}.zero_points"],
-                    list(node.output), name=node.name, domain=MS_DOMAIN,
-                    gather_axis=0, quantize_axis=1, block_size=config.embedding_block_size, bits=bits))
-            else:
-                new_nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        del graph.initializer[:]
-        graph.initializer.extend(new_inits)
-        quantized = set(matmul_bits) | ({embedding} if embedding else set())
-        kept_inputs = [v for v in graph.input if v.name not in quantized]
-        del graph.input[:]
-        graph.input.extend(kept_inputs)
-        kept_info = [v for v in graph.value_info if v.name not in quantized]
-        del graph.value_info[:]
-        graph.value_info.extend(kept_info)
+        _replace(graph.node, _quantized_nodes(graph, plan, config))
+        _replace(graph.initializer, initializers)
+        _replace(graph.input, [v for v in graph.input if v.name not in plan.names])
+        _replace(graph.value_info, [v for v in graph.value_info if v.name not in plan.names])
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-
-        if external is None:
-            external = staged_data.stat().st_size + model.ByteSize() >= TWO_GB
-        dst_data = dst.with_name(data_name)
-        if external:
-            if writer.location != data_name:
-                _relocate(model, writer.location, data_name)
-            onnx.save(model, str(staging))
-            os.replace(staged_data, dst_data)
-            os.replace(staging, dst)
-        else:
-            onnx.save(model, str(staging))
-            inline_external_data(staging, dst)
-            dst_data.unlink(missing_ok=True)
+        external = _save(model, staging, staged_data, dst, data_name, writer.location, external_data)
     finally:
         writer.close()
-        source.close()
         staging.unlink(missing_ok=True)
         staged_data.unlink(missing_ok=True)
     summary["external_data"] = data_name if external else None
@@ -408,14 +418,8 @@ def quantize_onnx_file(
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     """Every value name read by a node inside a control-flow body (at any depth)."""
-    names: set[str] = set()
-    pending = [g for node in graph.node for a in node.attribute for g in [*([a.g] if a.HasField("g") else []), *a.graphs]]
-    while pending:
-        body = pending.pop()
-        for node in body.node:
-            names.update(node.input)
-            pending.extend(g for a in node.attribute for g in [*([a.g] if a.HasField("g") else []), *a.graphs])
-    return names
+    bodies = list(subgraphs(graph))[1:]
+    return {name for body in bodies for node in body.node for name in node.input}
 
 
 def _relocate(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -423,14 +427,6 @@ def _relocate(model: onnx.ModelProto, old: str, new: str) -> None:
         for entry in tensor.external_data:
             if entry.key == "location" and entry.value == old:
                 entry.value = new
-
-
-def _nbytes(tensor: TensorProto) -> int:
-    if uses_external_data(tensor):
-        return int(next((e.value for e in tensor.external_data if e.key == "length"), 0))
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    return numpy_helper.to_array(tensor).nbytes
 
 
 def _depends_on(graph: onnx.GraphProto, name: str, sources: set[str]) -> bool:
@@ -474,6 +470,3 @@ def config_for(precision: str, **overrides: Any) -> QuantConfig:
     """QUANT_CONFIGS[precision] with some fields replaced (for measurements)."""
     return replace(QUANT_CONFIGS[precision], **overrides)
 
-
-def config_dict(config: QuantConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -12,38 +12,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 from onnx.external_data_helper import uses_external_data
+
+from .onnx_file import TensorReader, subgraphs
 
 PAGE_ALIGN = 4096  # page-aligned offsets let ONNX Runtime memory-map large weights
 SMALL_ALIGN = 64  # tensors under PAGE_ALIGN_MIN bytes: cache-line alignment, no page of padding each
 PAGE_ALIGN_MIN = 64 * 1024
 INLINE_MAX = 1024  # smaller tensors stay inside the graph files
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and every subgraph (Scan/Loop/If bodies) inside it."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attribute.g)
-            for sub in attribute.graphs:
-                yield from _graphs(sub)
-
-
-def _tensor_bytes(tensor: TensorProto, base: Path) -> bytes:
-    if uses_external_data(tensor):
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        with open(base / info["location"], "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            return f.read(int(info["length"])) if "length" in info else f.read()
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    return numpy_helper.to_array(tensor).tobytes()
 
 
 def _clear_payload(tensor: TensorProto) -> None:
@@ -57,7 +37,7 @@ class _WeightsWriter:
         self.f, self.name = f, name
         self.offsets: dict[bytes, tuple[int, int]] = {}
 
-    def place(self, tensor: TensorProto, payload: bytes) -> None:
+    def place(self, tensor: TensorProto, payload: bytes | memoryview) -> None:
         key = hashlib.sha256(f"{tensor.data_type}:{list(tensor.dims)}:".encode() + payload).digest()
         if key not in self.offsets:
             align = PAGE_ALIGN if len(payload) >= PAGE_ALIGN_MIN else SMALL_ALIGN
@@ -87,13 +67,15 @@ def share_weights(graph_paths: list[Path], data_name: str) -> int:
         writer = _WeightsWriter(f, data_name)
         for path in graph_paths:
             model = onnx.load(str(path), load_external_data=False)
-            for graph in _graphs(model.graph):
-                for tensor in graph.initializer:
-                    if uses_external_data(tensor):
-                        old_files.update(e.value for e in tensor.external_data if e.key == "location")
-                    payload = _tensor_bytes(tensor, directory)
-                    if len(payload) > INLINE_MAX:
-                        writer.place(tensor, payload)
+            with TensorReader(directory) as reader:
+                for graph in subgraphs(model.graph):
+                    for tensor in graph.initializer:
+                        if uses_external_data(tensor):
+                            old_files.update(e.value for e in tensor.external_data if e.key == "location")
+                        payload = reader.raw(tensor)
+                        if len(payload) > INLINE_MAX:
+                            writer.place(tensor, payload)
+                        del payload  # a view into the reader's map: released before the map closes
             staged = path.with_name(f".staging-{path.name}")
             onnx.save(model, str(staged))
             staged_graphs.append((staged, path))

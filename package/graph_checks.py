@@ -12,7 +12,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .manifest import GraphInfo, Manifest, external_data_path, shape_text
-from .names import BATCH_AXIS, LOGITS_DTYPE, PREFILL_GRAPH, PREFILL_TOKENS_INPUT, TIME_AXIS, TOKEN_DTYPE
+from .names import (BATCH_AXIS, LOGITS_DTYPE, PREFILL_GRAPH, PREFILL_LOGITS_ALL, PREFILL_TOKENS_INPUT, TIME_AXIS,
+                    TOKEN_DTYPE)
 
 if TYPE_CHECKING:
     from .verify import PackageReader
@@ -47,7 +48,7 @@ def _expected_io(kind: str, graph: GraphInfo, manifest: Manifest) -> tuple[list[
     state_in = [(s.input, s.dtype, list(s.shape)) for s in manifest.state]
     state_out = [(s.output, s.dtype, list(s.shape)) for s in manifest.state]
     if kind == PREFILL_GRAPH:
-        logits = [BATCH_AXIS, TIME_AXIS, vocab] if graph.logits == "all" else [BATCH_AXIS, vocab]
+        logits = [BATCH_AXIS, TIME_AXIS, vocab] if graph.logits == PREFILL_LOGITS_ALL else [BATCH_AXIS, vocab]
         return ([(PREFILL_TOKENS_INPUT, TOKEN_DTYPE, [BATCH_AXIS, TIME_AXIS])] + state_in,
                 [(manifest.logits_output, LOGITS_DTYPE, logits)] + state_out)
     return ([(manifest.token_input, TOKEN_DTYPE, [BATCH_AXIS])] + state_in,

@@ -26,7 +26,8 @@ MAX_BATCH = 65536  # the largest batch the exported graphs declare
 TIME_AXIS = "T"  # the prefill graph's sequence axis
 TOKEN_DTYPE = "int64"
 LOGITS_DTYPE = "float32"
-PREFILL_LOGITS = ("last", "all")  # which positions the prefill graph returns logits for
+PREFILL_LOGITS_LAST, PREFILL_LOGITS_ALL = "last", "all"  # which positions the prefill graph returns logits for
+PREFILL_LOGITS = (PREFILL_LOGITS_LAST, PREFILL_LOGITS_ALL)
 
 
 def state_input(name: str) -> str:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from rwkv_deploy.models import load_checkpoint, load_model  # noqa: E402
+from rwkv_deploy.models import load_model  # noqa: E402
 from rwkv_deploy.models.inspection import summarize_checkpoint  # noqa: E402
 
 GREEDY_PROMPTS = ["def read", "import ", "raise ", "class Path"]

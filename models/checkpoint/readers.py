@@ -88,13 +88,6 @@ def read_hf_directory(path: Path) -> TensorDict:
     raise CheckpointError(path, "Hugging Face directory without model.safetensors or pytorch_model.bin")
 
 
-def read_hf_config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path / "config.json", f"unreadable config ({exc})") from None
-
-
 def read_tensors(path: str | os.PathLike) -> TensorDict:
     """Dispatch on what the file is (by content, then by suffix), never on trust in the name alone."""
     p = Path(path)

@@ -151,3 +151,16 @@ def test_fp16_does_not_overflow_on_large_activations(tmp_path):
         out, state = fp16(tokens, fp16.init_state(2))
     assert torch.isfinite(out).all() and all(torch.isfinite(s).all() for s in state)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+def test_ln_x_eps_option_exports_rwkvcpps_v5_group_norm(tmp_path):
+    """`--ln-x-eps 1e-5` (rwkv.cpp's v5 epsilon) reaches the graph and the manifest, and matters."""
+    ckpt = small_checkpoint(tmp_path / "v5.pth", "5.2")
+    package = tmp_path / "eps"
+    manifest = export_package(ckpt, package, ExportOptions(ln_x_eps=1e-5))
+    assert manifest.source["ln_x_eps"] == 1e-5
+    matched = max(float(np.abs(r - a).max()) for r, a in run_both(ckpt, package, 1, steps=16, ln_x_eps=1e-5))
+    against_default = max(float(np.abs(r - a).max()) for r, a in run_both(ckpt, package, 1, steps=16))
+    assert matched <= 1e-4 < against_default
+    with pytest.raises(ExportError, match="ln-x-eps"):
+        export_package(ckpt, tmp_path / "bad", ExportOptions(ln_x_eps=-1.0))

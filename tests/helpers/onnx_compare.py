@@ -15,11 +15,13 @@ from rwkv_deploy.models import load_model
 STEPS = 64
 
 
-def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Per step: (reference logits, artifact logits), each side carrying its own state."""
+def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: int = 0,
+             **load_options) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per step: (reference logits, artifact logits), each side carrying its own state; `load_options` go to
+    the reference's `load_model` (e.g. ln_x_eps)."""
     manifest = json.loads((package / "manifest.json").read_text())
     session = ort.InferenceSession(str(package / manifest["graphs"]["step"]["path"]), providers=["CPUExecutionProvider"])
-    model = load_model(ckpt)
+    model = load_model(ckpt, **load_options)
     ref_state = model.init_state(batch)
     art_state = {e["input"]: np.full([batch, *e["shape"][1:]], e["init"], dtype=np.float32) for e in manifest["state"]}
     rng = np.random.default_rng(seed)

@@ -7,7 +7,6 @@ tokens are certain to occur.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -14,12 +14,6 @@ export class PackageError extends Error {
   }
 }
 
-/** `dir` and `rel` joined with "/" (dir may be "" or end in "/"). */
-export function joinPath(dir, rel) {
-  if (!dir) return rel;
-  return dir.endsWith("/") ? dir + rel : `${dir}/${rel}`;
-}
-
 function checkRelative(path, where, what) {
   if (typeof path !== "string" || !path) throw new PackageError(`${where}: ${what} must be a non-empty path`);
   if (path.startsWith("/") || path.split("/").includes("..") || path.includes("\\")) {

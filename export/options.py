@@ -1,0 +1,25 @@
+"""What `rwkv-deploy export` can be asked for, as plain data with no PyTorch import, so the command line
+takes its choices and defaults from here and a runtime-only install can still show `--help`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rwkv_deploy.package.names import PREFILL_LOGITS_LAST
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+QUANTIZED_PRECISIONS = ("int8", "int4")  # traced in fp32, then the ONNX file is quantized (export/quantize.py)
+DEFAULT_OPSET = 18  # the opset the graphs are traced at (torch.onnx's dynamo exporter)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    external_data: bool | None = None  # None: only when the weights exceed 2 GB
+    tokenizer: str | None = None  # "world", "bytes", "none", a tokenizer.json path, or None to infer
+    force: bool = False
+    name: str | None = None  # graph file stem; default: the checkpoint's stem
+    prefill: bool = False  # also export the time-parallel prefill graph (weights shared with the step graph)
+    prefill_logits: str = PREFILL_LOGITS_LAST  # prefill graph output: "last" position's logits, or "all" positions
+    ln_x_eps: float | None = None  # v5+ ln_x GroupNorm epsilon; None: BlinkDL's 64e-5 (rwkv.cpp's v5 uses 1e-5)
