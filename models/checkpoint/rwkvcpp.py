@@ -419,6 +419,9 @@ def to_blinkdl(path: str | os.PathLike[str], tensors: Arrays) -> tuple[str, Arra
     """Apply the inverse transforms for the detected version; returns (version, BlinkDL arrays)."""
     path = Path(path)
     version = detect_version(tensors, path)  # the stored keys and shapes read like BlinkDL ones
+    if version not in _TRANSFORMS:  # detect_version read BlinkDL 5.1, which rwkv.cpp has no conversion path for
+        raise CheckpointError(path, f"rwkv.cpp file of RWKV-{version}, which rwkv.cpp's converter does not produce "
+                              f"and this reader cannot invert (supported: {', '.join(_TRANSFORMS)})")
     ctx = _Ctx(path, n_embed=tensors["emb.weight"].shape[1], n_head=_head_count(path, version, tensors))
     table = _TRANSFORMS[version]
     out: Arrays = {}

@@ -476,3 +476,15 @@ def test_is_rwkvcpp_file(tmp_path: Path) -> None:
     short = tmp_path / "short.bin"
     short.write_bytes(b"fm")
     assert not is_rwkvcpp_file(short)
+
+
+def test_a_v5_1_file_is_refused_in_one_line_not_a_key_error() -> None:
+    """rwkv.cpp never writes BlinkDL 5.1 (it has no path for it); such a file gets a CheckpointError."""
+    from rwkv_deploy.errors import CheckpointError
+    from rwkv_deploy.models.checkpoint.rwkvcpp import to_blinkdl
+    from tests.helpers.random_checkpoints import make_checkpoint
+
+    arrays = {k: v.float().numpy() for k, v in make_checkpoint("5.1", n_layer=1, n_embd=64, head_size=16,
+                                                                 vocab_size=97).items()}
+    with pytest.raises(CheckpointError, match="RWKV-5.1.*cannot invert"):
+        to_blinkdl("fake-5v1.bin", arrays)
