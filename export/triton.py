@@ -33,7 +33,6 @@ Triton server):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -46,6 +45,7 @@ import numpy as np
 from rwkv_deploy.errors import RwkvDeployError
 
 from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry, read_manifest
+from rwkv_deploy.package.names import STEP_GRAPH
 
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
@@ -339,14 +339,13 @@ def _engine(package_dir: Path, manifest: Manifest) -> tuple[Path, int] | None:
     """(plan path, largest batch the plan accepts) when the package has a TensorRT engine, else None."""
     from rwkv_deploy.package.engines import read_engine_record
 
-    raw = json.loads((package_dir / MANIFEST_NAME).read_text())
-    entry = raw.get("engines", {}).get("tensorrt")
-    if not entry:
+    entry = manifest.engines.get(STEP_GRAPH)
+    if entry is None:
         return None
-    plan = package_dir / entry["plan"]
+    plan = package_dir / entry.plan
     record = read_engine_record(plan)
-    info = f"{package_dir / entry['info']}"
-    if record.get("graph_sha256") != manifest.files.get(manifest.graphs["step"].path):
+    info = f"{package_dir / entry.info}"
+    if record.get("graph_sha256") != manifest.files.get(manifest.graphs[STEP_GRAPH].path):
         raise TritonError(f"{info}: the engine was built from another graph; rebuild it with "
                           "`rwkv-deploy build-engine DIR`")
     try:

@@ -65,6 +65,19 @@ class TokenizerInfo:
 
 
 @dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine of one graph (`rwkv-deploy build-engine`): the plan, its record, and what it needs to
+    run: the TensorRT flavour ("tensorrt" or "tensorrt_rtx") and version it was built with, and the GPU
+    compute capabilities it runs on ("8.6", ...; ">12.0": any newer than 12.0; [] when not known)."""
+
+    plan: str
+    info: str
+    library: str
+    version: str
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: ModelInfo
     graphs: dict[str, GraphInfo]
@@ -76,9 +89,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     producer: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    engines: dict[str, EngineEntry] = field(default_factory=dict)  # by graph name; optional in the JSON
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        if not self.engines:
+            del data["engines"]  # packages without engines keep the manifest they always had
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -93,6 +110,7 @@ class Manifest:
             format_version=data["format_version"],
             producer=data.get("producer", {}),
             source=data.get("source", {}),
+            engines={k: EngineEntry(**v) for k, v in (data.get("engines") or {}).items()},
         )
 
 

@@ -51,8 +51,8 @@ STATE_FILE_FORMAT = "rwkv-deploy-state"
 STATE_FILE_VERSION = 1
 
 # -- TensorRT engines (`rwkv-deploy build-engine`) ------------------------------------------------------
-ENGINES_TENSORRT = "tensorrt"  # the key of manifest.json's `engines` section
-ENGINE_PLAN = "engine.plan"
-ENGINE_INFO = "engine.json"
+ENGINES_DIR = "engines"  # engines/<graph>.plan and engines/<graph>.json; manifest.json's `engines` is keyed by graph
+ENGINE_PLAN_SUFFIX = ".plan"
+ENGINE_INFO_SUFFIX = ".json"
 ENGINE_FORMAT = "rwkv-deploy-tensorrt-engine"
-ENGINE_FORMAT_VERSION = 1
+ENGINE_FORMAT_VERSION = 2

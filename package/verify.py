@@ -188,11 +188,16 @@ def _referenced_files(manifest: Manifest) -> Iterator[tuple[str, str]]:
     for entry in manifest.state:
         if entry.init_file:
             yield f"state {entry.name!r} init_file", entry.init_file
+    for graph, engine in manifest.engines.items():
+        yield f"engines.{graph}.plan", engine.plan
+        yield f"engines.{graph}.info", engine.info
 
 
 def _reference_problems(reader: PackageReader, manifest: Manifest) -> list[str]:
     """Files the manifest points to must be listed in `files` (hashed) and present; the state must be batched."""
     problems = [] if STEP_GRAPH in manifest.graphs else [f"{MANIFEST_NAME}: graphs has no {STEP_GRAPH!r} graph"]
+    problems += [f"{MANIFEST_NAME}: engines has an engine of {graph!r}, which is not in graphs"
+                 for graph in manifest.engines if graph not in manifest.graphs]
     for field, name in _referenced_files(manifest):
         if name not in manifest.files:
             problems.append(f"{MANIFEST_NAME}: {field} {name!r} is not listed in files (its hash cannot be checked)")

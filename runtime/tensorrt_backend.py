@@ -13,8 +13,9 @@ and batched generation on it unchanged. Written against the TensorRT 10.x/11.x P
 - `cuda_graphs=True`: after an ordinary (warm-up) run at a batch size, the enqueue is captured into a
   CUDA graph per buffer set, one execution context per set (two graphs on one context is unestablished);
   later steps at that batch size replay it. A new batch size reallocates the buffers and re-captures.
-- The engine's engine.json must name this machine's TensorRT release and GPU compute capability, else a
-  clear EngineError (exit 2) is raised before TensorRT sees the plan.
+- The engine's record must name this machine's TensorRT (flavour: full TensorRT or TensorRT for RTX, and
+  release) and a compute capability this GPU has, else a clear EngineError (exit 2) is raised before
+  TensorRT sees the plan. An RTX plan built for several targets runs on any GPU in its list.
 
 Importing this module needs neither TensorRT nor PyTorch; constructing the backend needs both.
 """
@@ -31,12 +32,11 @@ from typing import Any
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.package.engines import EngineError, check_compatibility, plan_path, read_engine_record
 from rwkv_deploy.package.manifest import sha256_file
-from rwkv_deploy.package.engines import EngineError, check_compatibility, read_engine_record
-from rwkv_deploy.package.names import ENGINE_PLAN
-from rwkv_deploy.tensorrt_library import (INSTALL_HINT, GpuInfo, TensorRTUnavailable, load_tensorrt,
-                                                     tensorrt_version)
+from rwkv_deploy.package.names import STEP_GRAPH
 from rwkv_deploy.package.profiles import BatchRange, select_profile
+from rwkv_deploy.tensorrt_library import GpuInfo, TensorRTLibrary, TensorRTUnavailable, known_flavour, library_for
 
 from .package import DeploymentPackage
 from .state import RecurrentState, StateError
@@ -128,22 +128,25 @@ class _BatchResources:
 class TensorRTStepBackend:
     """`step(tokens, state) -> (logits, new_state)` on the package's TensorRT engine; implements `StepBackend`.
 
-    `engine_path`: the plan (default: the package's engine.plan); its record is the same name with .json.
-    `device` and `tensorrt` replace the CUDA device wrapper and the tensorrt module (tests, embedding)."""
+    `engine_path`: the plan (default: the package's engines/step.plan); its record is the same name with .json.
+    `device` and `tensorrt` replace the CUDA device wrapper and the TensorRT module (tests, embedding); by
+    default the TensorRT the engine was built with (its record's `library.flavour`) is imported."""
 
     def __init__(self, package: DeploymentPackage, engine_path: str | Path | None = None, cuda_graphs: bool = False,
                  *, device: Any | None = None, tensorrt: ModuleType | None = None) -> None:
         self.package = package
         self.cuda_graphs = cuda_graphs
-        trt = tensorrt or _require_tensorrt()
-        self.device = device or CudaDevice.current()
-        plan_path = Path(engine_path) if engine_path is not None else package.directory / ENGINE_PLAN
-        if not plan_path.is_file():
-            raise EngineError(f"{plan_path}: no TensorRT engine; build one with "
+        plan = Path(engine_path) if engine_path is not None else package.directory / plan_path(STEP_GRAPH)
+        if not plan.is_file():
+            raise EngineError(f"{plan}: no TensorRT engine; build one with "
                               f"`rwkv-deploy build-engine {package.directory}`")
-        record = read_engine_record(plan_path)
-        check_compatibility(record, package.manifest, tensorrt_version(trt), self.device.gpu())
-        self._runtime, self.engine = _deserialize(trt, plan_path, record, package)  # the runtime outlives the engine
+        record = read_engine_record(plan)
+        flavour = str(record.get("library", {}).get("flavour"))
+        library = TensorRTLibrary(tensorrt.__name__, tensorrt) if tensorrt is not None else _load_library(flavour)
+        self.library = library
+        self.device = device or CudaDevice.current()
+        check_compatibility(record, package.manifest, library.flavour, library.version, self.device.gpu())
+        self._runtime, self.engine = _deserialize(library.module, plan, record, package)  # runtime outlives engine
         self._check_engine_io()
         self._ranges = self._profile_ranges()
         self._contexts: list[Any] = [self.engine.create_execution_context()]
@@ -272,25 +275,32 @@ class TensorRTStepBackend:
         return ranges
 
 
-def _require_tensorrt() -> ModuleType:
-    trt, why = load_tensorrt()
-    if trt is None:
-        raise TensorRTUnavailable(f"cannot run the TensorRT backend: {why}; {INSTALL_HINT}")
-    return trt
+def _load_library(flavour: str) -> TensorRTLibrary:
+    """The TensorRT an engine was built with (its record's flavour), or TensorRTUnavailable."""
+    if not known_flavour(flavour):
+        raise EngineError(f"the engine record names an unknown TensorRT ({flavour!r}); rebuild the engine")
+    try:
+        return library_for(flavour)
+    except TensorRTUnavailable as exc:
+        raise TensorRTUnavailable(f"cannot run the TensorRT backend: {exc}") from None
 
 
-def _deserialize(trt: ModuleType, plan_path: Path, record: dict[str, Any],
+def _deserialize(trt: ModuleType, plan: Path, record: dict[str, Any],
                  package: DeploymentPackage) -> tuple[Any, Any]:
-    """(runtime, engine) of `plan_path`, after checking it is the plan its record describes."""
-    in_package = plan_path.resolve().parent == package.directory.resolve()
-    listed = package.manifest.files.get(plan_path.name) if in_package else None
-    actual = listed or sha256_file(plan_path)  # a listed plan's hash is checked by DeploymentPackage.open
+    """(runtime, engine) of `plan`, after checking it is the plan its record describes."""
+    try:
+        relative = plan.resolve().relative_to(package.directory.resolve()).as_posix()
+    except ValueError:
+        relative = None
+    listed = package.manifest.files.get(relative) if relative else None
+    actual = listed or sha256_file(plan)  # a listed plan's hash is checked by DeploymentPackage.open
     if actual != record.get("plan_sha256"):
-        raise EngineError(f"{plan_path}: does not match its engine.json (sha256 differs); rebuild the engine")
+        raise EngineError(f"{plan}: does not match its record {plan.with_suffix('.json').name} (sha256 differs); "
+                          "rebuild the engine")
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
     if engine is None:
-        raise EngineError(f"{plan_path}: TensorRT cannot deserialize this plan (see its log); rebuild it here "
+        raise EngineError(f"{plan}: TensorRT cannot deserialize this plan (see its log); rebuild it here "
                           f"with `rwkv-deploy build-engine {package.directory}`")
     return runtime, engine

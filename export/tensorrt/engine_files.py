@@ -1,64 +1,113 @@
-"""Writing a built engine into a package: `engine.plan` and `engine.json` (the record defined in
-`rwkv_deploy.package.engines`), both hashed into manifest.json.
+"""Writing built engines into a package: per graph, `engines/<graph>.plan` and `engines/<graph>.json` (the
+record read by `rwkv_deploy.package.engines`), both hashed into manifest.json and listed in its `engines`
+section (`package.manifest.EngineEntry`).
 
-Every file is replaced atomically (temporary file + rename), so a crash never leaves a half-written
-plan or manifest; manifest.json is rewritten last, from its raw JSON, so keys this version of
-rwkv-deploy does not know survive.
+Every file is replaced atomically (temporary file + rename), so a crash never leaves a half-written plan or
+manifest; manifest.json is rewritten last, from its raw JSON, so keys this version does not know survive.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rwkv_deploy import __version__
 from rwkv_deploy.fileio import write_bytes_atomically
-from rwkv_deploy.package.manifest import Manifest
-from rwkv_deploy.package.names import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_INFO, ENGINE_PLAN, MANIFEST_NAME,
-                                       STEP_GRAPH)
+from rwkv_deploy.package.engines import info_path, plan_path
+from rwkv_deploy.package.manifest import EngineEntry, Manifest
+from rwkv_deploy.package.names import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINES_DIR, MANIFEST_NAME
+from rwkv_deploy.tensorrt_library import GpuInfo
 
-from .build_config import EngineBuildConfig
+
+@dataclass(frozen=True)
+class BuiltPlan:
+    """One engine as the builder made it: the plan, and what the build measured and decided."""
+
+    graph: str  # step or prefill
+    plan: Any  # bytes or any buffer (TensorRT's IHostMemory)
+    build_config: Mapping[str, Any]
+    library: Mapping[str, str]  # flavour, name, version
+    targets: tuple[str, ...]
+    targets_source: str
+    gpu: GpuInfo | None
+    build_seconds: float
+    io: tuple[Mapping[str, Any], ...]
+    io_source: str  # "engine" (deserialized on this GPU) or "network" (TensorRT's network definition)
 
 
-def engine_record(manifest: Manifest, config: EngineBuildConfig, build: Mapping[str, Any],
-                  plan_sha256: str, plan_bytes: int) -> dict[str, Any]:
-    """engine.json's content. `build` is what the build measured: tensorrt_version, gpu
-    ({name, compute_capability}), build_seconds and io (the engine's tensors)."""
+def engine_record(manifest: Manifest, built: BuiltPlan, plan_sha256: str, plan_bytes: int) -> dict[str, Any]:
+    """The engine's JSON record."""
+    onnx = built.build_config["onnx"]
     return {
         "format": ENGINE_FORMAT,
         "format_version": ENGINE_FORMAT_VERSION,
-        "plan": ENGINE_PLAN,
+        "graph": built.graph,
+        "onnx": onnx,
+        "graph_sha256": manifest.files.get(onnx),
+        "precision": manifest.graphs[built.graph].precision,
+        "plan": plan_path(built.graph),
         "plan_sha256": plan_sha256,
         "plan_bytes": plan_bytes,
-        "graph": config.graph,
-        "graph_sha256": manifest.files.get(config.graph),
-        "precision": manifest.graphs[STEP_GRAPH].precision,
-        "tensorrt_version": build["tensorrt_version"],
-        "gpu": dict(build["gpu"]),
-        "build_seconds": build["build_seconds"],
-        "io": list(build.get("io", [])),
-        "build_config": config.to_dict(),
+        "library": dict(built.library),
+        "targets": list(built.targets),
+        "targets_source": built.targets_source,
+        "built_on": {"gpu": built.gpu.to_dict() if built.gpu else None},
+        "build_seconds": built.build_seconds,
+        "io": [dict(t) for t in built.io],
+        "io_source": built.io_source,
+        "build_config": dict(built.build_config),
         "producer": {"name": "rwkv-deploy", "version": __version__},
     }
 
 
-def install_engine(package_dir: str | Path, plan: Any, manifest: Manifest, config: EngineBuildConfig,
-                   build: Mapping[str, Any]) -> dict[str, Any]:
-    """Write `plan` (bytes or any buffer, e.g. TensorRT's IHostMemory) and engine.json into the package and
-    list both in manifest.json; returns the engine.json record."""
+def manifest_entry(record: Mapping[str, Any]) -> EngineEntry:
+    """The manifest's `engines.<graph>` entry for an engine record."""
+    return EngineEntry(plan=record["plan"], info=info_path(record["plan"]).as_posix(),
+                       library=record["library"]["flavour"], version=record["library"]["version"],
+                       targets=list(record["targets"]))
+
+
+def install_engines(package_dir: str | Path, manifest: Manifest, plans: Sequence[BuiltPlan]) -> list[dict[str, Any]]:
+    """Write every plan and its record into the package, then list them in manifest.json (last). Engines of
+    graphs not rebuilt are kept when built with the same TensorRT; otherwise they are dropped from the
+    manifest (a package holds the engines of one TensorRT). Returns the records."""
     package_dir = Path(package_dir)
-    data = memoryview(plan).cast("B")
-    plan_sha256 = hashlib.sha256(data).hexdigest()
-    record = engine_record(manifest, config, build, plan_sha256, data.nbytes)
-    info = (json.dumps(record, indent=2) + "\n").encode()
     raw = json.loads((package_dir / MANIFEST_NAME).read_text())
-    files = dict(raw["files"], **{ENGINE_PLAN: plan_sha256, ENGINE_INFO: hashlib.sha256(info).hexdigest()})
+    files = dict(raw["files"])
+    engines = dict(raw.get("engines") or {})
+    writes: list[tuple[str, Any]] = []
+    records = []
+    for built in plans:
+        data = memoryview(built.plan).cast("B")
+        record = engine_record(manifest, built, hashlib.sha256(data).hexdigest(), data.nbytes)
+        info = (json.dumps(record, indent=2) + "\n").encode()
+        files[record["plan"]] = record["plan_sha256"]
+        files[info_path(record["plan"]).as_posix()] = hashlib.sha256(info).hexdigest()
+        engines[built.graph] = asdict(manifest_entry(record))
+        writes += [(record["plan"], data), (info_path(record["plan"]).as_posix(), info)]
+        records.append(record)
+    library = (records[0]["library"]["flavour"], records[0]["library"]["version"]) if records else None
+    rebuilt = {p.graph for p in plans}
+    stale_files = []
+    for graph, entry in list(engines.items()):
+        entry = entry if isinstance(entry, Mapping) else {}
+        if graph not in rebuilt and (entry.get("library"), entry.get("version")) != library:
+            for key in ("plan", "info"):
+                if files.pop(entry.get(key), None) is not None:
+                    stale_files.append(entry[key])
+            del engines[graph]
     raw["files"] = dict(sorted(files.items()))
-    raw["engines"] = {"tensorrt": {"plan": ENGINE_PLAN, "info": ENGINE_INFO}}
-    write_bytes_atomically(package_dir / ENGINE_PLAN, data)
-    write_bytes_atomically(package_dir / ENGINE_INFO, info)
+    raw["engines"] = dict(sorted(engines.items()))
+    (package_dir / ENGINES_DIR).mkdir(exist_ok=True)
+    for rel, data in writes:
+        write_bytes_atomically(package_dir / rel, data)
     write_bytes_atomically(package_dir / MANIFEST_NAME, (json.dumps(raw, indent=2) + "\n").encode())
-    return record
+    for rel in stale_files:  # files of the engines just dropped from the manifest (listed, so ours)
+        path = package_dir / rel
+        if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(package_dir.resolve()):
+            path.unlink()
+    return records

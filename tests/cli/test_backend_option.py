@@ -1,8 +1,9 @@
 """`--backend tensorrt` on `generate` and `validate`: the commands reach the TensorRT backend and use it.
 
-TensorRT cannot run here, so the backend runs on `tests.helpers.fake_tensorrt` (the documented API executed
-with ONNX Runtime on host buffers). These tests prove the wiring (option -> make_backend -> engine ->
-report), not TensorRT's numbers; the real run is `scripts/gpu_check.sh` on a machine with TensorRT.
+The engine is real (built on the CPU with TensorRT for RTX); running it needs a GPU, so the backend runs it on
+`tests.helpers.gpu_standin_tensorrt` (the runtime API executed with ONNX Runtime on host buffers). These
+tests prove the wiring (option -> make_backend -> engine -> report), not TensorRT's numbers; the real run is
+`scripts/gpu_check.sh` on a GPU machine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rwkv_deploy.cli.main import app
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
 from rwkv_deploy.runtime import tensorrt_backend
-from tests.helpers.fake_tensorrt import build_fake_engine, use_fake_tensorrt_backend
+from tests.helpers.gpu_standin_tensorrt import build_rtx_engines, use_gpu_standin_backend
 from tests.helpers.random_checkpoints import make_checkpoint
 
 runner = CliRunner()
@@ -26,19 +27,20 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> tuple[Path, Path]:
-    """A byte-tokenizer v7 package with a (fake) engine, and its checkpoint."""
+    """A byte-tokenizer v7 package with a real RTX step engine (built without a GPU), and its checkpoint."""
     root = tmp_path_factory.mktemp("backend-option")
     checkpoint = root / "m.pth"
     torch.save(make_checkpoint("7", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=9), checkpoint)
     export_package(checkpoint, root / "pkg", ExportOptions(tokenizer="bytes"))
-    build_fake_engine(root / "pkg", ["1:1:1", "1:2:4"])
+    pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13")
+    build_rtx_engines(root / "pkg", ["1:1:1", "1:2:4"])
     return root / "pkg", checkpoint
 
 
 @pytest.fixture
-def counted_steps(monkeypatch) -> list[int]:
-    """Run the TensorRT backend on the fake, counting its steps (so a silent fallback to ORT would show)."""
-    use_fake_tensorrt_backend(monkeypatch)
+def counted_steps(monkeypatch, package) -> list[int]:
+    """Run the TensorRT backend on the GPU stand-in, counting its steps (so a silent fallback to ORT would show)."""
+    use_gpu_standin_backend(monkeypatch, package[0])
     calls: list[int] = []
     original = tensorrt_backend.TensorRTStepBackend.step
 

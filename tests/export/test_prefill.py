@@ -21,7 +21,7 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models import load_model
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
-from tests.helpers.small_packages import small_checkpoint
+from tests.helpers.small_packages import shared, small_checkpoint
 
 VERSIONS = ["4", "5.0", "5.1", "5.2", "6", "7"]
 VOCAB = 256
@@ -29,13 +29,13 @@ LIMIT = 1e-4
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    root = tmp_path_factory.mktemp("prefill")
+def packages(shared_package) -> dict[str, tuple[Path, Path]]:
+    """(checkpoint, package) per version: the session's shared exports (bytes tokenizer, with prefill), which
+    the TensorRT tests build engines from too."""
     out = {}
     for version in VERSIONS:
-        checkpoint = small_checkpoint(root / f"v{version}.pth", version, seed=3)
-        export_package(checkpoint, root / f"pkg-{version}", ExportOptions(tokenizer="bytes", prefill=True))
-        out[version] = (checkpoint, root / f"pkg-{version}")
+        package = shared(shared_package, version)
+        out[version] = (package.parent / f"v{version}-seed0.pth", package)
     return out
 
 
@@ -126,10 +126,8 @@ def test_all_positions_logits_match_the_reference_forward(tmp_path):
     assert np.abs(logits - want.numpy()).max() <= LIMIT
 
 
-def test_fp16_prefill_stays_within_fp16_limits_of_its_step_graph(tmp_path):
-    checkpoint = small_checkpoint(tmp_path / "v7.pth", "7", seed=3)
-    export_package(checkpoint, tmp_path / "pkg", ExportOptions(tokenizer="none", precision="fp16", prefill=True))
-    manifest, step, prefill = sessions(tmp_path / "pkg")
+def test_fp16_prefill_stays_within_fp16_limits_of_its_step_graph(shared_package):
+    manifest, step, prefill = sessions(shared(shared_package, "7", "fp16"))
     tokens = np.random.default_rng(1).integers(0, VOCAB, (2, 24), dtype=np.int64)
     state = {e["input"]: np.full([2, *e["shape"][1:]], e["init"], np.float32) for e in manifest["state"]}
     want, _ = run_steps(manifest, step, tokens, state)
@@ -154,7 +152,7 @@ def test_generation_is_the_same_with_and_without_the_prefill_graph(packages, mon
     assert [r.token_ids for r in with_prefill] == [r.token_ids for r in without]
 
 
-def test_prefill_refuses_bad_tokens_and_packages_without_the_graph(packages, tmp_path):
+def test_prefill_refuses_bad_tokens_and_packages_without_the_graph(packages, shared_package):
     _, package = packages["7"]
     backend = OnnxStepBackend(DeploymentPackage.open(package))
     state = backend.fresh_state(1)
@@ -162,9 +160,7 @@ def test_prefill_refuses_bad_tokens_and_packages_without_the_graph(packages, tmp
         backend.prefill(np.array([[1, 2, VOCAB]]), state)
     with pytest.raises(ValueError, match=r"\[batch, T\]"):
         backend.prefill(np.array([1, 2]), state)
-    checkpoint = small_checkpoint(tmp_path / "v7.pth", "7", seed=3)
-    export_package(checkpoint, tmp_path / "plain", ExportOptions(tokenizer="none"))
-    plain = OnnxStepBackend(DeploymentPackage.open(tmp_path / "plain"))
+    plain = OnnxStepBackend(DeploymentPackage.open(shared(shared_package, "7", prefill=False)))
     assert not plain.has_prefill
     with pytest.raises(Exception, match="--prefill"):
         plain.prefill(np.array([[1, 2]]), plain.fresh_state(1))

@@ -276,14 +276,15 @@ def test_simulated_triton_batches_two_sequences_like_separate_runs(repos: dict[s
 
 
 def test_package_with_an_engine_gets_a_tensorrt_plan_model(packages: dict[str, Path], tmp_path: Path) -> None:
-    from tests.helpers.fake_tensorrt import build_fake_engine
+    from tests.helpers.gpu_standin_tensorrt import build_rtx_engines
 
+    pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13")
     package = Path(shutil.copytree(packages["7"], tmp_path / "pkg"))
-    build_fake_engine(package, ["1:2:4", "4:4:16"])  # the real build code on a fake TensorRT
+    build_rtx_engines(package, ["1:2:4", "4:4:16"], graph="step")  # a real plan, built without a GPU
     repo = write_repository(package, tmp_path / "repo", name="m")
     assert repo.models == ("m", "m_trt")
     plan_dir = tmp_path / "repo" / "m_trt"
-    assert (plan_dir / "1" / "model.plan").read_bytes() == (package / "engine.plan").read_bytes()
+    assert (plan_dir / "1" / "model.plan").read_bytes() == (package / "engines" / "step.plan").read_bytes()
     config = parse_config(plan_dir)
     assert (config.name, config.platform, config.default_model_filename) == ("m_trt", "tensorrt_plan", "model.plan")
     assert config.max_batch_size == 4  # the first profile's max, not the default 8
@@ -296,11 +297,12 @@ def test_package_with_an_engine_gets_a_tensorrt_plan_model(packages: dict[str, P
 
 def test_engine_whose_first_profile_does_not_start_at_batch_one_is_refused(packages: dict[str, Path],
                                                                           tmp_path: Path) -> None:
-    from tests.helpers.fake_tensorrt import build_fake_engine
+    from tests.helpers.gpu_standin_tensorrt import build_rtx_engines
 
+    pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13")
     package = Path(shutil.copytree(packages["7"], tmp_path / "pkg"))
-    build_fake_engine(package, ["2:4:8"])
-    with pytest.raises(TritonError, match=r"engine\.json: the engine's first optimization profile starts at batch 2"):
+    build_rtx_engines(package, ["2:4:8"], graph="step")
+    with pytest.raises(TritonError, match=r"step\.json: the engine's first optimization profile starts at batch 2"):
         write_repository(package, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 

@@ -34,6 +34,11 @@ def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 
     return out
 
 
+def shared(shared_package, version: str, precision: str = "fp32", prefill: bool = True) -> Path:
+    """The session's small export of `version` (bytes tokenizer; with the prefill graph unless told)."""
+    return shared_package(version, precision, tokenizer="bytes", **({"prefill": True} if prefill else {}))
+
+
 def v7_manifest(n_layer: int = 2, n_embd: int = 64, head_size: int = 16) -> Manifest:
     """The manifest an RWKV-7 export of these sizes has (no files): for tests that need shapes only."""
     n_head = n_embd // head_size

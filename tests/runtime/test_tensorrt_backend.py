@@ -1,11 +1,12 @@
 """The TensorRT backend: its I/O binding plan, its two state buffer sets, and its data flow.
 
-TensorRT and a GPU are not available here, so:
+No GPU is available here, so:
 - the binding plan and the buffer-set bookkeeping are tested as the plain code they are;
-- the backend itself runs against `tests.helpers.fake_tensorrt` (the documented API, executed with ONNX
-  Runtime on host buffers, enforcing TensorRT's call order and no input/output aliasing) and must give
-  exactly what `OnnxStepBackend` gives, step by step, through generation, with and without CUDA graphs;
-- the real-TensorRT comparison at the end skips unless TensorRT and CUDA are installed.
+- the engine is a real plan, built on the CPU by TensorRT for RTX (the test extra installs it); running it
+  needs a GPU, so the backend runs it on `tests.helpers.gpu_standin_tensorrt` (the runtime API, executed
+  with ONNX Runtime on host buffers, enforcing TensorRT's call order and no input/output aliasing) and must
+  give exactly what `OnnxStepBackend` gives, step by step, through generation, with and without CUDA graphs;
+- the comparison on a real GPU at the end skips unless TensorRT (either flavour) and a CUDA GPU are here.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import numpy as np
 import pytest
 
 from rwkv_deploy import tensorrt_library as environment
-from rwkv_deploy.export.tensorrt.build_config import make_build_config
-from rwkv_deploy.export.tensorrt.builder import build_engine
 from rwkv_deploy.package.engines import EngineError
 from rwkv_deploy.tensorrt_library import GpuInfo
 from rwkv_deploy.package.profiles import BatchRange, ProfileError
@@ -31,10 +30,11 @@ from rwkv_deploy.runtime.backends import UnknownBackendError, make_backend
 from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
 from rwkv_deploy.runtime.tensorrt_backend import TensorRTBackendError, TensorRTStepBackend
 from rwkv_deploy.runtime.tensorrt_plan import IOBindingPlan, NumpyBufferOps, StateBuffers, StateHandle
-from tests.helpers.fake_tensorrt import FAKE_GPU, FAKE_VERSION, FakeTensorRT, HostDevice, build_fake_engine
-from tests.helpers.small_packages import VOCAB, export_small, v7_manifest
+from tests.helpers.gpu_standin_tensorrt import STANDIN_GPU, GpuStandInTensorRT, HostDevice, build_rtx_engines
+from tests.helpers.small_packages import VOCAB, shared, v7_manifest
 
-GPU = FAKE_GPU
+pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13; the engines are built with it")
+GPU = STANDIN_GPU
 BATCHES = ["1:1:1", "2:3:4"]  # two profiles: decode of one sequence, and small batches
 
 
@@ -127,24 +127,23 @@ def test_device_state_handles_work_as_recurrent_state_values(tmp_path):
     np.testing.assert_array_equal(RecurrentState.load(tmp_path / "s.npz", manifest).values[0], np.full((2, 64), 0.5))
 
 
-# -- the backend against the fake TensorRT -----------------------------------------------------------------
+# -- the backend: a real plan, run on the GPU stand-in ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, FakeTensorRT]:
-    """A v7 package with an engine installed by the real build code, driving the fake TensorRT."""
-    root = tmp_path_factory.mktemp("trt-backend")
-    package_dir = export_small(root, "7")
-    build_fake_engine(package_dir, BATCHES)
-    return package_dir, FakeTensorRT(version=FAKE_VERSION)
+def built(shared_package, tmp_path_factory) -> tuple[Path, None]:
+    """A v7 package with a real step engine, built by build-engine's code with TensorRT for RTX (no GPU)."""
+    package_dir = Path(shutil.copytree(shared(shared_package, "7", prefill=False), tmp_path_factory.mktemp("trt") / "pkg"))
+    build_rtx_engines(package_dir, BATCHES)
+    return package_dir, None
 
 
 def trt_backend(built, cuda_graphs: bool = False, package: DeploymentPackage | None = None,
-                version: str = FAKE_VERSION, gpu: GpuInfo = GPU) -> TensorRTStepBackend:
+                version: str | None = None, gpu: GpuInfo = GPU, flavour: str = "tensorrt_rtx") -> TensorRTStepBackend:
     package_dir, _ = built
-    fake = FakeTensorRT(version=version)
+    standin = GpuStandInTensorRT(package_dir, flavour=flavour, version=version)
     return TensorRTStepBackend(package or DeploymentPackage.open(package_dir), cuda_graphs=cuda_graphs,
-                               device=HostDevice(fake, gpu), tensorrt=fake)
+                               device=HostDevice(standin, gpu), tensorrt=standin)
 
 
 def run(backend, tokens: np.ndarray, state: RecurrentState | None = None) -> tuple[np.ndarray, RecurrentState]:
@@ -211,12 +210,20 @@ def test_profiles_come_from_the_engine_and_a_batch_outside_them_is_named(built):
         backend.step(np.zeros(5, np.int64), backend.fresh_state(5))
 
 
-def test_an_engine_from_another_tensorrt_or_gpu_is_refused_before_tensorrt_reads_it(built):
-    with pytest.raises(EngineError, match=r"TensorRT 10\.13\.3\.9 \(this machine has 11\.4\.0\.106\)") as caught:
-        trt_backend(built, version="11.4.0.106")
+def test_an_engine_from_another_tensorrt_or_for_another_gpu_is_refused_before_tensorrt_reads_it(built):
+    import tensorrt_rtx
+
+    with pytest.raises(EngineError, match=rf"built for TensorRT for RTX {tensorrt_rtx.__version__} \(this machine "
+                                          r"has 1\.9\.0\.1\)") as caught:
+        trt_backend(built, version="1.9.0.1")
     assert caught.value.exit_code == 2
-    with pytest.raises(EngineError, match=r"compute capability 9\.0 .* is 8\.6"):
-        trt_backend(built, gpu=GpuInfo("NVIDIA A10", (8, 6)))
+    with pytest.raises(EngineError, match=r"built with TensorRT for RTX .* \(it has TensorRT 10\.13\.3\.9\)"):
+        trt_backend(built, version="10.13.3.9", flavour="tensorrt")
+    with pytest.raises(EngineError, match=r"compute capability 8\.0, 8\.6, 8\.9, 12\.0, 12\.1, >12\.0; this GPU, "
+                                          r"NVIDIA H100 80GB HBM3, is 9\.0"):
+        trt_backend(built, gpu=GpuInfo("NVIDIA H100 80GB HBM3", (9, 0)))
+    for gpu in (GpuInfo("NVIDIA A10", (8, 6)), GpuInfo("NVIDIA RTX PRO 6000", (12, 0)), GpuInfo("future", (13, 0))):
+        trt_backend(built, gpu=gpu)  # an RTX plan runs on every GPU of its target list
 
 
 def test_an_engine_whose_tensors_differ_from_the_manifest_is_refused(built):
@@ -228,16 +235,17 @@ def test_an_engine_whose_tensors_differ_from_the_manifest_is_refused(built):
 
 
 def test_a_package_without_an_engine_says_how_to_build_one(built, tmp_path):
-    bare = Path(shutil.copytree(built[0], tmp_path / "bare", ignore=shutil.ignore_patterns("engine.*")))
-    fake = FakeTensorRT()
+    bare = Path(shutil.copytree(built[0], tmp_path / "bare", ignore=shutil.ignore_patterns("engines")))
+    standin = GpuStandInTensorRT()
     with pytest.raises(EngineError, match=r"no TensorRT engine; build one with `rwkv-deploy build-engine"):
-        TensorRTStepBackend(DeploymentPackage.open(bare, verify=False), device=HostDevice(fake), tensorrt=fake)
+        TensorRTStepBackend(DeploymentPackage.open(bare, verify=False), device=HostDevice(standin), tensorrt=standin)
 
 
 def test_make_backend_picks_by_name(built):
     package = DeploymentPackage.open(built[0])
-    fake = FakeTensorRT(version=FAKE_VERSION)
-    assert isinstance(make_backend("tensorrt", package, device=HostDevice(fake), tensorrt=fake), TensorRTStepBackend)
+    standin = GpuStandInTensorRT(built[0])
+    assert isinstance(make_backend("tensorrt", package, device=HostDevice(standin), tensorrt=standin),
+                      TensorRTStepBackend)
     assert isinstance(make_backend("onnxruntime", package, threads=1), OnnxStepBackend)
     with pytest.raises(UnknownBackendError, match="choose one of onnxruntime, tensorrt"):
         make_backend("tvm", package)
@@ -246,7 +254,7 @@ def test_make_backend_picks_by_name(built):
 def test_the_module_imports_without_tensorrt_or_torch_and_says_what_is_missing(built):
     script = textwrap.dedent(f"""
         import sys
-        sys.modules["tensorrt"] = None  # as if not installed
+        sys.modules["tensorrt_rtx"] = None  # as if not installed
         sys.modules["torch"] = None
         from rwkv_deploy.runtime.backends import make_backend
         from rwkv_deploy.runtime import DeploymentPackage
@@ -258,21 +266,26 @@ def test_the_module_imports_without_tensorrt_or_torch_and_says_what_is_missing(b
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("TensorRTUnavailable 2 cannot run the TensorRT backend: TensorRT is not installed")
-    assert 'pip install "rwkv-deploy[tensorrt]"' in result.stdout
+    assert result.stdout.startswith("TensorRTUnavailable 2 cannot run the TensorRT backend: TensorRT for RTX is not "
+                                    "installed")
+    assert 'pip install "rwkv-deploy[tensorrt-rtx]"' in result.stdout
 
 
-# -- real TensorRT on a GPU (skips here) -----------------------------------------------------------------------
+# -- a real engine on a real GPU (skips here) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["plain", "cuda-graphs"])
-def test_real_tensorrt_engine_equals_onnx_runtime(built, tmp_path, cuda_graphs):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on this project's CPU "
-                                           "machines); this test runs only where it is")
-    if environment.find_gpu() is None:
-        pytest.skip("TensorRT is installed but no CUDA GPU is visible")
+def test_real_engine_on_a_gpu_equals_onnx_runtime(built, tmp_path, cuda_graphs):
+    gpu = environment.find_gpu()
+    if gpu is None:
+        pytest.skip("no CUDA GPU is visible: engines run only on a GPU (scripts/gpu_check.sh runs this there)")
+    library = environment.load_library("auto")
     package_dir = Path(shutil.copytree(built[0], tmp_path / "real"))
-    build_engine(package_dir, make_build_config(package_dir, BATCHES))  # replaces the fake engine
+    if library.flavour == "tensorrt":  # full TensorRT builds here, for this GPU
+        from rwkv_deploy.export.tensorrt.build_config import make_build_configs
+        from rwkv_deploy.export.tensorrt.builder import build_engines
+
+        build_engines(package_dir, make_build_configs(package_dir, library.flavour, "step", BATCHES), library, gpu)
     package = DeploymentPackage.open(package_dir)
     feed = tokens(32, 3, seed=11)
     got, _ = run(TensorRTStepBackend(package, cuda_graphs=cuda_graphs), feed)

@@ -1,8 +1,8 @@
-"""`check-trt`: real exports pass with no errors; crafted graphs with each known TensorRT problem are caught.
+"""`check-trt`: every graph of the exporter's packages passes; crafted graphs with known problems are caught.
 
-The exporter's packages are linted for every RWKV generation in fp32 and for v7 in fp16 (each exported
-once for the module). The bad graphs are built with onnx.helper, each with one problem, so a finding
-that appears names exactly the check that caught it.
+The exporter's packages (every RWKV generation, fp32 and fp16, with the prefill graph; shared exports) are
+linted graph by graph. The crafted graphs here test the lint's own logic (control-flow bodies, levels,
+flavours, the command); whether each verdict matches the real TensorRT for RTX is test_lint_corpus.py's job.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typer.testing import CliRunner
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.export.tensorrt import lint
 from rwkv_deploy.export.tensorrt.lint import Finding, lint_model, lint_package
-from tests.helpers.small_packages import export_small
+from tests.helpers.small_packages import shared
 
-EXPORTS = [("4", "fp32"), ("5.2", "fp32"), ("6", "fp32"), ("7", "fp32"), ("7", "fp16")]
+VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
+EXPORTS = [(v, p) for v in VERSIONS for p in ("fp32", "fp16")]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("lint")
-    return {key: export_small(root, *key) for key in EXPORTS}
+def packages(shared_package) -> dict[tuple[str, str], Path]:
+    return {key: shared(shared_package, *key) for key in EXPORTS}
 
 
 # -- crafted graphs ------------------------------------------------------------------------------------
@@ -53,7 +53,8 @@ def by_check(findings: list[Finding], check: str) -> list[Finding]:
 
 
 def errors(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.level == "error"]
+    """The findings that fail check-trt: TensorRT errors and policy violations."""
+    return [f for f in findings if f.level in ("error", "policy")]
 
 
 def test_a_clean_crafted_graph_has_no_errors_or_warnings():
@@ -65,20 +66,23 @@ def test_a_clean_crafted_graph_has_no_errors_or_warnings():
 
 
 @pytest.mark.parametrize("key", EXPORTS, ids=lambda k: f"v{k[0]}-{k[1]}")
-def test_exported_packages_have_no_error_or_warning(packages, key):
+def test_exported_packages_have_no_error_or_warning_in_any_graph(packages, key):
     report = lint_package(packages[key])
-    assert report.opset == 18 and report.node_count > 100
-    assert [f for f in report.findings if f.level != "info"] == []
-    notes = {f.check for f in report.findings}
-    assert {"int64", "precision"} <= notes  # token input (int64) and the strongly typed precision note
-    precision_note = by_check(list(report.findings), "precision")[0].message
-    assert ("FP16 tensors" in precision_note) == (key[1] == "fp16")
+    assert [g.name for g in report.graphs] == ["step", "prefill"]  # every graph, the prefill's T included
+    for graph in report.graphs:
+        assert graph.opset == 18 and graph.node_count > 50
+        assert [f for f in graph.findings if f.level != "info"] == []
+        notes = {f.check for f in graph.findings}
+        assert {"int64", "precision"} <= notes  # token input (int64) and the strongly typed precision note
+        precision_note = by_check(list(graph.findings), "precision")[0].message
+        assert ("FP16 tensors" in precision_note) == (key[1] == "fp16")
 
 
 def test_check_trt_command_exits_0_on_an_export_and_1_on_a_bad_graph(packages, tmp_path):
     good = runner.invoke(app, ["check-trt", str(packages[("7", "fp16")])])
     assert good.exit_code == 0, good.output
-    assert "0 errors, 0 warnings" in good.stdout and "ready for `rwkv-deploy build-engine`" in good.stdout
+    assert "0 errors, 0 policy, 0 warnings" in good.stdout and "ready for `rwkv-deploy build-engine`" in good.stdout
+    assert good.stdout.count("prefill: ") == 1 and good.stdout.startswith("step: ")
 
     bad_dir = tmp_path / "bad"
     shutil.copytree(packages[("7", "fp32")], bad_dir)
@@ -88,9 +92,10 @@ def test_check_trt_command_exits_0_on_an_export_and_1_on_a_bad_graph(packages, t
     bad = runner.invoke(app, ["check-trt", str(bad_dir), "--json"])
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
-    assert report["errors"] >= 1
+    assert report["errors"] >= 1 and report["flavour"] in ("tensorrt", "tensorrt_rtx")
+    findings = report["graphs"][0]["findings"]
     assert {"level": "error", "check": "unsupported-op", "node": "det", "op": "Det"}.items() <= \
-        next(f for f in report["findings"] if f["check"] == "unsupported-op").items()
+        next(f for f in findings if f["check"] == "unsupported-op").items()
 
 
 # -- one problem per crafted graph ---------------------------------------------------------------------
@@ -139,12 +144,15 @@ def test_reduce_axes_computed_at_run_time_are_an_error_and_constant_axes_are_not
     assert errors(lint_model(model(from_constant_node, [tensor("x")], [tensor("y", shape=["batch", 1])]))) == []
 
 
-def test_a_second_dynamic_dim_is_an_error_but_a_dynamic_batch_is_not():
+def test_a_dynamic_input_dim_other_than_batch_and_T_breaks_the_policy():
     graph = model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
                   [tensor("x", shape=["batch", "seq", 8])], [tensor("y", shape=["batch", "seq", 8])])
     found = by_check(errors(lint_model(graph)), "dynamic-dims")
-    assert [(f.node, f.op) for f in found] == [("x", "graph input"), ("y", "graph output")]
+    assert [(f.level, f.node, f.op) for f in found] == [("policy", "x", "graph input")]  # outputs are TensorRT's
     assert "dim 1" in found[0].message and "seq" in found[0].message
+    prefill = model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+                    [tensor("x", shape=["batch", "T"])], [tensor("y", shape=["batch", "T"])])
+    assert by_check(lint_model(prefill), "dynamic-dims") == []  # the prefill length has its --tokens range
 
 
 def test_layer_norm_on_fp16_input_in_an_fp16_graph_is_an_error():
@@ -153,7 +161,8 @@ def test_layer_norm_on_fp16_input_in_an_fp16_graph_is_an_error():
              helper.make_node("Cast", ["y16"], ["y"], name="to_fp32", to=TensorProto.FLOAT)]
     init = [const("scale", np.ones(8), np.float16), const("bias", np.zeros(8), np.float16)]
     found = errors(lint_model(model(nodes, [tensor("x")], [tensor("y")], init)))
-    assert [(f.check, f.node, f.op) for f in found] == [("fp16-norm", "ln_fp16", "LayerNormalization")]
+    assert [(f.level, f.check, f.node, f.op) for f in found] == [("policy", "fp16-norm", "ln_fp16",
+                                                                  "LayerNormalization")]
     assert "float32" in found[0].fix
 
 
@@ -176,7 +185,7 @@ def test_bf16_inside_the_graph_is_a_warning_and_at_its_inputs_an_error():
 
     at_input = [helper.make_node("Cast", ["x"], ["y"], name="from_bf16", to=TensorProto.FLOAT)]
     found = errors(lint_model(model(at_input, [tensor("x", TensorProto.BFLOAT16)], [tensor("y")])))
-    assert [(f.check, f.node) for f in found] == [("bf16-io", "x")]
+    assert [(f.level, f.check, f.node) for f in found] == [("policy", "bf16-io", "x")]
 
 
 def test_recurrent_state_updated_in_fp16_is_an_error():
@@ -188,19 +197,21 @@ def test_recurrent_state_updated_in_fp16_is_an_error():
     assert sorted(f.node for f in found) == ["state_to_fp16", "state_to_fp32"]
 
 
-def test_double_is_a_warning_and_int8_outside_qdq_an_error():
+def test_double_is_a_warning_int8_is_fine_and_fp8_outside_qdq_an_error():
     nodes = [helper.make_node("Cast", ["x"], ["xd"], name="to_double", to=TensorProto.DOUBLE),
              helper.make_node("Cast", ["xd"], ["xi"], name="to_int8", to=TensorProto.INT8),
-             helper.make_node("Cast", ["xi"], ["y"], name="back", to=TensorProto.FLOAT)]
-    found = lint_model(model(nodes, [tensor("x")], [tensor("y")]))
-    assert ("warning", "double", "to_double") in {(f.level, f.check, f.node) for f in found}
-    assert ("error", "quantized-dtype", "to_int8") in {(f.level, f.check, f.node) for f in found}
+             helper.make_node("Cast", ["xi"], ["x8"], name="to_fp8", to=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("Cast", ["x8"], ["y"], name="back", to=TensorProto.FLOAT)]
+    found = {(f.level, f.check, f.node) for f in lint_model(model(nodes, [tensor("x")], [tensor("y")], opset=19))}
+    assert ("warning", "double", "to_double") in found
+    assert ("error", "quantized-dtype", "to_fp8") in found
+    assert not any(node == "to_int8" for _, _, node in found)  # INT8 casts build (measured with RTX)
 
 
 def test_opset_outside_the_parser_range():
     relu = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     assert [f.level for f in by_check(lint_model(model(relu, [tensor("x")], [tensor("y")], opset=8)), "opset")] \
-        == ["error"]
+        == ["warning"]  # RTX parsed it: the documented range is not a hard limit
     assert [f.level for f in by_check(lint_model(model(relu, [tensor("x")], [tensor("y")], opset=25)), "opset")] \
         == ["warning"]
 
@@ -228,3 +239,18 @@ def test_external_data_outside_the_graph_folder_is_an_error(tmp_path):
             entry.value = "../elsewhere/g.onnx.data"
     [finding] = by_check(lint_model(loaded, tmp_path / "g.onnx"), "external-data")
     assert finding.level == "error" and "'..'" in finding.message
+
+
+def test_the_flavour_decides_what_the_parser_supports():
+    nonzero = model([helper.make_node("NonZero", ["x"], ["y"], name="nz")], [tensor("x")],
+                    [tensor("y", TensorProto.INT64, [2, None])])
+    assert [f.check for f in errors(lint_model(nonzero, flavour="tensorrt_rtx"))] == ["unsupported-op"]
+    assert errors(lint_model(nonzero, flavour="tensorrt")) == []  # full TensorRT has a NonZero layer
+    with pytest.raises(ValueError, match="unknown TensorRT flavour"):
+        lint_model(nonzero, flavour="tensorrt_llm")
+
+
+def test_an_input_name_reused_by_an_output_says_the_input_is_renamed():
+    graph = model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [tensor("x")], [tensor("y"), tensor("x")])
+    [finding] = by_check(lint_model(graph), "io-name-clash")
+    assert finding.level == "warning" and "renames the input to '__x'" in finding.message
