@@ -6,8 +6,12 @@
    reference: max |logit difference| and top-1 agreement against the fp16 validation limits.
 3. onnxruntime-gpu: exported fp32/fp16 packages on ONNX Runtime's CUDA provider vs its CPU provider
    (only where this onnxruntime has CUDA).
-4. tensorrt: check-trt, build-engine and the TensorRT backend (plain and CUDA graphs) vs ONNX Runtime on
-   the CPU, then the TensorRT pytest files (only where TensorRT is installed).
+4. tensorrt (scripts/gpu_tensorrt.py): which TensorRT is here and whether it targets this GPU; engines of the
+   bundled model, a small v7 fp16 and the 0.1B-shape fp16 package, built on the GPU and ahead of time without
+   one, run (plain and CUDA graphs) vs ONNX Runtime on the CPU; `validate --backend tensorrt`; with --bench,
+   decode b1/b16 and prefill at the 0.1B and 1.5B shapes vs a CUDA graph of the reference and the `rwkv`
+   package (cuda fp16); then the TensorRT pytest files. TensorRT for RTX comes from wheels carried in two
+   parts (scripts/rtx_wheels.sh; docs/tensorrt.md "Running on a lent GPU") and --rtx-site.
 
 Without CUDA every check prints a `SKIP: no CUDA` line; the exit status is 1 only if a check failed.
 Runs from a source checkout even where rwkv-deploy is not installed (it maps the package from
@@ -18,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,40 +157,41 @@ def onnxruntime_gpu_checks(packages: Callable[[], dict[str, Path]], steps: int) 
         yield measured("onnxruntime CUDA vs CPU", f"v7 {precision}", diff, limit, diff <= limit)
 
 
-def tensorrt_checks(packages: Callable[[], dict[str, Path]], steps: int) -> Iterator[Result]:
-    import numpy as np
-    from rwkv_deploy.errors import RwkvDeployError
-    from rwkv_deploy.export.tensorrt.build_config import make_build_config
-    from rwkv_deploy.export.tensorrt.builder import build_engine
-    from rwkv_deploy.tensorrt_library import load_tensorrt
-    from rwkv_deploy.export.tensorrt.lint import lint_package
-    from rwkv_deploy.runtime import DeploymentPackage
-    from rwkv_deploy.runtime.onnx_backend import CPU, OnnxStepBackend
-    from rwkv_deploy.runtime.tensorrt_backend import TensorRTStepBackend
-    from rwkv_deploy.validate.thresholds import thresholds_for
+def tensorrt_checks(root: Path, steps: int, bench: bool, shapes: list[str], min_seconds: float,
+                    out: Path) -> Iterator[Result]:
+    """scripts/gpu_tensorrt.py's checks: the library and its targets, engines built on the GPU and ahead of time
+    without one, run against ONNX Runtime; validate --backend tensorrt; then the bench rows (--bench)."""
+    import gpu_tensorrt as g
+    from rwkv_deploy.models.bundled import bundled_checkpoint
+    from rwkv_deploy.tensorrt_library import find_gpu
 
-    trt, why = load_tensorrt()
-    if trt is None:
-        yield Result("tensorrt", "v7", "SKIP", note=why)
+    gpu = find_gpu()
+    converted = lambda c: Result(c.check, c.subject, c.status, c.value, c.limit, c.note)  # noqa: E731
+    library = [converted(c) for c in g.library_checks(gpu)]
+    yield from library
+    if library[0].status == "SKIP":
         return
-    tokens = np.random.default_rng(1).integers(0, 256, size=(steps, 3), dtype=np.int64)
-    for precision, directory in packages().items():
-        errors = lint_package(directory).errors
-        yield Result("check-trt", f"v7 {precision}", "FAIL" if errors else "PASS", f"{len(errors)} errors", "0")
-        try:
-            started = time.perf_counter()
-            build_engine(directory, make_build_config(directory, ["1:1:4"]))
-            yield Result("build-engine", f"v7 {precision}", "PASS", f"{time.perf_counter() - started:.0f} s")
-            package = DeploymentPackage.open(directory)
-            reference = package_steps(OnnxStepBackend(package, providers=[CPU]), tokens)
-            limit = thresholds_for(precision).logits_max_abs
-            for graphs in (False, True):
-                got = package_steps(TensorRTStepBackend(package, cuda_graphs=graphs), tokens)
-                diff = float(np.abs(got - reference).max())
-                name = "TensorRT (CUDA graphs) vs ORT CPU" if graphs else "TensorRT vs ORT CPU"
-                yield measured(name, f"v7 {precision}", diff, limit, diff <= limit)
-        except RwkvDeployError as exc:
-            yield Result("tensorrt", f"v7 {precision}", "FAIL", note=str(exc))
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+
+    bundled = root / "bundled-fp32"
+    export_package(bundled_checkpoint(), bundled, ExportOptions(prefill=True))
+    small = g.random_package(root, "v7-small", 2, 128, 1024, "fp16")
+    shape = g.random_package(root, "shape-0.1b", *g.SHAPES["0.1b"], "fp16")
+    packages = {"bundled fp32": bundled, "v7 small fp16": small, "0.1B fp16": shape}
+    yield from (converted(c) for c in g.engine_checks(packages, root / "engines", steps))
+    validate = [("bundled fp32", root / "engines" / "bundled fp32-gpu", bundled_checkpoint()),
+                ("0.1B fp16", root / "engines" / "0.1B fp16-gpu", root / "shape-0.1b.pth")]
+    yield from (converted(c) for c in g.validate_checks([v for v in validate if (v[1] / "engines").is_dir()]))
+    if bench:
+        rows = []
+        for row in g.bench_rows(shapes, root / "bench", min_seconds):
+            if isinstance(row, g.Check):
+                yield converted(row)
+            else:
+                rows.append(row)
+                yield Result("bench", f"{row.engine} {row.shape} {row.mode} b{row.batch}", "PASS",
+                             f"{row.ms_per_call:.3f} ms", note=f"{row.tokens_per_s:.0f} tokens/s {row.note}".strip())
+        print(f"bench rows: {g.write_rows(rows, out)}", flush=True)
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TRT_TESTS],
                            cwd=REPO, capture_output=True, text=True)
     last = (tests.stdout.strip().splitlines() or ["no output"])[-1]
@@ -207,7 +212,18 @@ def summary(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=48, help="recurrent steps per comparison")
+    parser.add_argument("--rtx-site", type=Path, default=None,
+                        help="folder where scripts/rtx_wheels.sh installed TensorRT for RTX (put on sys.path)")
+    parser.add_argument("--bench", action="store_true", help="also time decode/prefill at --shapes (GPU only)")
+    parser.add_argument("--shapes", default="0.1b,1.5b", help="bench shapes: 0.1b (7:12:768), 1.5b (7:24:2048)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="least timed seconds per bench number")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")),
+                        help="where gpu_bench.json goes (default $OUT)")
+    parser.add_argument("--skip-reference", action="store_true", help="skip the reference and fp16 checks")
     args = parser.parse_args(argv)
+    if args.rtx_site is not None:
+        sys.path.insert(0, str(args.rtx_site))
+    sys.path.insert(0, str(REPO / "scripts"))
     make_importable()
     import torch
     from tests.helpers.random_checkpoints import VERSIONS
@@ -232,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                     exported.update(export_packages(root))
                 return exported
 
-            for check in (reference_checks(list(VERSIONS), args.steps, root),
-                          onnxruntime_gpu_checks(packages, args.steps), tensorrt_checks(packages, args.steps)):
+            checks = [] if args.skip_reference else [reference_checks(list(VERSIONS), args.steps, root)]
+            checks += [onnxruntime_gpu_checks(packages, args.steps),
+                       tensorrt_checks(root, args.steps, args.bench, args.shapes.split(","), args.min_seconds,
+                                       args.out)]
+            for check in checks:
                 results += [report(r) for r in check]
     print("\n" + summary(results))
     failed = [r for r in results if r.status == "FAIL"]

@@ -61,3 +61,32 @@ def test_the_script_maps_the_package_where_rwkv_deploy_is_not_installed():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", str(REPO / "export" / "tensorrt" / "lint.py"),
                                      str(REPO / "core" / "errors.py")]
+
+
+@pytest.fixture(scope="module")
+def gpu_tensorrt():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import gpu_tensorrt
+
+        yield gpu_tensorrt
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+
+def test_the_library_check_names_the_gpus_rtx_cannot_target(gpu_tensorrt, monkeypatch):
+    pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13")
+    from rwkv_deploy.tensorrt_library import GpuInfo
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on the GPU machine: only the carried RTX wheels
+    library, targets = list(gpu_tensorrt.library_checks(GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))))
+    assert (library.check, library.subject, library.status) == ("tensorrt library", "tensorrt_rtx", "PASS")
+    assert (targets.status, targets.subject) == ("FAIL", "NVIDIA H100 80GB HBM3 9.0")
+    assert targets.note == "RTX builds for 7.5, 8.0, 8.6, 8.9, 12.0, 12.1"
+    [rtx_4090] = list(gpu_tensorrt.library_checks(GpuInfo("NVIDIA GeForce RTX 4090", (8, 9))))[1:]
+    assert rtx_4090.status == "PASS"
+
+
+def test_the_child_process_cli_runs_from_the_checkout(gpu_tensorrt):
+    result = gpu_tensorrt.cli("build-engine", "/nonexistent-package", "--trt", "rtx", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2 and "nonexistent-package" in result.stderr, result.stderr
