@@ -5,6 +5,8 @@
 #
 #   scripts/rtx_wheels.sh fetch            here (PyPI): wheels for the GPU machine's Python into .rtx-wheels/,
 #                                          then split into .rtx-wheels/carry-1/ and .rtx-wheels/carry-2/ (< 60 MiB each)
+#   scripts/rtx_wheels.sh cpu-built PKG    here: copy a package whose engines were built on this CPU machine into
+#                                          .rtx-wheels/cpu-built/ (carried on the first call; gpu_check runs them)
 #   scripts/rtx_wheels.sh install [DIR]    there, after both calls carried their folder: reassemble, check the
 #                                          sha256 of every wheel, install with pip --target DIR (default /tmp/rtx-site)
 #
@@ -53,8 +55,18 @@ install() {
     echo "installed into $target: export PYTHONPATH=$target:\$PYTHONPATH"
 }
 
+cpu_built() {
+    local package="${1:?usage: scripts/rtx_wheels.sh cpu-built PACKAGE_WITH_ENGINES}"
+    [ -f "$package/engines/step.json" ] || { echo "$package: no engines/step.json (run build-engine first)" >&2; exit 2; }
+    mkdir -p "$WHEELS/cpu-built"
+    rm -rf "$WHEELS/cpu-built/$(basename "$package")"
+    cp -r "$package" "$WHEELS/cpu-built/"
+    du -sh "$WHEELS/cpu-built"
+}
+
 case "${1:-}" in
     fetch) fetch ;;
+    cpu-built) shift; cpu_built "$@" ;;
     install) shift; install "$@" ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
