@@ -269,3 +269,15 @@ def test_full_tensorrt_options_are_checked_before_anything_is_built(package_dir,
         make_build_configs(package_dir, "tensorrt", targets=("8.6",))
     with pytest.raises(TensorRTUnavailable, match="--trt tpu: expected one of auto, tensorrt, rtx"):
         load_library("tpu")
+
+
+def test_verify_checks_the_engines_section(built, tmp_path):
+    package = Path(shutil.copytree(built[("5.2", "fp32")], tmp_path / "pkg"))
+    raw = json.loads((package / "manifest.json").read_text())
+    raw["engines"]["step"]["plan"] = "engines/other.plan"
+    raw["engines"]["decode"] = dict(raw["engines"]["prefill"])
+    (package / "manifest.json").write_text(json.dumps(raw))
+    problems = verify_package(package)
+    assert "manifest.json: engines.step.plan 'engines/other.plan' is not listed in files (its hash cannot be " \
+           "checked)" in problems
+    assert "manifest.json: engines has an engine of 'decode', which is not in graphs" in problems
