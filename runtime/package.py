@@ -31,6 +31,10 @@ class PackageError(RwkvDeployError):
     exit_code = 2
 
 
+class PackageFilesChanged(PackageError):
+    """A file the manifest lists is missing or no longer has the sha256 recorded at export."""
+
+
 class InputError(RwkvDeployError, ValueError):
     """Token ids the model cannot take (wrong shape or dtype, or outside the vocabulary)."""
 
@@ -69,7 +73,7 @@ class DeploymentPackage:
             problems = verify_files(directory, manifest)
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise PackageError(problems[0] + more)
+                raise PackageFilesChanged(problems[0] + more)
         return cls(directory, manifest, load_package_tokenizer(manifest, directory),
                    load_initial_arrays(manifest, directory))
 

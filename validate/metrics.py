@@ -46,6 +46,12 @@ def max_relative_error(ref: np.ndarray, art: np.ndarray, floor: float = RELATIVE
     return float(np.max(np.abs(_f64(art) - ref64) / np.maximum(np.abs(ref64), floor)))
 
 
+def nanmax(values: object) -> float:
+    """max that returns NaN when any value is NaN (np.max does, Python's max does not); 0 for no values."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.max(arr)) if arr.size else 0.0
+
+
 def count_nonfinite(x: np.ndarray) -> int:
     """How many elements are NaN or +-Inf."""
     return int(x.size - np.count_nonzero(np.isfinite(x)))

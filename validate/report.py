@@ -30,11 +30,8 @@ class ReportFiles:
 
 
 def artifact_runtime(result: ValidationResult) -> str:
-    """What ran the artifact, in words."""
-    if result.options.backend == "onnxruntime":
-        return (f"ONNX Runtime {result.versions['onnxruntime']} CPUExecutionProvider via "
-                f"Polygraphy {result.versions['polygraphy']} OnnxrtRunner")
-    return f"the package's {result.options.backend} backend (rwkv_deploy.runtime.backends)"
+    """What ran the artifact, in words (the validator's description of the runtime backend)."""
+    return result.artifact_runtime or f"the runtime's {result.options.backend} backend"
 
 def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
     """Write report.json, report.md and report.png into `out_dir` (created if needed)."""

@@ -22,10 +22,15 @@ def small_checkpoint(path: Path, version: str, seed: int = 0, n_layer: int = 2, 
     return path
 
 
+def small_checkpoint_path(root: Path, version: str, seed: int = 0) -> Path:
+    """Where `export_small(root, version, seed=seed)` keeps the checkpoint it exported."""
+    return root / f"v{version}-seed{seed}.pth"
+
+
 def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 0, **options) -> Path:
     """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer unless `options`
     say otherwise) to `root`; `options` are further ExportOptions fields (prefill=True, ...)."""
-    checkpoint = root / f"v{version}-seed{seed}.pth"
+    checkpoint = small_checkpoint_path(root, version, seed)
     if not checkpoint.exists():
         small_checkpoint(checkpoint, version, seed)
     suffix = "".join(f"-{k}-{v}" for k, v in sorted(options.items()))

@@ -31,6 +31,13 @@ def test_nan_or_inf_in_the_artifact_poisons_the_error_metrics():
     assert metrics.count_nonfinite(np.array([1.0, np.nan, np.inf, -np.inf])) == 3
 
 
+def test_nanmax_keeps_a_nan_wherever_it_is_where_pythons_max_drops_it():
+    assert max(0.0, math.nan) == 0.0  # why the validator does not use max() to accumulate errors
+    assert math.isnan(metrics.nanmax([0.0, math.nan, 1.0]))
+    assert metrics.nanmax([0.5, 2.0, math.inf]) == math.inf
+    assert metrics.nanmax([]) == 0.0
+
+
 def test_kl_of_identical_distributions_is_zero_and_of_different_ones_positive():
     logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
     assert np.array_equal(metrics.kl_divergence(logits, logits), [0.0, 0.0])

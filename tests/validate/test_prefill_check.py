@@ -1,15 +1,17 @@
-"""`validate` also checks a package's prefill graph against the reference, chunk by chunk."""
+"""`validate` also checks a package's prefill graph against the reference, chunk by chunk, through the
+runtime backend's own `prefill`."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from rwkv_deploy.package.manifest import read_manifest
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.models import load_model
+from rwkv_deploy.runtime import DeploymentPackage
 from rwkv_deploy.validate import ValidateOptions, validate_package
 from rwkv_deploy.validate.prefill_check import compare_prefill
+from rwkv_deploy.validate.sides import ArtifactSide, ReferenceSide
 from rwkv_deploy.validate.streams import TokenStream
 from tests.helpers.random_checkpoints import make_checkpoint
 
@@ -26,8 +28,9 @@ def test_prefill_graph_is_checked_and_a_wrong_one_is_caught(tmp_path):
 
     tokens = np.random.default_rng(0).integers(0, 256, (40, 2), dtype=np.int64)
     stream = TokenStream("random", tokens, "")
-    manifest = read_manifest(tmp_path / "pkg")
-    other = compare_prefill(load_model(tmp_path / "m2.pth"), manifest, tmp_path / "pkg", stream, chunk=16)
-    same = compare_prefill(load_model(tmp_path / "m1.pth"), manifest, tmp_path / "pkg", stream, chunk=16)
+    package = DeploymentPackage.open(tmp_path / "pkg")
+    artifact = ArtifactSide.open("onnxruntime", package)
+    other = compare_prefill(ReferenceSide(load_model(tmp_path / "m2.pth"), package.manifest), artifact, stream, chunk=16)
+    same = compare_prefill(ReferenceSide(load_model(tmp_path / "m1.pth"), package.manifest), artifact, stream, chunk=16)
     assert same.chunks == other.chunks == 3
     assert same.logits_max_abs <= 1e-4 < 0.1 < other.logits_max_abs
