@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
 
 from .errors import one_line_errors
 
@@ -46,7 +47,7 @@ def generate_cmd(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="seed for reproducible sampling"),
     greedy: bool = typer.Option(False, "--greedy", help="always take the most likely token (temperature 0)"),
-    backend: str = typer.Option("onnxruntime", "--backend",
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend",
                                 help="onnxruntime, or tensorrt (needs `rwkv-deploy build-engine` first, TensorRT and a GPU)"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="tensorrt: replay each step as a captured CUDA graph"),
 ) -> None:

@@ -7,8 +7,12 @@ from typing import Optional
 
 import typer
 
+from rwkv_deploy.validate.result import ValidateOptions
+
 from .errors import one_line_errors
 from .extras import require_export_extra
+
+DEFAULTS = ValidateOptions()
 
 
 def register(app: typer.Typer) -> None:
@@ -20,20 +24,20 @@ def register(app: typer.Typer) -> None:
 def validate_cmd(
     package: Path = typer.Argument(..., help="package directory written by `rwkv-deploy export`"),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="the checkpoint the package was exported from"),
-    steps: int = typer.Option(256, help="tokens fed to each sequence, one step at a time"),
-    batch: int = typer.Option(4, help="sequences run at once"),
-    seed: int = typer.Option(0, help="seed of the random-token stream"),
-    greedy_tokens: int = typer.Option(32, help="tokens each side greedy-decodes on its own"),
+    steps: int = typer.Option(DEFAULTS.steps, help="tokens fed to each sequence, one step at a time"),
+    batch: int = typer.Option(DEFAULTS.batch, help="sequences run at once"),
+    seed: int = typer.Option(DEFAULTS.seed, help="seed of the random-token stream"),
+    greedy_tokens: int = typer.Option(DEFAULTS.greedy_tokens, help="tokens each side greedy-decodes on its own"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report directory (default: PACKAGE/validation)"),
     threads: Optional[int] = typer.Option(None, help="PyTorch threads for the reference (default: PyTorch's own)"),
     skip_hash_check: bool = typer.Option(False, "--skip-hash-check", help="do not verify the manifest's file hashes"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
-    backend: str = typer.Option("onnxruntime", "--backend",
+    backend: str = typer.Option(DEFAULTS.backend, "--backend",
                                 help="what runs the artifact: onnxruntime, or tensorrt (the package's built engine)"),
 ) -> None:
     """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime or TensorRT) on the same tokens; exit 1 if not faithful."""
     require_export_extra("validate")
-    from rwkv_deploy.validate import ThresholdsNotMet, ValidateOptions, validate_package, write_report
+    from rwkv_deploy.validate import ThresholdsNotMet, validate_package, write_report
     from .progress import stage_printer
 
     options = ValidateOptions(steps=steps, batch=batch, seed=seed, greedy_tokens=greedy_tokens,

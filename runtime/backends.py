@@ -20,6 +20,7 @@ from .generation import StepBackend
 from .package import DeploymentPackage
 
 BACKENDS = ("onnxruntime", "tensorrt")
+DEFAULT_BACKEND = BACKENDS[0]
 
 
 class UnknownBackendError(RwkvDeployError, ValueError):

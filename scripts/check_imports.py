@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config = mirror_layout(args.root.resolve(), Path(tmp))
         lint = Path(sys.executable).with_name("lint-imports")
         env = {**os.environ, "PYTHONPATH": tmp}
-        return subprocess.run([str(lint), "--config", str(config), "--no-cache"], cwd=tmp, env=env).returncode
+        return subprocess.run([str(lint), str(config), "--no-cache"], cwd=tmp, env=env).returncode
 
 
 if __name__ == "__main__":

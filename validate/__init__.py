@@ -7,14 +7,28 @@ own backend (`rwkv_deploy.runtime.backends.make_backend`), as `rwkv-deploy gener
 Modules: `sides` (the PyTorch reference; the artifact over a runtime backend), `stream_compare` (step by
 step, per-step metrics and Polygraphy's verdict), `greedy`, `prefill_check`, `validator` (the whole run),
 `result` (options and result), `metrics`, `streams`, `thresholds`, `report`.
+
+Attributes are imported lazily (PEP 562): `rwkv_deploy.validate.result` (options, no PyTorch) can be read by
+the command line of a runtime-only install without loading the reference models.
 """
 
-from .report import ReportFiles, write_report
-from .result import ThresholdsNotMet, ValidateOptions, ValidationError, ValidationResult
-from .thresholds import Check, Fp16Thresholds, Fp32Thresholds, Thresholds, thresholds_for
-from .validator import validate_package
+from __future__ import annotations
 
-__all__ = [
-    "Check", "Fp16Thresholds", "Fp32Thresholds", "ReportFiles", "Thresholds", "ThresholdsNotMet",
-    "ValidateOptions", "ValidationError", "ValidationResult", "thresholds_for", "validate_package", "write_report",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ReportFiles": ".report", "write_report": ".report",
+    "ThresholdsNotMet": ".result", "ValidateOptions": ".result", "ValidationError": ".result",
+    "ValidationResult": ".result",
+    "Check": ".thresholds", "Fp16Thresholds": ".thresholds", "Fp32Thresholds": ".thresholds",
+    "Thresholds": ".thresholds", "thresholds_for": ".thresholds",
+    "validate_package": ".validator",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

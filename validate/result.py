@@ -10,6 +10,7 @@ import numpy as np
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.package.manifest import Manifest
 from rwkv_deploy.package.names import STEP_GRAPH
+from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
 
 from .thresholds import Check, Thresholds
 
@@ -39,7 +40,7 @@ class ValidateOptions:
     prompt_length: int = 16
     check_hashes: bool = True
     torch_threads: int | None = None  # None: leave PyTorch's setting alone
-    backend: str = "onnxruntime"  # the runtime backend that runs the artifact (runtime.backends.BACKENDS)
+    backend: str = DEFAULT_BACKEND  # the runtime backend that runs the artifact (runtime.backends.BACKENDS)
 
 
 @dataclass
