@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rwkv_deploy import limits
 from rwkv_deploy.errors import RwkvDeployError
 
 VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
@@ -21,6 +22,11 @@ class ModelShape:
     n_embd: int
     vocab_size: int
     head_size: int = 64
+
+    @property
+    def parameters(self) -> int:
+        """About how many parameters a checkpoint of this shape has (embedding, head, 12 C^2 per layer)."""
+        return 2 * self.vocab_size * self.n_embd + 12 * self.n_layer * self.n_embd ** 2
 
     @property
     def label(self) -> str:
@@ -50,6 +56,13 @@ def parse_shape(text: str) -> ModelShape:
     if min(numbers) < 1:
         raise ShapeError(f"--shape {text!r}: every size must be at least 1")
     shape = ModelShape(version, *numbers)
+    for value, cap, what in ((shape.n_layer, limits.MAX_LAYERS, "layers"), (shape.n_embd, limits.MAX_WIDTH, "width"),
+                             (shape.vocab_size, limits.MAX_VOCAB, "vocab")):
+        if value > cap:
+            raise ShapeError(f"--shape {text!r}: {what} {value} is more than {cap}")
+    if shape.parameters > limits.max_params():
+        raise ShapeError(f"--shape {text!r}: about {shape.parameters:,} parameters, more than the plausibility cap of "
+                         f"{limits.max_params():,}; pass --max-params to measure a model that large")
     if version != "4" and shape.n_embd % shape.head_size:
         raise ShapeError(f"--shape {text!r}: width {shape.n_embd} is not a multiple of head size {shape.head_size}")
     return shape

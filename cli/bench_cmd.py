@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from .errors import one_line_errors
-from .extras import require_export_extra
+from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -47,9 +47,11 @@ def bench_cmd(
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="writes bench.json, bench.md, bench.png here"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result on stdout (progress goes to stderr)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
     """Measure decode, prefill and long-context speed of packages against the PyTorch reference and the rwkv
     package, in one run; ratios against the issue-5 targets."""
+    raise_param_cap(max_params)
     from rwkv_deploy.bench.report import markdown, write_chart
     from rwkv_deploy.bench.run import BASELINES, BenchError, BenchOptions, run_bench
     from rwkv_deploy.bench.shapes import parse_shape

@@ -26,3 +26,19 @@ def require_modules(command: str, *modules: str) -> None:
 def require_export_extra(command: str) -> None:
     """For commands that run the PyTorch reference and write or read ONNX protobufs."""
     require_modules(command, "torch", "onnx")
+
+
+MAX_PARAMS_HELP = "raise the plausibility cap on a checkpoint's parameters (default 50e9) for a real giant model"
+
+
+def raise_param_cap(max_params: int | None) -> None:
+    """`--max-params N`: the cap every checkpoint read in this process (and its bench workers) uses."""
+    if max_params is None:
+        return
+    import os
+
+    from rwkv_deploy import limits
+
+    if max_params < 1:
+        raise MissingExtraError(f"--max-params {max_params}: must be at least 1")
+    os.environ[limits.MAX_PARAMS_ENV] = str(max_params)

@@ -3,6 +3,7 @@ for ONNX Runtime)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +29,38 @@ def register(app: typer.Typer) -> None:
     app.command("generate")(generate_cmd)
 
 
+class PromptError(RwkvDeployError):
+    exit_code = 2
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """The prompt from --prompt TEXT, --prompt - (stdin) or --prompt-file PATH: exactly one, valid UTF-8 (a
+    byte-level model would take any bytes, but the tokenizers take text), at most limits.PROMPT_BYTES."""
+    from rwkv_deploy import limits
+
+    if (prompt is None) == (prompt_file is None):
+        raise PromptError("give the prompt with exactly one of --prompt TEXT, --prompt - (stdin) or --prompt-file PATH")
+    if prompt is not None and prompt != "-":
+        data, where = os.fsencode(prompt), "--prompt"  # argv bytes as the shell passed them
+    else:
+        where = "stdin" if prompt == "-" else str(prompt_file)
+        try:
+            if prompt == "-":
+                data = sys.stdin.buffer.read(limits.PROMPT_BYTES + 1)
+            else:
+                with open(prompt_file, "rb") as f:  # a file, a pipe (<(cmd)) or a link: the user's own path
+                    data = f.read(limits.PROMPT_BYTES + 1)
+        except OSError as exc:
+            raise PromptError(f"{where}: cannot read the prompt ({exc.strerror or exc})") from None
+        if len(data) > limits.PROMPT_BYTES:
+            raise PromptError(f"{where}: the prompt is larger than {limits.PROMPT_BYTES // limits.MIB} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"{where}: the prompt is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start})") from None
+
+
 def _write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
@@ -37,7 +70,8 @@ def _write(piece: str) -> None:
 def generate_cmd(
     package_dir: Path = typer.Argument(..., metavar="PACKAGE",
                                        help="package directory (`rwkv-deploy export`) or archive (`rwkv-deploy package`)"),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue; '-' reads it from stdin"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file (UTF-8)"),
     max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="most tokens to generate"),
     temperature: float = typer.Option(1.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling: keep tokens up to this total probability"),
@@ -50,14 +84,20 @@ def generate_cmd(
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend",
                                 help="onnxruntime, or tensorrt (needs `rwkv-deploy build-engine` first, TensorRT and a GPU)"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="tensorrt: replay each step as a captured CUDA graph"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip hashing the package's files (a trusted local "
+                                   "package); the path rules are always checked"),
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
     from rwkv_deploy.runtime import DeploymentPackage, Generator
     from rwkv_deploy.runtime.backends import make_backend
     from rwkv_deploy.runtime.package import package_directory
 
+    text = read_prompt(prompt, prompt_file)
+    if backend == "onnxruntime":
+        import rwkv_deploy.runtime.onnx_backend  # noqa: F401  (loaded before an archive is extracted: a signal
+        # during a native library's initialisation then leaves no extracted copy behind)
     with package_directory(package_dir) as directory:
-        package = DeploymentPackage.open(directory)
+        package = DeploymentPackage.open(directory, verify=not no_verify)
         if package.tokenizer is None:
             raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
         if cuda_graphs and backend != "tensorrt":
@@ -65,7 +105,7 @@ def generate_cmd(
         options = {"cuda_graphs": True} if cuda_graphs else {}
         generator = Generator(make_backend(backend, package, **options), package.tokenizer)
         result = generator.generate(
-            prompt, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
+            text, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),
             seed=seed, on_token=_write)
     _write("\n")

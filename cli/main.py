@@ -13,7 +13,7 @@ from rwkv_deploy.package.names import PREFILL_LOGITS
 
 from .bench_cmd import register as _register_bench
 from .errors import one_line_errors
-from .extras import require_export_extra, require_modules
+from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra, require_modules
 from .generate_cmd import register as _register_generate
 from .package_cmd import register as _register_package
 from .tensorrt_cmd import register as _register_tensorrt
@@ -39,9 +39,11 @@ def inspect_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint file or HF directory (default: the bundled model)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     ln_x_eps: Optional[float] = typer.Option(None, help="override the v5+ ln_x GroupNorm epsilon"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
     """Print version, sizes, parameter count, stored dtype and recurrent-state bytes of a checkpoint."""
     require_modules("inspect", "torch")
+    raise_param_cap(max_params)
     from rwkv_deploy.models.inspection import format_summary, summarize_checkpoint
 
     overrides = {"ln_x_eps": ln_x_eps} if ln_x_eps is not None else {}
@@ -58,7 +60,8 @@ def export_cmd(
     opset: int = typer.Option(DEFAULTS.opset, help="ONNX opset"),
     tokenizer: Optional[str] = typer.Option(None, help="world | bytes | none | path to tokenizer.json (default: from vocab size)"),
     external_data: bool = typer.Option(False, "--external-data", help="store weights in a separate .data file"),
-    force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
+    force: bool = typer.Option(False, "--force", help="replace an existing package directory (never a file, an "
+                               "input, the current directory or a folder that is not a package)"),
     prefill: bool = typer.Option(False, "--prefill", help="also export the time-parallel prefill graph "
                                  "(tokens \\[batch, T] in one call; weights stored once for both graphs)"),
     prefill_logits: str = typer.Option(DEFAULTS.prefill_logits, "--prefill-logits",
@@ -66,9 +69,11 @@ def export_cmd(
     ln_x_eps: Optional[float] = typer.Option(None, "--ln-x-eps", help="v5+ ln_x GroupNorm epsilon (default "
                                              "BlinkDL's 64e-5; 1e-5 reproduces rwkv.cpp's v5)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
     """Export a checkpoint's single-step graph (and optionally its prefill graph) to ONNX as a deployment package."""
     require_export_extra("export")
+    raise_param_cap(max_params)
     from rwkv_deploy.export.package_builder import export_package
     from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
     from .progress import stage_printer

@@ -10,7 +10,7 @@ import typer
 from rwkv_deploy.validate.result import ValidateOptions
 
 from .errors import one_line_errors
-from .extras import require_export_extra
+from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra
 
 DEFAULTS = ValidateOptions()
 
@@ -28,24 +28,32 @@ def validate_cmd(
     batch: int = typer.Option(DEFAULTS.batch, help="sequences run at once"),
     seed: int = typer.Option(DEFAULTS.seed, help="seed of the random-token stream"),
     greedy_tokens: int = typer.Option(DEFAULTS.greedy_tokens, help="tokens each side greedy-decodes on its own"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report directory (default: PACKAGE/validation)"),
+    out: Optional[Path] = typer.Option(None, "--report-dir", "--out", "-o",
+                                       help="report folder, written fresh (default: PACKAGE/validation)"),
     threads: Optional[int] = typer.Option(None, help="PyTorch threads for the reference (default: PyTorch's own)"),
-    skip_hash_check: bool = typer.Option(False, "--skip-hash-check", help="do not verify the manifest's file hashes"),
+    skip_hash_check: bool = typer.Option(False, "--no-verify", "--skip-hash-check",
+                                         help="skip hashing the package's files (never the path rules)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     backend: str = typer.Option(DEFAULTS.backend, "--backend",
                                 help="what runs the artifact: onnxruntime, or tensorrt (the package's built engine)"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
     """Run the reference (PyTorch fp32) and the artifact (ONNX Runtime or TensorRT) on the same tokens; exit 1 if not faithful."""
     require_export_extra("validate")
+    raise_param_cap(max_params)
     from rwkv_deploy.validate import ThresholdsNotMet, validate_package, write_report
+    from rwkv_deploy.package.names import VALIDATION_DIR
+    from rwkv_deploy.validate.report import check_report_target
     from .progress import stage_printer
 
+    report_dir = out or package / VALIDATION_DIR.rstrip("/")
+    check_report_target(report_dir)  # before minutes of validation, not after
     options = ValidateOptions(steps=steps, batch=batch, seed=seed, greedy_tokens=greedy_tokens,
                               check_hashes=not skip_hash_check, torch_threads=threads, backend=backend)
     with stage_printer(enabled=not quiet) as progress:
         result = validate_package(package, checkpoint, options, progress=progress)
         progress("writing the report")
-        files = write_report(result, out or package / "validation")
+        files = write_report(result, report_dir)
     typer.echo(result.summary_line())
     for check in result.failures:
         typer.echo(f"  failed: {check.describe()}")

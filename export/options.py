@@ -23,3 +23,4 @@ class ExportOptions:
     prefill: bool = False  # also export the time-parallel prefill graph (weights shared with the step graph)
     prefill_logits: str = PREFILL_LOGITS_LAST  # prefill graph output: "last" position's logits, or "all" positions
     ln_x_eps: float | None = None  # v5+ ln_x GroupNorm epsilon; None: BlinkDL's 64e-5 (rwkv.cpp's v5 uses 1e-5)
+    max_params: int | None = None  # plausibility cap on the checkpoint's parameters (None: limits.max_params())

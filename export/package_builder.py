@@ -7,26 +7,27 @@ interrupted or failed export leaves nothing half-written behind.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import torch
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.fileio import create_new_file, is_link
 from rwkv_deploy.models import build_model, load_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
 from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS,
                                        PREFILL_LOGITS_ALL, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
+from rwkv_deploy.staging import staged_directory, staged_files
 
 from .onnx_graph import export_prefill_graph, export_step_graph
-from .onnx_checks import check_onnx_file
+from .onnx_checks import check_onnx_file, check_opset
 from .options import PRECISIONS, QUANTIZED_PRECISIONS, ExportOptions
 from .precision import apply_precision
 from .quantize import quantize_staged_graph
@@ -34,6 +35,7 @@ from .shared_weights import share_weights
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
 
 INITIAL_STATE_FILE = "initial_state.npz"
+MIN_OPSET = 18  # torch.onnx's exporter (dynamo) writes opset 18 and later
 
 
 class ExportError(RwkvDeployError):
@@ -48,8 +50,12 @@ def _write_graph(
     progress(f"tracing the {kind} graph to ONNX and checking it")
     quantized = options.precision in QUANTIZED_PRECISIONS
     traced = path.with_name(f".fp32-{path.name}") if quantized else path
-    external = export(model, traced, options.opset, True if quantized else options.external_data,
-                      check=check_onnx_file)
+
+    def check(graph: Path) -> None:
+        check_onnx_file(graph)
+        check_opset(graph, options.opset)
+
+    external = export(model, traced, options.opset, True if quantized else options.external_data, check=check)
     quantization = None
     if quantized:  # int8/int4: quantize the traced fp32 graph into the final file, drop the fp32 one
         progress(f"quantizing the {kind} graph to {options.precision}")
@@ -74,20 +80,28 @@ def _state_entries(model: RWKVModel, package_dir: Path) -> list[StateEntry]:
     return entries
 
 
-def _prepare_target(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+def check_target(out_dir: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an output that would destroy or swallow something: a link or a file; the checkpoint (or any
+    input), a folder holding it, or a folder inside it; the current directory or a folder holding it; a
+    non-empty folder without --force, and with --force one that is not an rwkv-deploy package."""
+    if is_link(out_dir):
+        raise ExportError(f"{out_dir}: is a symbolic link; refusing to write through it")
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is a file; --out names the package directory to create")
+    target = out_dir.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            raise ExportError(f"{out_dir}: is, holds or lies inside the input {path}; choose another --out")
+    cwd = Path.cwd().resolve()
+    if cwd.is_relative_to(target):
+        raise ExportError(f"{out_dir}: is or holds the current directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise ExportError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, out_dir)
+        if not (out_dir / MANIFEST_NAME).is_file():
+            raise ExportError(f"{out_dir}: exists, is not empty and is not an rwkv-deploy package (no "
+                              f"{MANIFEST_NAME}); --force replaces only packages: choose another --out")
 
 
 def export_package(
@@ -101,20 +115,23 @@ def export_package(
         raise ExportError(f"--ln-x-eps {options.ln_x_eps}: must be a small positive number (BlinkDL 64e-5, rwkv.cpp 1e-5)")
     if options.precision not in PRECISIONS:
         raise ExportError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
-    out_dir = Path(out_dir)
-    _prepare_target(out_dir, options.force)
+    if not MIN_OPSET <= options.opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"--opset {options.opset}: the exporter writes opsets {MIN_OPSET} to "
+                          f"{onnx.defs.onnx_opset_version()}")
+    out_dir, checkpoint = Path(out_dir), Path(checkpoint)
+    tokenizer_file = [Path(options.tokenizer)] if options.tokenizer not in (None, "world", "bytes", "none") else []
+    check_target(out_dir, [checkpoint, *tokenizer_file], options.force)
     progress("loading checkpoint")
-    ckpt = load_checkpoint(checkpoint, **({"ln_x_eps": options.ln_x_eps} if options.ln_x_eps is not None else {}))
+    overrides = {"ln_x_eps": options.ln_x_eps} if options.ln_x_eps is not None else {}
+    ckpt = load_checkpoint(checkpoint, max_params=options.max_params, **overrides)
     cfg = ckpt.config
     kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
     model = build_model(cfg, ckpt.tensors)
     source_sha = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
     del ckpt
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be read by others
-    try:
+    # Built in a staging sibling, renamed into place at the end; one writer per --out (staging.py).
+    with staged_directory(out_dir, replace=options.force) as tmp:
         progress(f"preparing {options.precision} weights")
         graph_model = apply_precision(model, options.precision)
         name = options.name or Path(checkpoint).stem
@@ -132,7 +149,7 @@ def export_package(
         state = _state_entries(model, tmp)
         tokenizer = install_tokenizer(kind, tok_source, tmp)
         progress("hashing files")
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in staged_files(tmp)}
         manifest = Manifest(
             model=ModelInfo(version=cfg.version, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
                             head_size=cfg.head_size, vocab_size=cfg.vocab_size, ffn_size=cfg.ffn_size,
@@ -142,9 +159,6 @@ def export_package(
             producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
             source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},
         )
-        (tmp / MANIFEST_NAME).write_text(manifest.to_json())
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        create_new_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
+        check_target(out_dir, [checkpoint, *tokenizer_file], options.force)  # still true after minutes of work?
     return manifest

@@ -325,6 +325,8 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
 def _check_paths(package_dir: Path, out: Path, force: bool) -> None:
     if not package_dir.is_dir():
         raise TritonError(f"{package_dir}: no such package directory")
+    if out.is_symlink():
+        raise TritonError(f"{out}: is a symbolic link; refusing to write through it")
     if out.exists() and not out.is_dir():
         raise TritonError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rwkv_deploy import limits
 from rwkv_deploy.errors import CheckpointError
 
 from .checkpoint.hf_rwkv4 import hf_rwkv4_to_blinkdl, is_hf_rwkv4
@@ -103,10 +104,34 @@ def canonicalize(
     return config, tensors
 
 
-def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> Checkpoint:
-    """Read and check a checkpoint; `overrides` set ModelConfig fields (e.g. ln_x_eps=1e-5)."""
+def check_plausible(tensors: dict[str, torch.Tensor], path: Path, max_params: int | None = None) -> None:
+    """Refuse declared sizes before anything is allocated from them: a tensor cannot hold more elements than
+    the file stores for it (a stride-0 or overlapping view, e.g. a 1-element storage expanded to a billion
+    rows, would make every later copy allocate that much), and the model must stay under the parameter cap."""
+    cap = limits.max_params() if max_params is None else max_params
+    total = 0
+    for key, t in tensors.items():
+        if t.device.type == "meta":
+            raise CheckpointError(path, f"{key} holds no data (a meta tensor)")
+        if t.numel() == 0:
+            raise CheckpointError(path, f"{key} is empty (shape {list(t.shape)}); not a usable checkpoint")
+        stored = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+        if t.numel() * t.element_size() > max(stored, 0):
+            raise CheckpointError(path, f"{key} declares shape {list(t.shape)} ({t.numel():,} values) but the file "
+                                        f"stores {max(stored, 0):,} bytes for it (an expanded or overlapping view); "
+                                        "not a real checkpoint")
+        total += t.numel()
+    if total > cap:
+        raise CheckpointError(path, f"declares {total:,} parameters, more than the plausibility cap of {cap:,}; for a "
+                                    f"real model that large pass --max-params (or set {limits.MAX_PARAMS_ENV})")
+
+
+def load_checkpoint(path: str | os.PathLike, max_params: int | None = None, **overrides: Any) -> Checkpoint:
+    """Read and check a checkpoint; `overrides` set ModelConfig fields (e.g. ln_x_eps=1e-5); `max_params`
+    raises the plausibility cap (`check_plausible`) for real giant models."""
     p = Path(path)
     raw = read_tensors(p)
+    check_plausible(raw, p, max_params)
     config, tensors = canonicalize(raw, p, **overrides)
     return Checkpoint(p, config, tensors, _dtype_summary(raw), _source_format(p, raw))
 
@@ -123,6 +148,7 @@ def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0:
     return model
 
 
-def load_model(path: str | os.PathLike, fold_ln0: bool = True, **overrides: Any) -> RWKVModel:
-    ckpt = load_checkpoint(path, **overrides)
+def load_model(path: str | os.PathLike, fold_ln0: bool = True, max_params: int | None = None,
+               **overrides: Any) -> RWKVModel:
+    ckpt = load_checkpoint(path, max_params=max_params, **overrides)
     return build_model(ckpt.config, ckpt.tensors, fold_ln0=fold_ln0)

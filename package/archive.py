@@ -22,10 +22,8 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +31,12 @@ from typing import BinaryIO
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.fileio import write_atomically
+from rwkv_deploy.fileio import UnsafePathError, is_link, open_regular_file, write_atomically
+from rwkv_deploy.staging import staged_directory
 
-from .manifest import read_manifest, sha256_file
 from .names import ALIGNMENT, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME
+from .schema import parse_index, read_capped
+from .trust import DirReader, read_package_manifest
 from .verify import verify_package
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can record
@@ -100,28 +100,19 @@ def extract_package(archive: str | Path, dest_dir: str | Path) -> Path:
     The index itself is not extracted: the result is the package directory that was packaged, and
     packaging it again gives the same archive."""
     archive, dest = Path(archive), Path(dest_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ArchiveTargetError(f"{dest}: exists and is not empty")
+    if is_link(dest) or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+        raise ArchiveTargetError(f"{dest}: exists and is not an empty directory")
     if not archive.is_file():
         raise ArchiveTargetError(f"{archive}: no such archive")
     problems = verify_package(archive)
     if problems:
         raise ArchiveError(_refusal(f"{archive}: not extracted", archive, problems))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be read by others
-        with zipfile.ZipFile(archive) as zf:
-            expected = {n: (e["sha256"], e["size"]) for n, e in json.loads(zf.read(INDEX_NAME))["members"].items()}
-            for info in zf.infolist():
-                if not info.is_dir() and info.filename != INDEX_NAME:
-                    _extract_member(zf, info, tmp, expected[info.filename])
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_directory(dest) as tmp, zipfile.ZipFile(archive) as zf:
+        with zf.open(INDEX_NAME) as f:
+            expected = parse_index(read_capped(f, INDEX_NAME))
+        for info in zf.infolist():
+            if not info.is_dir() and info.filename != INDEX_NAME:
+                _extract_member(zf, info, tmp, expected[info.filename])
     return dest
 
 
@@ -131,6 +122,8 @@ def extract_package(archive: str | Path, dest_dir: str | Path) -> Path:
 def _check_paths(package_dir: Path, archive: Path, force: bool) -> None:
     if not package_dir.is_dir():
         raise ArchiveTargetError(f"{package_dir}: no such package directory")
+    if is_link(archive):
+        raise ArchiveTargetError(f"{archive}: is a symbolic link; refusing to write through it")
     if archive.is_dir():
         raise ArchiveTargetError(f"{archive}: is a directory; give the archive's file name")
     if archive.exists() and not force:
@@ -147,20 +140,33 @@ def _refusal(what: str, target: Path, problems: list[str]) -> str:
 def _plan_members(package_dir: Path) -> list[ArchiveMember]:
     """manifest.json first, then every other file sorted by path; an old PACKAGE.json is rebuilt, not copied.
 
-    Hashes of manifest-listed files come from the manifest (just verified); the writer re-hashes every
-    byte it copies, so a file changed in between still fails."""
-    listed = read_manifest(package_dir).files
-    names = sorted(p.relative_to(package_dir).as_posix() for p in package_dir.rglob("*") if p.is_file())
-    names = [MANIFEST_NAME] + [n for n in names if n not in (MANIFEST_NAME, INDEX_NAME)]
-    return [ArchiveMember(n, (package_dir / n).stat().st_size, listed.get(n) or sha256_file(package_dir / n))
-            for n in names]
+    The files are the regular files the trust boundary listed (links were refused by verification). Hashes of
+    manifest-listed files come from the manifest (just verified); the writer re-hashes every byte it copies
+    (opening each file without following links), so a file changed or swapped in between still fails."""
+    reader = DirReader(package_dir)
+    if reader.problems:
+        raise ArchiveError(f"{package_dir}: not packaged: {reader.problems[0]}")
+    listed = read_package_manifest(reader)[0].files
+    names = [MANIFEST_NAME] + [n for n in reader.names if n not in (MANIFEST_NAME, INDEX_NAME)]
+    members = []
+    for name in names:
+        if name in listed:
+            members.append(ArchiveMember(name, os.lstat(package_dir / name).st_size, listed[name]))
+        else:
+            sha256, size = reader.digest(name)
+            members.append(ArchiveMember(name, size, sha256))
+    return members
 
 
 def _write_zip(f: BinaryIO, package_dir: Path, members: list[ArchiveMember], index: bytes) -> None:
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         _add_member(zf, ArchiveMember(INDEX_NAME, len(index), hashlib.sha256(index).hexdigest()), io.BytesIO(index))
         for member in members:
-            with open(package_dir / member.name, "rb") as src:
+            try:
+                src = open_regular_file(package_dir / member.name)
+            except UnsafePathError as exc:
+                raise ArchiveError(f"{exc} (changed while it was being packaged)") from None
+            with src:
                 _add_member(zf, member, src)
 
 
@@ -191,16 +197,20 @@ def _alignment_extra(data_offset_without_extra: int) -> bytes:
 
 
 def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, expected: tuple[str, int]) -> None:
-    """Copy one member under `root`, checking its bytes against its (verified) index entry."""
+    """Copy one member under `root` (a folder this process just created), checking its bytes against its
+    (verified) index entry; never more bytes than the index declares, never through a link."""
     target = (root / info.filename).resolve()
     if not target.is_relative_to(root.resolve()):  # verification already rejects such names
         raise ArchiveError(f"{info.filename}: refusing to extract outside {root}")
     target.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
-    with zf.open(info) as src, open(target, "wb") as dst:
-        while block := src.read(_CHUNK):
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with zf.open(info) as src, os.fdopen(fd, "wb") as dst:
+        while block := src.read(min(_CHUNK, expected[1] - size + 1)):
             digest.update(block)
             size += len(block)
+            if size > expected[1]:
+                break
             dst.write(block)
     if (digest.hexdigest(), size) != expected:
         raise ArchiveError(f"{info.filename}: changed while it was being extracted")

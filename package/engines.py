@@ -11,7 +11,6 @@ reads them through here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,18 @@ def info_path(plan: str | Path) -> Path:
 
 
 def read_engine_record(plan: str | Path) -> dict[str, Any]:
-    """The record next to the plan at `plan`, checked for format."""
+    """The record next to the plan at `plan`, checked for format; read capped, never through a link."""
+    from rwkv_deploy.fileio import UnsafePathError, open_regular_file
+
+    from .schema import SchemaError, parse_json_object, read_capped
+
     path = info_path(plan)
     try:
-        record = json.loads(path.read_text())
+        with open_regular_file(path) as f:
+            record = parse_json_object(read_capped(f, str(path)), str(path))
     except FileNotFoundError:
         raise EngineError(f"{path}: missing; build the engine with `rwkv-deploy build-engine DIR`") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnsafePathError, SchemaError) as exc:
         raise EngineError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != ENGINE_FORMAT or \
             record.get("format_version") != ENGINE_FORMAT_VERSION:

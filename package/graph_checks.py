@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Iterator
 import onnx
 from google.protobuf.message import DecodeError
 
+from rwkv_deploy.fileio import UnsafePathError
+
 from .manifest import GraphInfo, Manifest, external_data_path, shape_text
 from .names import (BATCH_AXIS, LOGITS_DTYPE, PREFILL_GRAPH, PREFILL_LOGITS_ALL, PREFILL_TOKENS_INPUT, TIME_AXIS,
                     TOKEN_DTYPE)
@@ -26,8 +28,8 @@ def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
             continue  # reported as missing by the file checks
         try:
             with reader.open(graph.path) as f:
-                model = onnx.load_model(f, load_external_data=False)
-        except (OSError, zipfile.BadZipFile, DecodeError, ValueError) as exc:
+                model = onnx.load_model_from_string(f.read())  # external data is never loaded from bytes
+        except (OSError, zipfile.BadZipFile, DecodeError, ValueError, RuntimeError, UnsafePathError) as exc:
             problems.append(f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})")
             continue
         want_in, want_out = _expected_io(kind, graph, manifest)

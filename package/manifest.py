@@ -99,19 +99,10 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        return cls(
-            model=ModelInfo(**data["model"]),
-            graphs={k: GraphInfo(**v) for k, v in data["graphs"].items()},
-            state=[StateEntry(**s) for s in data["state"]],
-            tokenizer=TokenizerInfo(**data["tokenizer"]),
-            files=dict(data["files"]),
-            token_input=data["token_input"],
-            logits_output=data["logits_output"],
-            format_version=data["format_version"],
-            producer=data.get("producer", {}),
-            source=data.get("source", {}),
-            engines={k: EngineEntry(**v) for k, v in (data.get("engines") or {}).items()},
-        )
+        """The manifest of parsed JSON, through the strict schema (package/schema.py): SchemaError otherwise."""
+        from .schema import manifest_from_json
+
+        return manifest_from_json(data)
 
 
 def external_data_path(graph_path: str, name: str) -> str:
@@ -126,20 +117,23 @@ def shape_text(shape: list | None) -> str:
 
 
 def read_manifest(package_dir: str | Path) -> Manifest:
+    """manifest.json of `package_dir`, read capped (never through a link) and parsed by the strict schema.
+
+    This checks the manifest alone; a package about to be used goes through `trust.open_package_dir`,
+    which also checks every file it names."""
+    from rwkv_deploy.fileio import UnsafePathError, open_regular_file
+
+    from .schema import parse_manifest, read_capped
+
     path = Path(package_dir) / MANIFEST_NAME
     try:
-        data = json.loads(path.read_text())
+        with open_regular_file(path) as f:
+            data = read_capped(f, str(path))
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest.json (is {package_dir} an rwkv-deploy package?)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnsafePathError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format_version {data.get('format_version')!r} is not supported "
-                            f"(this rwkv-deploy reads {FORMAT_VERSION})")
-    try:
-        return Manifest.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    return parse_manifest(data, str(path))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -148,15 +142,3 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def verify_files(package_dir: str | Path, manifest: Manifest) -> list[str]:
-    """Problems (one line each) with the files the manifest lists: missing, or hash mismatch."""
-    problems = []
-    for rel, digest in manifest.files.items():
-        path = Path(package_dir) / rel
-        if not path.is_file():
-            problems.append(f"{path}: listed in the manifest but missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{path}: sha256 does not match the manifest (file changed or corrupt)")
-    return problems

@@ -14,12 +14,12 @@ from typing import Any
 
 from .generation import GenerationError, GenerationResult, GenerationStats, Generator, StepBackend, TextStream
 from .package import DeploymentPackage, InputError, PackageError
-from .sampling import SamplingError, SamplingParams, sample_token
+from .sampling import NonFiniteError, SamplingError, SamplingParams, sample_token
 from .state import RecurrentState, StateError
 
 __all__ = [
     "BackendError", "DeploymentPackage", "GenerationError", "GenerationResult", "GenerationStats", "Generator",
-    "InputError", "OnnxStepBackend", "PackageError", "RecurrentState", "SamplingError", "SamplingParams",
+    "InputError", "NonFiniteError", "OnnxStepBackend", "PackageError", "RecurrentState", "SamplingError", "SamplingParams",
     "StateError", "StepBackend", "TextStream", "sample_token",
 ]
 

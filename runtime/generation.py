@@ -5,6 +5,11 @@ conversation continues by passing that state with the next prompt. A stop token 
 without being added; a stop string ends it after the token that completed it, and the text is cut
 before the stop string (it is never streamed). Batched generation runs all unfinished sequences in
 one backend call per step and drops sequences from the batch as they finish.
+
+Prompts go through a prefill graph in chunks of at most `prefill_chunk` tokens, the state carried from
+chunk to chunk, so memory stays bounded for any prompt length and the logits are those of one long call.
+Logits are checked after every backend call: NaN or infinity stops generation with a NonFiniteError that
+says where it appeared (which sequence, after how many tokens, which state tensor), never a token id.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .sampling import SamplingParams, sample_token
-from .state import RecurrentState
+from .sampling import NonFiniteError, SamplingParams, sample_token
+from .state import RecurrentState, host
 
 if TYPE_CHECKING:
     from rwkv_deploy.tokenization import Tokenizer
 
 Prompt = str | Sequence[int]
+PREFILL_CHUNK = 512  # tokens per prefill call: bounded activations (and [T, vocab] logits for "all" graphs)
+MAX_SEED = 2**64 - 1
 
 
 class GenerationError(RwkvDeployError, ValueError):
@@ -124,9 +131,13 @@ class _Sequence:
 class Generator:
     """Generates text with a backend and (for text prompts and output) the package's tokenizer."""
 
-    def __init__(self, backend: StepBackend, tokenizer: "Tokenizer | None" = None) -> None:
+    def __init__(self, backend: StepBackend, tokenizer: "Tokenizer | None" = None,
+                 prefill_chunk: int = PREFILL_CHUNK) -> None:
+        if prefill_chunk < 1:
+            raise GenerationError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
         self.backend = backend
         self.tokenizer = tokenizer
+        self.prefill_chunk = prefill_chunk
 
     # -- prefill -----------------------------------------------------------------------------------
     def prefill(self, token_ids: Sequence[int], state: RecurrentState | None = None) -> tuple[np.ndarray, RecurrentState]:
@@ -149,6 +160,7 @@ class Generator:
         for end in sorted(set(map(len, prompts))):  # feed up to where the next prompt ends, in one go
             block = np.array([prompts[i][position:end] for i in running], np.int64)  # [rows, end - position]
             logits, state = self._feed(block, state)
+            check_finite_logits(logits, state, running, f"after {end} prompt tokens")
             position = end
             done = [row for row, i in enumerate(running) if len(prompts[i]) == end]
             if len(done) == len(running) == len(prompts):  # all equally long: the batch state is the answer
@@ -162,9 +174,14 @@ class Generator:
         return np.stack(final_logits), RecurrentState.concat(parked)
 
     def _feed(self, block: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
-        """Tokens [rows, T] into the backend: one prefill call when it has a prefill graph, else T steps."""
+        """Tokens [rows, T] into the backend: prefill calls of at most `prefill_chunk` tokens when it has a
+        prefill graph (the state carried between them), else T steps."""
         if block.shape[1] > 1 and getattr(self.backend, "has_prefill", False):
-            return self.backend.prefill(block, state)
+            for start in range(0, block.shape[1], self.prefill_chunk):
+                chunk = np.ascontiguousarray(block[:, start:start + self.prefill_chunk])
+                logits, state = (self.backend.prefill(chunk, state) if chunk.shape[1] > 1 else
+                                 self.backend.step(np.ascontiguousarray(chunk[:, 0]), state))
+            return logits, state
         for column in block.T:
             logits, state = self.backend.step(np.ascontiguousarray(column), state)
         return logits, state
@@ -208,6 +225,9 @@ class Generator:
             raise GenerationError(f"{len(prompts)} prompts but {len(states)} states")
         if stop_strings and self.tokenizer is None:
             raise GenerationError("stop strings need a tokenizer; this package has none")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed <= MAX_SEED):
+            raise GenerationError(f"seed must be a whole number in 0..2**64-1, got {seed!r}")
         params = SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty)
         token_prompts = [self._encode(p) for p in prompts]
         started = time.perf_counter()
@@ -255,6 +275,8 @@ class Generator:
             fed_state = state if len(feed) == len(running) else state.rows(feed)
             logits, state = self.backend.step(np.array(fed_tokens, np.int64), fed_state)
             running = [running[row] for row in feed]
+            check_finite_logits(logits, state, running,
+                                f"at generated token {len(sequences[running[0]].token_ids)}")
             done = {row: self._finished(sequences[index], max_tokens) for row, index in enumerate(running)}
             for row, reason in done.items():
                 if reason:
@@ -301,3 +323,17 @@ class Generator:
         counts = np.zeros(self.backend.vocab_size, np.int64) if params.uses_penalties else None
         stream = TextStream(stop_strings) if self.tokenizer is not None else None
         return _Sequence(prompt_tokens, np.random.default_rng(seed), counts, stream)
+
+
+def check_finite_logits(logits: np.ndarray, state: RecurrentState, sequences: Sequence[int], when: str) -> None:
+    """NonFiniteError naming the first sequence whose logits hold NaN or infinity, when it happened, and the
+    state tensors that went non-finite with it (a broken model, weights or initial state)."""
+    finite = np.isfinite(logits).reshape(logits.shape[0], -1).all(axis=1)
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    values = [host(v) for v in state.values]
+    bad = [name for name, value in zip(state.names, values) if not np.isfinite(value[row]).all()]
+    where = f"; state tensor {bad[0]} is NaN/infinite too" if bad else "; the state is still finite"
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise NonFiniteError(f"the model's logits are NaN or infinite {when} (sequence {sequences[row]}){where}{more}")

@@ -9,7 +9,8 @@ IOBinding for small models, and numpy state is what `RecurrentState` works with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,18 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+@contextmanager
+def _ort_errors(graph: Any) -> Iterator[None]:
+    """ONNX Runtime's own exceptions (an allocation failure, a kernel error) as one-line BackendErrors."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BackendError(f"{graph}: onnxruntime failed to run the graph ({first[:300]})") from None
+
+
 def _provider_name(provider: Provider) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
@@ -102,7 +115,8 @@ class OnnxStepBackend:
             raise StateError("state belongs to another model (its graph sha256 differs from this package's)")
         state.check(self._entries, batch=len(tokens))
         run = self._run_on_device if self.device == "cuda" else self._run_on_host
-        logits, values = run(tokens, state.values)
+        with _ort_errors(self.package.graph_path):
+            logits, values = run(tokens, state.values)
         return logits, state.replace(values)
 
     @property
@@ -123,7 +137,9 @@ class OnnxStepBackend:
         state.check(self._entries, batch=array.shape[0])
         feeds = {PREFILL_TOKENS_INPUT: flat}
         feeds.update({e.input: host(v) for e, v in zip(self._entries, state.values)})
-        logits, *values = self._prefill_graph().run(self._outputs, feeds)
+        session = self._prefill_graph()
+        with _ort_errors(self.package.prefill_graph_path):
+            logits, *values = session.run(self._outputs, feeds)
         return (logits[:, -1] if logits.ndim == 3 else logits), state.replace(values)
 
     def _prefill_graph(self) -> ort.InferenceSession:

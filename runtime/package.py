@@ -1,7 +1,10 @@
 """An exported package directory opened for inference: manifest, verified files, tokenizer, fresh state.
 
-Opening checks every file against the manifest's sha256 first, so a corrupt or tampered graph is
-refused with its name before any backend parses it. Nothing here imports torch.
+Opening goes through the package layer's trust boundary (`rwkv_deploy.package.trust`): the manifest is
+parsed by the strict schema, every file it names must be a listed, regular file inside the package, nothing
+unlisted may sit beside them, and every file's sha256 is checked, so a corrupt, tampered or crafted package
+is refused with its name before any backend parses it. `verify=False` skips only the hashing (trusted local
+packages), never the path rules. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -16,24 +19,15 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.package.manifest import Manifest
 from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
 from rwkv_deploy.package.state_files import graph_sha256, load_initial_arrays
+from rwkv_deploy.package.trust import PackageError, PackageFilesChanged, open_package_dir
 
 from .state import RecurrentState
 
 if TYPE_CHECKING:
     from rwkv_deploy.tokenization import Tokenizer
-
-class PackageError(RwkvDeployError):
-    """A package that cannot be used: files missing or changed since export, or no step graph."""
-
-    exit_code = 2
-
-
-class PackageFilesChanged(PackageError):
-    """A file the manifest lists is missing or no longer has the sha256 recorded at export."""
-
 
 class InputError(RwkvDeployError, ValueError):
     """Token ids the model cannot take (wrong shape or dtype, or outside the vocabulary)."""
@@ -42,14 +36,19 @@ class InputError(RwkvDeployError, ValueError):
 
 
 def load_package_tokenizer(manifest: Manifest, package_dir: Path) -> "Tokenizer | None":
-    """The package's tokenizer, or None for kind "none". Imported lazily: tokenizer-less
-    deployments never load the tokenizer modules."""
+    """The package's tokenizer, or None for kind "none"; PackageError when it emits ids the model does not
+    have. Imported lazily: tokenizer-less deployments never load the tokenizer modules."""
     info = manifest.tokenizer
     if info.kind == "none":
         return None
     from rwkv_deploy.tokenization import load_tokenizer
 
-    return load_tokenizer(info.kind, package_dir / info.files[0] if info.files else None)
+    tokenizer = load_tokenizer(info.kind, package_dir / info.files[0] if info.files else None)
+    if tokenizer.vocab_size > manifest.model.vocab_size:
+        where = package_dir / (info.files[0] if info.files else "manifest.json")
+        raise PackageError(f"{where}: the {info.kind} tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                           f"vocab_size is {manifest.model.vocab_size}")
+    return tokenizer
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,10 @@ class DeploymentPackage:
 
     @classmethod
     def open(cls, directory: str | os.PathLike, verify: bool = True) -> "DeploymentPackage":
-        """Read the manifest, check file hashes (`verify=False` skips hashing large graphs), load the tokenizer."""
+        """Open the package through the trust boundary (`verify=False` skips hashing large graphs, never the
+        path rules), load the tokenizer and the initial state (shapes checked before reading, finite)."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        if STEP_GRAPH not in manifest.graphs:
-            raise PackageError(f"{directory}: the manifest lists no {STEP_GRAPH!r} graph "
-                               f"(has: {', '.join(manifest.graphs) or 'none'})")
-        if verify:
-            problems = verify_files(directory, manifest)
-            if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise PackageFilesChanged(problems[0] + more)
+        manifest = open_package_dir(directory, hashes=verify)
         return cls(directory, manifest, load_package_tokenizer(manifest, directory),
                    load_initial_arrays(manifest, directory))
 
@@ -116,7 +108,8 @@ class DeploymentPackage:
 @contextmanager
 def package_directory(path: str | os.PathLike) -> Iterator[Path]:
     """A package directory as it is, or an archive (`rwkv-deploy package`) verified and extracted to a
-    temporary directory that is removed afterwards."""
+    temporary directory that is removed afterwards (also when a signal ends the process: the CLI turns
+    SIGTERM and SIGHUP into exceptions, so this cleanup runs)."""
     path = Path(path)
     if path.is_dir():
         yield path

@@ -3,10 +3,15 @@
 Order (as in most servers): presence/frequency penalties on the raw logits, then greedy argmax when
 temperature is 0; otherwise divide by the temperature, keep the top k, keep the smallest set whose
 probability reaches top_p, and draw from what is left with a caller-seeded `numpy.random.Generator`.
+
+Every setting must be a finite number in its range, and logits must be finite: a NaN or infinite logit is
+an error (NonFiniteError), never a token id. Scaling subtracts the largest logit before dividing by the
+temperature, so a tiny temperature (1e-40) is greedy rather than an overflow.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +25,15 @@ class SamplingError(RwkvDeployError, ValueError):
     exit_code = 2
 
 
+class NonFiniteError(RwkvDeployError, ValueError):
+    """NaN or infinity where a model must produce finite numbers (logits, state); says where it appeared."""
+
+    exit_code = 2
+
+
+MAX_PENALTY = 100.0  # |presence_penalty|, |frequency_penalty|: beyond this every generated token is simply banned
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """temperature 0 means greedy; top_k 0 and top_p 1 mean no cut; penalties apply to generated tokens."""
@@ -31,12 +45,16 @@ class SamplingParams:
     frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise SamplingError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SamplingError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
+        if isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 0:
+            raise SamplingError(f"top_k must be a whole number >= 0 (0 = no limit), got {self.top_k}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and abs(value) <= MAX_PENALTY):
+                raise SamplingError(f"{name} must be a finite number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}")
 
     @property
     def uses_penalties(self) -> bool:
@@ -74,15 +92,25 @@ def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
     return keep
 
 
+def nonfinite_count(logits: np.ndarray) -> int:
+    """How many entries of `logits` are NaN or infinite (0 for a healthy model output)."""
+    return int(logits.size - np.count_nonzero(np.isfinite(logits)))
+
+
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
                  counts: np.ndarray | None = None) -> int:
-    """One token id from 1-D `logits`; `counts` are how often each id was generated so far (for penalties)."""
+    """One token id in [0, len(logits)) from 1-D `logits`; `counts` are how often each id was generated so far
+    (for penalties). NonFiniteError when the logits hold NaN or infinity."""
+    if bad := nonfinite_count(logits):
+        raise NonFiniteError(f"{bad} of {logits.size} logits are NaN or infinite; no token can be sampled")
     if counts is not None and params.uses_penalties:
-        logits = apply_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
+        logits = apply_penalties(logits.astype(np.float64), counts, params.presence_penalty, params.frequency_penalty)
     if params.temperature == 0:
         return int(np.argmax(logits))
-    scaled = np.where(top_k_mask(logits, params.top_k), logits / params.temperature, -np.inf)
+    shifted = logits.astype(np.float64) - np.max(logits)  # <= 0 everywhere, 0 at the best token
+    scaled = np.where(top_k_mask(logits, params.top_k), shifted / params.temperature, -np.inf)
     probs = softmax(scaled)
     probs = np.where(top_p_mask(probs, params.top_p), probs, 0.0)
     cdf = np.cumsum(probs)
-    return int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    token = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return token if token < logits.size else int(np.flatnonzero(probs)[-1])  # rounding at the very end

@@ -30,3 +30,14 @@ def shared_package(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def bundled_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled RWKV-7 byte-level model exported once per session, fp32 (read it; copy it to change it)."""
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from rwkv_deploy.models.bundled import bundled_checkpoint
+
+    out = tmp_path_factory.mktemp("bundled") / "tiny"
+    export_package(bundled_checkpoint(), out, ExportOptions())
+    return out

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.fileio import create_new_file, is_link
 from rwkv_deploy.package.names import STEP_GRAPH
+from rwkv_deploy.staging import staged_directory
 
 from .validator import ValidationResult
 
@@ -33,15 +38,47 @@ def artifact_runtime(result: ValidationResult) -> str:
     """What ran the artifact, in words (the validator's description of the runtime backend)."""
     return result.artifact_runtime or f"the runtime's {result.options.backend} backend"
 
-def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
-    """Write report.json, report.md and report.png into `out_dir` (created if needed)."""
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
+class ReportTargetError(RwkvDeployError):
+    """The report folder cannot be (re)written without following a link or deleting someone's files."""
+
+    exit_code = 2
+
+
+def check_report_target(out_dir: str | Path) -> None:
+    """Refuse a report folder that is a symbolic link, not a folder, or holds anything but an earlier
+    report: the new report replaces the whole folder, so nothing else may be in it. Checked before
+    validating (and again when writing)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = ReportFiles(out / "report.json", out / "report.md", out / "report.png")
-    files.json.write_text(json.dumps(json_safe(report_dict(result)), indent=2, allow_nan=False) + "\n")
-    plot_errors(result, files.plot)
-    files.markdown.write_text(markdown(result, files.plot.name))
-    return files
+    if is_link(out):
+        raise ReportTargetError(f"{out}: is a symbolic link; refusing to write the report through it")
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise ReportTargetError(f"{out}: exists and is not a folder")
+    links = sorted(p.name for p in out.iterdir() if is_link(p))
+    if links:
+        raise ReportTargetError(f"{out / links[0]}: is a symbolic link; refusing to write the report there")
+    others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES or not stat.S_ISREG(os.lstat(p).st_mode))
+    if others:
+        raise ReportTargetError(f"{out}: holds {others[0]!r}, which is not a validation report file; give an empty "
+                                "or new folder with --report-dir")
+
+
+def write_report(result: ValidationResult, out_dir: str | Path) -> ReportFiles:
+    """Write report.json, report.md and report.png as a fresh folder `out_dir`: built beside it, then renamed
+    into place (an earlier report there is replaced as a whole; links are never followed)."""
+    out = Path(out_dir)
+    check_report_target(out)
+    with staged_directory(out, replace=True) as tmp:
+        create_new_file(tmp / REPORT_FILES[0],
+                        (json.dumps(json_safe(report_dict(result)), indent=2, allow_nan=False) + "\n").encode())
+        plot_errors(result, tmp / REPORT_FILES[2])
+        create_new_file(tmp / REPORT_FILES[1], markdown(result, REPORT_FILES[2]).encode())
+        check_report_target(out)
+    return ReportFiles(*(out / name for name in REPORT_FILES))
 
 
 def report_dict(result: ValidationResult) -> dict[str, Any]:

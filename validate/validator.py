@@ -84,11 +84,12 @@ def validate_package(
 
 
 def _open_package(package_dir: Path, check_hashes: bool) -> DeploymentPackage:
-    """The package as the runtime opens it; a changed file names the way out (--skip-hash-check)."""
+    """The package as the runtime opens it (the trust boundary); a changed file names the way out (--no-verify,
+    which skips the hashing only, never the path rules)."""
     try:
         return DeploymentPackage.open(package_dir, verify=check_hashes)
     except PackageFilesChanged as exc:
-        raise ValidationError(f"{exc}; re-export, or pass --skip-hash-check to validate the files as they are") from None
+        raise ValidationError(f"{exc}; re-export, or pass --no-verify to validate the files as they are") from None
 
 
 def _checks(results: list[StreamResult], greedy: GreedyResult, prefill: PrefillResult | None,

@@ -23,7 +23,7 @@ const USAGE = `usage: node deploy/node/cli.js DIR (--prompt TEXT | --tokens ID,I
   --seed S                 seed of the sampler (deterministic PRNG; default random)
   --stop TEXT              stop when TEXT appears (repeatable; cut from the output)
   --threads N              ONNX Runtime intra-op threads (default: ONNX Runtime's choice)
-  --verify                 check every file's sha256 against the manifest first
+  --no-verify              skip hashing the package's files (a trusted local package; the path rules stay)
   --json                   print one JSON object (text, token ids, stats) instead of streaming text
   --dump-logits FILE       write JSON {prompt_ids, token_ids, logits: [[...] per step]} (every step's logits)
   --quiet                  no statistics on stderr
@@ -66,6 +66,7 @@ async function main(argv) {
         stop: { type: "string", multiple: true },
         threads: { type: "string" },
         verify: { type: "boolean" },
+        "no-verify": { type: "boolean" },
         json: { type: "boolean" },
         "dump-logits": { type: "string" },
         quiet: { type: "boolean" },
@@ -111,7 +112,7 @@ async function main(argv) {
     }
     throw err;
   }
-  const pkg = await loadPackage(positionals[0], { threads, verify: values.verify });
+  const pkg = await loadPackage(positionals[0], { threads, verify: !values["no-verify"] });
   const steps = [];
   const result = await pkg.generator.generate(prompt, {
     ...options,

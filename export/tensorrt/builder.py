@@ -20,7 +20,8 @@ from typing import Any
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.fileio import write_bytes_atomically
 from rwkv_deploy.package.engines import runs_on
-from rwkv_deploy.package.manifest import Manifest, read_manifest, verify_files
+from rwkv_deploy.package.manifest import Manifest
+from rwkv_deploy.package.trust import PackageError, open_package_dir
 from rwkv_deploy.tensorrt_library import TENSORRT_RTX, GpuInfo, TensorRTLibrary
 
 from .build_config import EngineBuildConfig
@@ -60,10 +61,10 @@ def build_engines(package_dir: str | Path, configs: list[EngineBuildConfig], lib
 
 def _checked_package(package_dir: Path, graphs: list[str], flavour: str, targets: tuple[str, ...]) -> Manifest:
     """The manifest of an intact package whose graphs pass check-trt for this flavour and these targets."""
-    manifest = read_manifest(package_dir)
-    problems = verify_files(package_dir, manifest)
-    if problems:
-        raise EngineBuildError(f"{problems[0]} (rebuild from an intact package)")
+    try:
+        manifest = open_package_dir(package_dir)  # the trust boundary: schema, paths, hashes
+    except PackageError as exc:
+        raise EngineBuildError(f"{exc} (rebuild from an intact package)") from None
     quantized = sorted({manifest.graphs[g].precision for g in graphs} & set(WEIGHT_ONLY_PRECISIONS))
     if quantized:
         raise EngineBuildError(f"{package_dir}: an {quantized[0]} package cannot become a TensorRT engine: its "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rwkv_deploy import limits
 from rwkv_deploy.errors import CheckpointError
 
 TensorDict = dict[str, torch.Tensor]
@@ -41,8 +42,11 @@ def _unwrap(obj: object, path: Path) -> TensorDict:
 
 def read_pth(path: Path) -> TensorDict:
     """A PyTorch `.pth`/`.bin` file, loaded with weights_only=True and memory-mapped where the format allows."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read ({exc.strerror or exc})") from None
     if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither a zip archive nor a legacy pickle
         raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     is_complete_zip = zipfile.is_zipfile(path)
@@ -65,8 +69,10 @@ def read_safetensors(path: Path) -> TensorDict:
 
     try:
         return _unwrap(load_file(str(path), device="cpu"), path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(path, f"truncated or corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read ({exc.strerror or exc})") from None
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(path, f"truncated or corrupt safetensors file ({(str(exc).splitlines() or [''])[0]})") from None
 
 
 def read_hf_directory(path: Path) -> TensorDict:
@@ -77,15 +83,41 @@ def read_hf_directory(path: Path) -> TensorDict:
                                ("pytorch_model.bin.index.json", read_pth)):
         index = path / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             tensors: TensorDict = {}
-            for shard in shards:
+            for shard in _shards(index):
+                if not (path / shard).is_file():
+                    raise CheckpointError(path / shard, f"missing: {index_name} lists it as a shard")
                 tensors.update(reader(path / shard))
             return tensors
     for name, reader in (("model.safetensors", read_safetensors), ("pytorch_model.bin", read_pth)):
         if (path / name).is_file():
             return reader(path / name)
     raise CheckpointError(path, "Hugging Face directory without model.safetensors or pytorch_model.bin")
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard file names of a sharded HF checkpoint's index: plain names inside the folder only."""
+    try:
+        with open(index, "rb") as f:
+            data = f.read(limits.JSON_BYTES + 1)
+        if len(data) > limits.JSON_BYTES:
+            raise CheckpointError(index, f"larger than {limits.JSON_BYTES // limits.MIB} MiB; not a shard index")
+        weight_map = json.loads(data).get("weight_map")
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(index, f"cannot read ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError, AttributeError) as exc:
+        raise CheckpointError(index, f"not a shard index (not a JSON object: {str(exc)[:80]})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(index, "not a shard index (no weight_map object)")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(index, "weight_map values must be shard file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if "/" in shard or "\\" in shard or shard in ("", ".", "..") or "\0" in shard:
+            raise CheckpointError(index, f"shard {shard[:80]!r} is not a file name inside the folder")
+    return shards
 
 
 def read_tensors(path: str | os.PathLike) -> TensorDict:

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.models.bundled import bundled_checkpoint
 from tests.deploy.jsutil import CHROMIUM, NODE_DIR, WEB_DIR, require
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.helpers.small_packages import export_small
@@ -39,14 +38,6 @@ def chromium(node) -> Path:
 
 
 # -- packages -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def bundled_pkg(tmp_path_factory) -> Path:
-    """The bundled RWKV-7 byte-level model, fp32."""
-    out = tmp_path_factory.mktemp("js-bundled") / "tiny"
-    export_package(bundled_checkpoint(), out, ExportOptions())
-    return out
-
 
 @pytest.fixture(scope="session")
 def v4_pkg(tmp_path_factory) -> Path:

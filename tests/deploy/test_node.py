@@ -144,8 +144,11 @@ def test_world_tokenizer_package(node, world_pkg):
 
 def test_unknown_graphs_in_the_manifest_are_ignored(node, bundled_pkg, tmp_path):
     pkg = copy_package(bundled_pkg, tmp_path / "pkg")
-    edit_manifest(pkg, lambda m: m["graphs"].update(prefill={"path": "prefill.onnx", "precision": "fp32", "opset": 18,
-                                                             "external_data": None}))
+    graph = json.loads((pkg / "manifest.json").read_text())["graphs"]["step"]["path"]
+    shutil.copy(pkg / graph, pkg / "prefill.onnx")  # a graph the JS runtime does not use, listed like any file
+    edit_manifest(pkg, lambda m: (m["graphs"].update(prefill={"path": "prefill.onnx", "precision": "fp32", "opset": 18,
+                                                              "external_data": None}),
+                                  m["files"].update({"prefill.onnx": m["files"][graph]})))
     ref = python_greedy(bundled_pkg, "import ", 16)
     assert_same_run(node_greedy(node, pkg, "import ", 16, tmp_path / "dump.json"), ref, "manifest with a prefill graph")
 
@@ -275,6 +278,13 @@ def edit_manifest(pkg: Path, change) -> None:
     (pkg / "manifest.json").write_text(json.dumps(manifest))
 
 
+def relist(pkg: Path, *names: str) -> None:
+    import hashlib
+
+    edit_manifest(pkg, lambda m: m["files"].update({n: hashlib.sha256((pkg / n).read_bytes()).hexdigest()
+                                                    for n in names}))
+
+
 def assert_refused(node, pkg: Path, names: Path | str, *args: str, expect: str = "") -> str:
     out = run_node(node, CLI, pkg, *(args or ("--prompt", "x")), "--max-tokens", "2")
     lines = out.stderr.strip().splitlines()
@@ -295,7 +305,7 @@ def test_wrong_format_version(node, bundled_pkg, tmp_path):
     edit_manifest(pkg, lambda m: m.update(format_version=2))
     assert_refused(node, pkg, pkg / "manifest.json", expect="format_version 2 is not supported")
     (pkg / "manifest.json").write_text("{not json")
-    assert_refused(node, pkg, pkg / "manifest.json", expect="unreadable manifest")
+    assert_refused(node, pkg, pkg / "manifest.json", expect="not valid JSON")
 
 
 def test_missing_graph_file(node, bundled_pkg, tmp_path):
@@ -314,19 +324,76 @@ def test_missing_external_data_and_init_file(node, external_pkg, tuned_pkg, tmp_
     (pkg / "initial_state.npz").unlink()
     assert_refused(node, pkg, pkg / "initial_state.npz", "--tokens", "1", expect="missing")
     (pkg / "initial_state.npz").write_bytes(b"not a zip")
+    assert_refused(node, pkg, pkg / "initial_state.npz", "--tokens", "1", expect="sha256 does not match")
+    relist(pkg, "initial_state.npz")  # a listed file that is no .npz reaches the reader
     assert_refused(node, pkg, pkg / "initial_state.npz", "--tokens", "1", expect="cannot read the initial state")
 
 
 def test_hf_tokenizer_is_a_clear_error_but_token_ids_still_work(node, bundled_pkg, tmp_path):
     pkg = copy_package(bundled_pkg, tmp_path / "pkg")
-    edit_manifest(pkg, lambda m: m.update(tokenizer={"kind": "hf", "files": [], "eos_token_id": None}))
+    (pkg / "tokenizer.json").write_text("{}")
+    edit_manifest(pkg, lambda m: m.update(tokenizer={"kind": "hf", "files": ["tokenizer.json"], "eos_token_id": None}))
+    relist(pkg, "tokenizer.json")
     assert_refused(node, pkg, pkg / "manifest.json", "--prompt", "hello", expect='tokenizer kind "hf"')
     out = run_node(node, CLI, pkg, "--tokens", "100,101,102", "--max-tokens", "4", "--greedy", "--quiet")
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.split()) == 4
 
 
+# -- the trust rules of manifest.md, as the Python runtime applies them -----------------------------------
+
+@pytest.mark.parametrize("damage,culprit,expect", [
+    pytest.param(lambda p, g: (shutil.move(p / g, p.parent / "real.onnx"), os.symlink(p.parent / "real.onnx", p / g)),
+                 "GRAPH", "is a symbolic link", id="linked-graph"),
+    pytest.param(lambda p, g: ((p / "validation").mkdir(), os.symlink("/etc/hostname", p / "validation" / "r.md")),
+                 "validation/r.md", "is a symbolic link", id="link-in-validation"),
+    pytest.param(lambda p, g: (p / "notes.py").write_text("x"), "notes.py", "not listed in manifest.json files",
+                 id="unlisted-file"),
+    pytest.param(lambda p, g: (shutil.copy(p / g, p.parent / "outside.onnx"),
+                               edit_manifest(p, lambda m: m["graphs"]["step"].update(path="../outside.onnx"))),
+                 "manifest.json", "'..' path component", id="dotdot-graph"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m["graphs"]["step"].update(path="/etc/hostname")),
+                 "manifest.json", "absolute path", id="absolute-graph"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m.update(files={})), "manifest.json",
+                 "is not listed in files", id="files-empty"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m["state"][0].update(init="abc")), "manifest.json",
+                 "state[0].init must be a finite number", id="init-string"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m["model"].update(vocab_size="256")), "manifest.json",
+                 "model.vocab_size must be an integer", id="vocab-string"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m.update(format_version=True)), "manifest.json",
+                 "format_version true is not supported", id="format-true"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m["tokenizer"].update(kind="world")), "manifest.json",
+                 "emits ids up to 65535", id="world-on-256"),
+    pytest.param(lambda p, g: edit_manifest(p, lambda m: m["state"][0].update(shape=["batch", 1 << 20, 1 << 20])),
+                 "manifest.json", "GiB of state per sequence", id="huge-state"),
+    pytest.param(lambda p, g: (p / "manifest.json").write_text('{"a":' * 5000 + "1" + "}" * 5000), "manifest.json",
+                 "nested 5000 levels", id="deep-nesting"),
+    pytest.param(lambda p, g: (p / "manifest.json").write_text(" " * (5 << 20)), "manifest.json", "larger than 4 MiB",
+                 id="5MiB-manifest"),
+])
+def test_the_node_runtime_applies_the_trust_rules(node, bundled_pkg, tmp_path, damage, culprit, expect):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    graph = json.loads((pkg / "manifest.json").read_text())["graphs"]["step"]["path"]
+    damage(pkg, graph)
+    assert_refused(node, pkg, pkg / (graph if culprit == "GRAPH" else culprit), expect=expect)
+
+
+def test_a_flipped_byte_is_refused_unless_hashing_is_skipped(node, bundled_pkg, tmp_path):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    graph = json.loads((pkg / "manifest.json").read_text())["graphs"]["step"]["path"]
+    data = bytearray((pkg / graph).read_bytes())
+    data[-10] ^= 1
+    (pkg / graph).write_bytes(bytes(data))
+    assert_refused(node, pkg, pkg / graph, expect="sha256 does not match")
+    out = run_node(node, CLI, pkg, "--prompt", "x", "--max-tokens", "1", "--no-verify", "--quiet")
+    assert out.returncode in (0, 2), out.stderr  # ran (or ORT refused the damaged protobuf): never a traceback
+    assert "at " not in out.stderr
+
+
 def test_bad_arguments(node, bundled_pkg):
+    assert_refused(node, bundled_pkg, "temperature must be a finite number", "--prompt", "x", "--temperature", "Infinity")
+    assert_refused(node, bundled_pkg, "presence_penalty must be a finite number", "--prompt", "x",
+                   "--presence-penalty", "1000")
     assert_refused(node, bundled_pkg, "top_p must be in (0, 1]", "--prompt", "x", "--top-p", "1.5")
     assert_refused(node, bundled_pkg, "give either --prompt TEXT or --tokens IDS", "--max-tokens", "3")
     assert_refused(node, bundled_pkg, "outside the vocabulary", "--tokens", "300")

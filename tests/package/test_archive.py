@@ -195,6 +195,6 @@ def test_cli_package(package: Path, package_copy: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["package", str(package), "-o", str(archive), "--force"]).exit_code == 0
     (package_copy / "manifest.json").write_text("{")
     broken = runner.invoke(app, ["package", str(package_copy), "-o", str(tmp_path / "broken.zip")])
-    assert broken.exit_code == 1 and "manifest.json: unreadable" in broken.stderr
+    assert broken.exit_code == 1 and "manifest.json: not valid JSON" in broken.stderr
     assert not (tmp_path / "broken.zip").exists()
     assert runner.invoke(app, ["package", str(tmp_path / "nope"), "-o", str(archive)]).exit_code == 2

@@ -129,7 +129,7 @@ def test_manifest_state_shape_that_the_graph_does_not_have(pkg: Path) -> None:
 def test_state_without_leading_batch_axis_is_reported(pkg: Path) -> None:
     edit_manifest(pkg, lambda m: m["state"][0].update(shape=[1, 64]))
     problems = verify_package(pkg)
-    assert "manifest.json: state 'layer0.att_shift' shape [1, 64] must be [batch, positive ints...]" in problems
+    assert problems == ["manifest.json: state[0].shape must start with 'batch'"]
 
 
 def test_graph_input_renamed_with_onnx(pkg: Path) -> None:
@@ -159,12 +159,9 @@ def test_reordered_graph_inputs_are_reported(pkg: Path) -> None:
         f"{GRAPH}: graph inputs are not in manifest.json's order (token/logits, then state)"]
 
 
-def test_state_dtype_mismatch(pkg: Path) -> None:
+def test_state_dtype_other_than_float32_is_refused_by_the_schema(pkg: Path) -> None:
     edit_manifest(pkg, lambda m: m["state"][1].update(dtype="float16"))
-    assert verify_package(pkg) == [
-        f"{GRAPH}: input 'state_in.layer0.wkv' is float32, expected float16",
-        f"{GRAPH}: output 'state_out.layer0.wkv' is float32, expected float16",
-    ]
+    assert verify_package(pkg) == ["manifest.json: state[1].dtype is 'float16', not one of float32"]
 
 
 def test_vocab_size_mismatch_shows_in_logits_shape(pkg: Path) -> None:
@@ -179,8 +176,8 @@ def test_opset_mismatch(pkg: Path) -> None:
 
 def test_renamed_token_input_in_manifest(pkg: Path) -> None:
     edit_manifest(pkg, lambda m: m.update(token_input="tokens"))
-    assert verify_package(pkg) == [f"{GRAPH}: graph has no input 'tokens' (manifest.json expects it)",
-                                   f"{GRAPH}: graph input 'token' is not declared in manifest.json"]
+    assert verify_package(pkg) == ["manifest.json: the file token_input/logits_output must be 'token'/'logits' "
+                                   "in format 1"]
 
 
 def test_missing_file(pkg: Path) -> None:
@@ -241,7 +238,7 @@ def test_compressed_members_are_reported(archive: Path, tmp_path: Path) -> None:
     bad = rewrite_archive(archive, tmp_path / "bad.zip", compression=zipfile.ZIP_DEFLATED)
     problems = verify_package(bad)
     assert f"{GRAPH}: compressed; members must be stored so runtimes can read them in place" in problems
-    assert all("compressed" in p for p in problems)
+    assert all("compressed" in p for p in problems)  # compressed members are reported, never inflated
 
 
 def test_not_a_zip(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_stop_strings_end_the_output_before_them(package_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    pytest.param(["--temperature", "-1"], "temperature must be >= 0", id="bad-temperature"),
+    pytest.param(["--temperature", "-1"], "temperature must be a finite number >= 0", id="bad-temperature"),
     pytest.param(["--top-p", "0"], "top_p must be in", id="bad-top-p"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(package_dir, args, message):

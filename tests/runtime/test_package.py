@@ -46,7 +46,7 @@ def test_a_tampered_graph_is_refused_naming_the_file(copy_of_package):
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit deep inside the weights
     graph.write_bytes(bytes(data))
-    with pytest.raises(PackageError, match=r"r7\.onnx: sha256 does not match the manifest") as caught:
+    with pytest.raises(PackageError, match=r"copy/r7\.onnx: sha256 does not match manifest\.json") as caught:
         DeploymentPackage.open(copy_of_package)
     assert caught.value.exit_code == 2
     assert DeploymentPackage.open(copy_of_package, verify=False).graph_path == graph  # the explicit escape hatch
@@ -54,7 +54,7 @@ def test_a_tampered_graph_is_refused_naming_the_file(copy_of_package):
 
 def test_a_missing_graph_is_refused_naming_the_file(copy_of_package):
     (copy_of_package / "r7.onnx").unlink()
-    with pytest.raises(PackageError, match=r"r7\.onnx: listed in the manifest but missing"):
+    with pytest.raises(PackageError, match=r"copy/r7\.onnx: listed in manifest\.json but missing"):
         DeploymentPackage.open(copy_of_package)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rwkv_deploy.runtime.sampling import (
+    NonFiniteError,
     SamplingError,
     SamplingParams,
     apply_penalties,
@@ -84,3 +85,33 @@ def test_sampling_follows_the_tempered_distribution():
 def test_out_of_range_settings_are_refused(bad):
     with pytest.raises(SamplingError, match=next(iter(bad))):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("bad", [{"temperature": float("inf")}, {"temperature": float("nan")},
+                                 {"presence_penalty": float("nan")}, {"frequency_penalty": float("inf")},
+                                 {"presence_penalty": 101.0}, {"top_p": float("nan")}, {"top_k": 1.5}])
+def test_non_finite_or_out_of_range_settings_are_refused(bad):
+    with pytest.raises(SamplingError, match=next(iter(bad))):
+        SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_an_error_never_a_token(value):
+    logits = np.array([0.1, value, 0.3], dtype=np.float32)
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_p=0.9)):
+        with pytest.raises(NonFiniteError, match="1 of 3 logits are NaN or infinite"):
+            sample_token(logits, params, np.random.default_rng(0))
+
+
+def test_a_tiny_temperature_is_greedy_not_an_overflow():
+    logits = np.array([1.0, 3.0, 2.9, -5.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    assert {sample_token(logits, SamplingParams(temperature=1e-40), rng) for _ in range(50)} == {1}
+
+
+def test_huge_penalties_still_give_a_token_of_the_vocabulary():
+    logits = np.zeros(5, dtype=np.float32)
+    counts = np.array([1000, 1000, 1000, 1000, 0])
+    params = SamplingParams(temperature=0.5, presence_penalty=100, frequency_penalty=100)
+    tokens = {sample_token(logits, params, np.random.default_rng(seed), counts) for seed in range(20)}
+    assert tokens == {4}

@@ -117,3 +117,77 @@ def test_check_names_the_tensor_and_both_shapes(change, message):
         bad.check(MANIFEST.state, batch=2)
     with pytest.raises(ValueError):  # plain-Python callers can catch it as a ValueError
         bad.check(MANIFEST.state, batch=2)
+
+
+def _state_file(path, header: object, tensors: dict[str, bytes] | None = None) -> None:
+    """A state file written by hand: `header` as the JSON header, `tensors` as raw .npy members."""
+    import io
+    import json
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__header__.npy", buffer.getvalue())
+        for name, data in (tensors or {}).items():
+            zf.writestr(f"{name}.npy", data)
+
+
+def _header(batch: int = 1, graph: str = "a" * 64) -> dict:
+    return {"format": "rwkv-deploy-state", "format_version": 1, "graph_sha256": graph,
+            "tensors": [{"name": e.name, "shape": [batch, *e.shape[1:]], "dtype": "float32"} for e in MANIFEST.state]}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make,message", [
+    pytest.param(lambda p: p.write_bytes(b""), "not an rwkv-deploy state file", id="empty"),
+    pytest.param(lambda p: (fresh(1).save(p), p.write_bytes(p.read_bytes()[:100])), "not an rwkv-deploy state file",
+                 id="truncated"),
+    pytest.param(lambda p: _state_file(p, ["not", "an", "object"]), "header is not an object", id="header-list"),
+    pytest.param(lambda p: _state_file(p, {"format": 1}), "header lacks", id="header-incomplete"),
+    pytest.param(lambda p: _state_file(p, dict(_header(), tensors=[{"name": 1}])), "tensors are not a list",
+                 id="header-bad-tensors"),
+    pytest.param(lambda p: _state_file(p, _header(), {"t0000": _npy(np.zeros((1, 4), np.float32))}),
+                 "has no tensor t0001", id="missing-tensor"),
+    pytest.param(lambda p: _state_file(p, _header(), {"t0000": _npy(np.zeros((1, 5), np.float32)),
+                                                      "t0001": _npy(np.zeros((1, 2, 3), np.float32))}),
+                 r"array 't0000' is float32 \[1, 5\], expected float32 \[1, 4\]", id="wrong-shape"),
+    pytest.param(lambda p: _state_file(p, _header(), {"t0000": _npy(np.zeros((1, 4), np.float32)),
+                                                      "t0001": _npy(np.full((1, 2, 3), np.nan, np.float32))}),
+                 "state tensor 'layer0.wkv' contains NaN", id="nan"),
+    pytest.param(lambda p: _state_file(p, _header(), {"t0000": _npy(np.full((1, 4), -np.inf, np.float32)),
+                                                      "t0001": _npy(np.zeros((1, 2, 3), np.float32))}),
+                 "state tensor 'layer0.pp' contains infinite values", id="inf"),
+    pytest.param(lambda p: _state_file(p, _header(batch=0)), r"batch 0 is not in 1\.\.", id="batch-0"),
+    pytest.param(lambda p: _state_file(p, _header(batch=65537)), r"batch 65537 is not in 1\.\.65536", id="batch-too-big"),
+])
+def test_damaged_or_crafted_state_files_are_refused_in_one_line(tmp_path, make, message):
+    path = tmp_path / "s.state"
+    make(path)
+    with pytest.raises(StateError, match=message) as caught:
+        RecurrentState.load(path, MANIFEST)
+    assert len(str(caught.value).splitlines()) == 1 and str(path) in str(caught.value)
+
+
+def test_a_member_declaring_a_huge_shape_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """The .npy header says [1, 100000, 100000] (40 GB); the file is a few hundred bytes: nothing is allocated."""
+    from tests.helpers.hostile import npy_bytes
+
+    _state_file(tmp_path / "s.state", _header(), {"t0000": _npy(np.zeros((1, 4), np.float32)),
+                                                  "t0001": npy_bytes((1, 100000, 100000))})
+    with pytest.raises(StateError, match=r"is float32 \[1, 100000, 100000\], expected float32 \[1, 2, 3\]"):
+        RecurrentState.load(tmp_path / "s.state", MANIFEST)
+
+
+def test_a_header_declaring_more_state_than_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKV_DEPLOY_MAX_STATE_BYTES", "1000")
+    _state_file(tmp_path / "s.state", _header(batch=100))  # 100 x 10 floats = 4000 bytes
+    with pytest.raises(StateError, match="more than the cap"):
+        RecurrentState.load(tmp_path / "s.state", MANIFEST)

@@ -190,9 +190,9 @@ def test_changed_file_with_a_stale_hash_is_refused_unless_hash_checks_are_skippe
 
     refused = run_validate(package, made.checkpoint, "--out", str(tmp_path / "r1"))
     assert refused.exit_code == 2
-    assert "sha256 does not match" in refused.stderr and "--skip-hash-check" in refused.stderr
+    assert "sha256 does not match" in refused.stderr and "--no-verify" in refused.stderr
 
-    compared = run_validate(package, made.checkpoint, "--out", str(tmp_path / "r2"), "--skip-hash-check")
+    compared = run_validate(package, made.checkpoint, "--out", str(tmp_path / "r2"), "--no-verify")
     assert compared.exit_code == 1
 
 

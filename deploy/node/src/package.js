@@ -78,17 +78,45 @@ export class OrtStepBackend {
   }
 }
 
+/** Lowercase hex sha256 of bytes (Web Crypto: Node 20+ and browsers in a secure context, e.g. localhost). */
+export async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * `files` whose reads are checked against the manifest's sha256 (the browser, where nothing can be listed or
+ * hashed on disk first): a file that is not listed, or whose bytes differ, is refused before it is used.
+ */
+export function hashCheckedFiles(files, manifest) {
+  const checked = async (rel, bytes) => {
+    const want = manifest.files[rel];
+    if (want === undefined) throw new PackageError(`${files.describe(rel)}: not listed in manifest.json files (its hash cannot be checked)`);
+    if ((await sha256Hex(bytes)) !== want) throw new PackageError(`${files.describe(rel)}: sha256 does not match manifest.json (file changed or corrupt)`);
+    return bytes;
+  };
+  return {
+    ...files,
+    readBytes: async (rel) => checked(rel, await files.readBytes(rel)),
+    readText: async (rel) => new TextDecoder().decode(await checked(rel, await files.readBytes(rel))),
+  };
+}
+
 /**
  * Open a package with platform hooks:
  *   files.describe(rel)   -> how to name the file in messages (a path or URL)
  *   files.readText(rel)   -> Promise<string>; files.readBytes(rel) -> Promise<Uint8Array>
  *     (both reject with a PackageError naming the file when it is missing)
- *   createSession(manifest) -> Promise<ort.InferenceSession> for graphs.step (with its external data)
+ *   files.check(manifest) -> optional Promise: the package's own checks before anything else is read (Node: no
+ *     links, nothing unlisted, hashes); files.hashReads: true to check every read against the manifest (browser)
+ *   createSession(manifest, files) -> Promise<ort.InferenceSession> for graphs.step (with its external data)
  * Returns {manifest, tokenizer, tokenizerProblem, backend, generator, session}.
  */
-export async function openPackage({ ort, files, createSession }) {
-  const manifestName = files.describe(MANIFEST_NAME);
-  const manifest = parseManifest(await files.readText(MANIFEST_NAME), manifestName);
+export async function openPackage({ ort, files: rawFiles, createSession }) {
+  const manifestName = rawFiles.describe(MANIFEST_NAME);
+  const manifest = parseManifest(await rawFiles.readText(MANIFEST_NAME), manifestName);
+  if (rawFiles.check) await rawFiles.check(manifest);
+  const files = rawFiles.hashReads ? hashCheckedFiles(rawFiles, manifest) : rawFiles;
   if (files.exists) {
     for (const rel of referencedFiles(manifest)) {
       if (!(await files.exists(rel))) throw new PackageError(`${files.describe(rel)}: listed in the manifest but missing`);
@@ -119,7 +147,7 @@ export async function openPackage({ ort, files, createSession }) {
     }
     initialArrays[entry.name] = array.data;
   }
-  const session = await createSession(manifest);
+  const session = await createSession(manifest, files);
   const backend = new OrtStepBackend(ort, session, manifest, initialArrays, files.describe(manifest.graphs.step.path));
   return { manifest, tokenizer, tokenizerProblem, backend, session, generator: new Generator(backend, tokenizer, tokenizerProblem) };
 }

@@ -11,12 +11,25 @@ export class SamplingError extends Error {
   }
 }
 
-/** Checked sampling settings; temperature 0 = greedy, topK 0 and topP 1 = no cut. */
+/** NaN or infinity where a model must produce finite numbers; says where it appeared. */
+export class NonFiniteError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "NonFiniteError";
+    this.exitCode = 2;
+  }
+}
+
+export const MAX_PENALTY = 100; // as runtime/sampling.py
+
+/** Checked sampling settings (the ranges of runtime/sampling.py); temperature 0 = greedy, topK 0 and topP 1 = no cut. */
 export function samplingParams({ temperature = 1.0, topP = 1.0, topK = 0, presencePenalty = 0, frequencyPenalty = 0 } = {}) {
-  if (!(temperature >= 0)) throw new SamplingError(`temperature must be >= 0 (0 = greedy), got ${temperature}`);
+  if (!(Number.isFinite(temperature) && temperature >= 0)) throw new SamplingError(`temperature must be a finite number >= 0 (0 = greedy), got ${temperature}`);
   if (!(topP > 0 && topP <= 1)) throw new SamplingError(`top_p must be in (0, 1], got ${topP}`);
   if (!(Number.isInteger(topK) && topK >= 0)) throw new SamplingError(`top_k must be an integer >= 0 (0 = no limit), got ${topK}`);
-  if (!Number.isFinite(presencePenalty) || !Number.isFinite(frequencyPenalty)) throw new SamplingError("penalties must be finite numbers");
+  for (const [name, value] of [["presence_penalty", presencePenalty], ["frequency_penalty", frequencyPenalty]]) {
+    if (!(Number.isFinite(value) && Math.abs(value) <= MAX_PENALTY)) throw new SamplingError(`${name} must be a finite number in [-${MAX_PENALTY}, ${MAX_PENALTY}], got ${value}`);
+  }
   return { temperature, topP, topK, presencePenalty, frequencyPenalty, usesPenalties: presencePenalty !== 0 || frequencyPenalty !== 0 };
 }
 
@@ -85,6 +98,9 @@ function descendingOrder(values, indices) {
  */
 export function sampleToken(logits, params, rng, counts = null) {
   const n = logits.length;
+  let bad = 0;
+  for (let i = 0; i < n; i++) if (!Number.isFinite(logits[i])) bad++;
+  if (bad) throw new NonFiniteError(`${bad} of ${n} logits are NaN or infinite; no token can be sampled`);
   let values = logits;
   if (counts && params.usesPenalties) {
     values = new Float64Array(n);
@@ -96,11 +112,12 @@ export function sampleToken(logits, params, rng, counts = null) {
   // top-k on the logits, then temperature
   let candidates = Array.from({ length: n }, (_, i) => i);
   if (params.topK > 0 && params.topK < n) candidates = descendingOrder(values, candidates).slice(0, params.topK);
+  // subtract the largest logit before dividing, so a tiny temperature is greedy rather than an overflow
   let max = -Infinity;
-  for (const i of candidates) max = Math.max(max, values[i] / params.temperature);
+  for (const i of candidates) max = Math.max(max, values[i]);
   const probs = new Float64Array(n);
   let total = 0;
-  for (const i of candidates) total += probs[i] = Math.exp(values[i] / params.temperature - max);
+  for (const i of candidates) total += probs[i] = Math.exp((values[i] - max) / params.temperature);
   for (const i of candidates) probs[i] /= total;
   // top-p: the smallest set of most likely tokens whose probability reaches p (at least one)
   let kept = candidates.filter((i) => probs[i] > 0);

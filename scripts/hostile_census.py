@@ -1,0 +1,186 @@
+"""Run issue 14's hostile-input corpus (tests/helpers/hostile_cases.py) against any checkout of rwkv-deploy and
+count, by class: tried / one clean line / traceback / written or lost / code run / accepted.
+
+Every case runs as `PYTHON -m rwkv_deploy.cli.main ...` in its own process (8 GiB address-space limit, so a
+crafted size cannot exhaust the machine), on inputs this checkout builds. Usage:
+
+    .venv/bin/python scripts/hostile_census.py                      # this checkout
+    .venv/bin/python scripts/hostile_census.py --python OLD/python --pythonpath OLD_TREE   # another checkout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rwkv_deploy.package.archive import create_archive  # noqa: E402
+from tests.helpers.hostile import Material, judge, run_subprocess, snapshot  # noqa: E402
+from tests.helpers.hostile_cases import CASES  # noqa: E402
+from tests.helpers.small_packages import export_small  # noqa: E402
+
+COLUMNS = ("tried", "clean", "traceback", "written", "code", "accepted")
+# clean: one clean line (or the expected success) and nothing written, no payload run, nothing accepted;
+# the test suite also requires each case's exact message (tests/cli/test_hostile_corpus.py)
+
+
+def _one_line(case, outcome) -> bool:
+    """The issue's "one clean line", whatever the wording: the expected kind of exit (zero, or not) and, for a
+    refusal, exactly one `error:` line on stderr (verify: FAILED on stdout), no traceback."""
+    if outcome.traceback:
+        return False
+    if case.exit_code == 0:
+        return outcome.exit_code == 0
+    if outcome.exit_code == 0:
+        return False
+    if case.on_stdout:
+        return "FAILED" in outcome.stdout and not outcome.stderr.strip()
+    lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def _cli(python: str, pythonpath: str | None, *args, env: dict | None = None) -> subprocess.Popen:
+    environ = dict(os.environ, **(env or {}))
+    if pythonpath:
+        environ["PYTHONPATH"] = pythonpath
+    return subprocess.Popen([python, "-m", "rwkv_deploy.cli.main", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=environ)
+
+
+def _wait_for(condition, process, timeout: float = 300) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def interrupt_scenarios(python: str, pythonpath: str | None, material: Material, tmp: Path) -> list[dict]:
+    """The interrupted and concurrent runs of issue 14 (tests/cli/test_interrupts.py asserts them for this
+    checkout): clean = exit 128+n with one line and nothing left; for SIGKILL, the next run cleans up; for two
+    concurrent exports, exactly one succeeds."""
+    rows = []
+
+    def row(name: str, clean: bool, written: list[str], traceback: bool = False) -> None:
+        rows.append({"case": name, "class": "interrupt", "clean": clean, "traceback": traceback, "written": written,
+                     "code": False, "accepted": False})
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        root = tmp / f"sig{signum}"
+        root.mkdir()
+        p = _cli(python, pythonpath, "export", material.checkpoint, "--out", root / "out", "--quiet")
+        _wait_for(lambda: any(x.name.startswith(".out.tmp") for x in root.iterdir()), p)
+        p.send_signal(signum)
+        _, err = p.communicate()
+        left = sorted(x.name for x in root.iterdir())
+        lines = err.decode(errors="replace").strip().splitlines()
+        row(f"export-{signal.Signals(signum).name}", p.returncode == 128 + signum and len(lines) == 1, left,
+            "Traceback" in err.decode(errors="replace"))
+    root = tmp / "sigkill"
+    root.mkdir()
+    p = _cli(python, pythonpath, "export", material.checkpoint, "--out", root / "out", "--quiet")
+    _wait_for(lambda: any(x.name.startswith(".out.tmp") for x in root.iterdir()), p)
+    p.kill()
+    p.wait()
+    again = _cli(python, pythonpath, "export", material.checkpoint, "--out", root / "out", "--quiet")
+    again.communicate()
+    left = sorted(x.name for x in root.iterdir() if x.name != "out")
+    row("export-SIGKILL-then-rerun", again.returncode == 0 and not left, left)
+    root = tmp / "archive-sigterm"
+    (root / "tmp").mkdir(parents=True)
+    p = _cli(python, pythonpath, "generate", material.archive, "--prompt", "Hi", "--max-tokens", "1000000",
+             env={"TMPDIR": str(root / "tmp")})
+    _wait_for(lambda: any(y.name == "package" for x in (root / "tmp").iterdir() if x.is_dir() for y in x.iterdir()), p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate()
+    left = sorted(x.name for x in (root / "tmp").iterdir() if x.name != ".ses")  # onnxruntime's own file
+    row("generate-archive-SIGTERM", p.returncode == 128 + signal.SIGTERM and not left, left,
+        "Traceback" in err.decode(errors="replace"))
+    root = tmp / "concurrent"
+    root.mkdir()
+    runs = [_cli(python, pythonpath, "export", material.checkpoint, "--out", root / "out", "--quiet") for _ in range(2)]
+    codes = sorted(r.wait() for r in runs)
+    for r in runs:
+        r.communicate()
+    row("two-exports-one-out", codes[0] == 0 and codes[1] != 0, [] if codes[1] != 0 else ["both claimed success"])
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the checkout under test")
+    parser.add_argument("--pythonpath", default=None, help="PYTHONPATH that makes `rwkv_deploy` that checkout")
+    parser.add_argument("--json", type=Path, default=None, help="also write every case's verdict here")
+    parser.add_argument("-k", default="", help="only cases whose name contains this")
+    args = parser.parse_args()
+    rows, counts = [], defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
+    with tempfile.TemporaryDirectory(prefix="hostile-census-") as tmp:
+        tmp = Path(tmp)
+        package = export_small(tmp, "7", "fp32", tokenizer="bytes", prefill=True)
+        create_archive(package, tmp / "model.zip")
+        material = Material(package, tmp / "v7-seed0.pth", tmp / "model.zip")
+        for index, case in enumerate(c for c in CASES if args.k in c.name):
+            root = tmp / f"case{index}"
+            root.mkdir()
+            argv = case.build(root, material)
+            before = snapshot(root)
+            started = time.perf_counter()
+            try:
+                outcome = run_subprocess(case, root, argv, args.python, args.pythonpath)
+            except Exception as exc:  # a timeout: the command hung
+                print(f"{case.name}: {type(exc).__name__}", file=sys.stderr)
+                continue
+            verdict = judge(case, outcome, before, snapshot(root), root)
+            one_line = _one_line(case, outcome)
+            row = {"case": case.name, "class": case.klass, "exit": outcome.exit_code, "clean": one_line,
+                   "expected_message": verdict.clean,
+                   "traceback": verdict.traceback, "written": verdict.written, "code": verdict.code,
+                   "accepted": verdict.accepted, "seconds": round(time.perf_counter() - started, 2),
+                   "stderr_tail": outcome.stderr.strip().splitlines()[-1:] if outcome.stderr.strip() else []}
+            rows.append(row)
+            for klass in (case.klass, "all"):
+                c = counts[klass]
+                c["tried"] += 1
+                c["clean"] += one_line and not verdict.written and not verdict.code and not verdict.accepted
+                c["traceback"] += verdict.traceback
+                c["written"] += bool(verdict.written)
+                c["code"] += verdict.code
+                c["accepted"] += verdict.accepted
+            mark = "ok " if verdict.ok else ("ok~" if one_line and not verdict.written and not verdict.accepted else "BAD")
+            print(f"{mark} {case.name:45s} exit {outcome.exit_code:3d} {row['stderr_tail'][:1]}", file=sys.stderr)
+        if not args.k:
+            for row in interrupt_scenarios(args.python, args.pythonpath, material, tmp):
+                rows.append(row)
+                ok = row["clean"] and not row["written"]
+                print(f"{'ok ' if ok else 'BAD'} {row['case']:45s} left {row['written']}", file=sys.stderr)
+                for klass in ("interrupt", "all"):
+                    c = counts[klass]
+                    c["tried"] += 1
+                    c["clean"] += ok
+                    c["traceback"] += row["traceback"]
+                    c["written"] += bool(row["written"])
+    print("| class | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for klass in sorted(counts, key=lambda k: (k == "all", k)):
+        print(f"| {klass} | " + " | ".join(str(counts[klass][c]) for c in COLUMNS) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
