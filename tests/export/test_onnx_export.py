@@ -112,8 +112,20 @@ def test_non_empty_output_is_refused_without_force(tmp_path):
     with pytest.raises(ExportError, match="not empty"):
         export_package(ckpt, out, ExportOptions())
     assert (out / "keep.txt").read_text() == "user data"
+    with pytest.raises(ExportError, match="--force replaces only packages"):
+        export_package(ckpt, out, ExportOptions(force=True))
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_force_replaces_an_earlier_package(tmp_path):
+    ckpt = small_checkpoint(tmp_path / "m.pth", "7")
+    out = tmp_path / "pkg"
+    export_package(ckpt, out, ExportOptions())
+    (out / "stale.txt").write_text("from the earlier export")
+    with pytest.raises(ExportError, match="not empty"):
+        export_package(ckpt, out, ExportOptions())
     export_package(ckpt, out, ExportOptions(force=True))
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert not (out / "stale.txt").exists() and (out / "manifest.json").exists()
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -272,12 +272,15 @@ def test_full_tensorrt_options_are_checked_before_anything_is_built(package_dir,
 
 
 def test_verify_checks_the_engines_section(built, tmp_path):
-    package = Path(shutil.copytree(built[("5.2", "fp32")], tmp_path / "pkg"))
-    raw = json.loads((package / "manifest.json").read_text())
-    raw["engines"]["step"]["plan"] = "engines/other.plan"
-    raw["engines"]["decode"] = dict(raw["engines"]["prefill"])
-    (package / "manifest.json").write_text(json.dumps(raw))
-    problems = verify_package(package)
+    def verify_with(edit) -> list[str]:
+        package = Path(shutil.copytree(built[("5.2", "fp32")], tmp_path / f"pkg{len(list(tmp_path.iterdir()))}"))
+        raw = json.loads((package / "manifest.json").read_text())
+        edit(raw["engines"])
+        (package / "manifest.json").write_text(json.dumps(raw))
+        return verify_package(package)
+
+    assert verify_with(lambda engines: None) == []
     assert "manifest.json: engines.step.plan 'engines/other.plan' is not listed in files (its hash cannot be " \
-           "checked)" in problems
-    assert "manifest.json: engines has an engine of 'decode', which is not in graphs" in problems
+           "checked)" in verify_with(lambda engines: engines["step"].update(plan="engines/other.plan"))
+    assert verify_with(lambda engines: engines.update(decode=dict(engines["prefill"]))) == [
+        "manifest.json: engines.decode is an engine of 'decode', which is not in graphs"]
