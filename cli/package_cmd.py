@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -25,29 +26,71 @@ def _sizes(text: str) -> tuple[int, ...]:
                                 "commas, e.g. 4,8") from None
 
 
+def _idle_us(seconds: float) -> int:
+    if not math.isfinite(seconds) or seconds <= 0 or seconds * 1e6 >= 2**63:
+        raise PackageUsageError(f"--triton-idle-timeout {seconds:g}: expected a positive number of seconds")
+    return max(1, round(seconds * 1e6))
+
+
+def _given(**options):
+    """The options the user gave (not None); the library's dataclasses hold the defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def package_cmd(
     package_dir: Path = typer.Argument(..., help="package directory written by `rwkv-deploy export`"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="archive file to write, e.g. model.zip"),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Triton model repository directory to write"),
     force: bool = typer.Option(False, "--force", help="replace an existing archive / non-empty Triton directory"),
     triton_name: Optional[str] = typer.Option(None, help="Triton model name (default: the package folder's name)"),
-    triton_max_batch_size: int = typer.Option(8, help="Triton max_batch_size (sequences stepped together)"),
-    triton_preferred_batch_sizes: str = typer.Option("4,8", help="batch sizes the batcher waits for, e.g. 4,8"),
-    triton_max_queue_delay_us: int = typer.Option(500, help="longest wait for a preferred batch size, microseconds"),
-    triton_max_sequences: int = typer.Option(32, help="live sequences per model instance (more wait in a backlog)"),
-    triton_sequence_idle_s: float = typer.Option(30.0, help="a sequence idle this long is ended, seconds"),
+    instances: Optional[int] = typer.Option(None, "--triton-instances", "--instances",
+                                            help="model instances (instance_group count, default 1)"),
+    kind: Optional[str] = typer.Option(None, "--triton-kind", "--kind",
+                                       help="cpu | gpu: where the ONNX model's instances run (default cpu)"),
+    intra_op_threads: Optional[int] = typer.Option(None, "--triton-intra-op-threads", "--intra-op-threads",
+                                                   help="ONNX Runtime intra-op threads per instance, 0 for ONNX "
+                                                   "Runtime's default (default: 1 on cpu, 0 on gpu)"),
+    inter_op_threads: Optional[int] = typer.Option(None, "--triton-inter-op-threads", "--inter-op-threads",
+                                                   help="ONNX Runtime inter-op threads per instance, 0 for ONNX "
+                                                   "Runtime's default (default: 1 on cpu, 0 on gpu)"),
+    max_batch_size: Optional[int] = typer.Option(None, "--triton-max-batch-size",
+                                                 help="max_batch_size: sequences stepped together (default 8)"),
+    preferred_batch_sizes: Optional[str] = typer.Option(None, "--triton-preferred-batch-sizes",
+                                                        help="batch sizes the batcher waits for (default 4,8)"),
+    max_queue_delay_us: Optional[int] = typer.Option(None, "--triton-max-queue-delay-us",
+                                                     help="longest wait for a preferred batch size, microseconds "
+                                                     "(default 500)"),
+    max_sequences: Optional[int] = typer.Option(None, "--triton-max-sequences", "--max-sequences",
+                                                help="live sequences per model instance; more wait in a backlog "
+                                                "(default 32)"),
+    idle_timeout_s: Optional[float] = typer.Option(None, "--triton-idle-timeout", "--idle-timeout",
+                                                   help="a sequence idle this long is ended and its state "
+                                                   "dropped, seconds (default 30)"),
 ) -> None:
     """Pack a verified package directory into one reproducible zip archive (-o) and/or a Triton Inference
     Server model repository (--triton)."""
     if out is None and triton is None:
         raise PackageUsageError("package: give -o FILE (archive), --triton DIR (Triton repository), or both")
-    batching = None
+    given = {"--triton-name": triton_name, "--triton-instances": instances, "--triton-kind": kind,
+             "--triton-intra-op-threads": intra_op_threads, "--triton-inter-op-threads": inter_op_threads,
+             "--triton-max-batch-size": max_batch_size, "--triton-preferred-batch-sizes": preferred_batch_sizes,
+             "--triton-max-queue-delay-us": max_queue_delay_us, "--triton-max-sequences": max_sequences,
+             "--triton-idle-timeout": idle_timeout_s}
+    if triton is None:
+        stray = [name for name, value in given.items() if value is not None]
+        if stray:
+            raise PackageUsageError(f"{stray[0]}: a Triton option, given without --triton DIR")
+    batching = instance_options = None
     if triton is not None:
-        from rwkv_deploy.export.triton import BatchingOptions
+        require_modules("package --triton", "onnx")  # before anything is written
+        from rwkv_deploy.export.triton import BatchingOptions, InstanceOptions
 
-        batching = BatchingOptions(triton_max_batch_size, _sizes(triton_preferred_batch_sizes),
-                                   triton_max_queue_delay_us, triton_max_sequences,
-                                   max(1, round(triton_sequence_idle_s * 1e6)))
+        batching = BatchingOptions(**_given(
+            max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_sequences=max_sequences,
+            preferred_batch_sizes=_sizes(preferred_batch_sizes) if preferred_batch_sizes is not None else None,
+            sequence_idle_us=_idle_us(idle_timeout_s) if idle_timeout_s is not None else None))
+        instance_options = InstanceOptions(**_given(count=instances, kind=kind, intra_op_threads=intra_op_threads,
+                                                    inter_op_threads=inter_op_threads))
     if out is not None:
         from rwkv_deploy.package.archive import create_archive
 
@@ -55,12 +98,12 @@ def package_cmd(
         total = sum(m.size for m in members)
         typer.echo(f"wrote {out} ({len(members)} files and the PACKAGE.json index, {total / 2**20:.1f} MiB)")
     if triton is not None:
-        require_modules("package --triton", "onnx")
         from rwkv_deploy.export.triton import write_repository
 
-        repo = write_repository(package_dir, triton, name=triton_name, batching=batching, force=force)
+        repo = write_repository(package_dir, triton, name=triton_name, batching=batching, force=force,
+                                instances=instance_options)
         typer.echo(f"wrote Triton model repository {triton} (models: {', '.join(repo.models)}; "
-                   f"serve with: tritonserver --model-repository {triton})")
+                   f"test it with: scripts/triton_server.sh {triton} --http-port 8000 --grpc-port 8001)")
 
 
 def verify_cmd(

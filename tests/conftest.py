@@ -1,5 +1,5 @@
 """Make the repository root importable so tests can `import tests.helpers...` under --import-mode=importlib,
-and share the small exported packages that tests only read."""
+and the session-wide fixtures: small exported packages that tests only read, and one real Triton server."""
 
 from __future__ import annotations
 
@@ -41,3 +41,30 @@ def bundled_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundled") / "tiny"
     export_package(bundled_checkpoint(), out, ExportOptions())
     return out
+
+
+@pytest.fixture(scope="session")
+def small_packages(shared_package, tmp_path_factory: pytest.TempPathFactory):
+    """kind -> a small package: "4" ... "7" (seed 1), "6-tuned" (a state-tuned RWKV-6), "7-external" (an RWKV-7,
+    seed 2, whose weights are ONNX external data); each exported once per session, on first use."""
+    from tests.helpers.small_packages import SmallPackages
+
+    return SmallPackages(shared_package, tmp_path_factory.mktemp("small-packages"))
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real Triton server (scripts/triton_server.sh) for the whole session, on free ports, in explicit
+    model-control mode (tests load their models with `serve`); stopped with SIGTERM at the end, which must
+    stop it cleanly."""
+    from tests.helpers.triton_server import skip_reason, start_server
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("triton-server")
+    (root / "repository").mkdir()
+    server = start_server(root / "repository", root / "server.log", "--model-control-mode=explicit")
+    yield server
+    status = server.stop()
+    assert status == 0, f"triton_server.sh exited {status} on SIGTERM:\n{server.log_tail()}"

@@ -1,10 +1,10 @@
 """`rwkv-deploy package DIR --triton OUT`: a Triton model repository with implicit state.
 
-No Triton server runs here. What is checked instead: the config parses with Triton's own model-config schema
-(tritonclient's model_config_pb2), agrees with the ONNX model's inputs and outputs the way the onnxruntime
-backend checks them, the initial-state files hold the right bytes, and a simulation of what Triton does for
-a sequence (initial state from the config, state_out fed back as state_in, START/READY controls) on the
-repository's model.onnx in ONNX Runtime gives the same logits as the project's Python runtime.
+What is checked here: the config parses with Triton's own model-config schema (tritonclient's
+model_config_pb2), agrees with the ONNX model's inputs and outputs the way the onnxruntime backend checks
+them, takes the instance and batching options, the initial-state files hold the right bytes, the repository's
+model.onnx gives the package graph's outputs, and the command's options and errors. How a real Triton server
+runs these repositories is in tests/deploy/test_triton_server.py; the docs' example runs against it below.
 """
 
 from __future__ import annotations
@@ -15,21 +15,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.export import triton as triton_module
-from rwkv_deploy.package.manifest import StateEntry
-from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.export.triton import (BatchingOptions, TritonError, model_config, render_config,
+from rwkv_deploy.export.triton import (BatchingOptions, InstanceOptions, TritonError, model_config, render_config,
                                        write_repository)
-from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+from rwkv_deploy.package.manifest import StateEntry
 from rwkv_deploy.package.state_files import load_initial_arrays
-from tests.helpers.random_checkpoints import make_checkpoint
-from tests.helpers.small_packages import export_small, v7_manifest
+from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+from tests.helpers.small_packages import v7_manifest
 
 runner = CliRunner()
 VERSIONS = ["4", "5.2", "6", "7"]
@@ -38,22 +35,9 @@ ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tenso
 NP_TYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32}
 
 
-def _export(root: Path, kind: str) -> Path:
-    if kind in VERSIONS:
-        return export_small(root, kind, seed=1)
-    version, _, variant = kind.partition("-")
-    checkpoint = root / f"{kind}.pth"
-    torch.save(make_checkpoint(version, n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=2,
-                               time_state=variant == "tuned"), checkpoint)
-    out = root / kind
-    export_package(checkpoint, out, ExportOptions(tokenizer="none", external_data=variant == "external"))
-    return out
-
-
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("triton-packages")
-    return {kind: _export(root, kind) for kind in KINDS}
+def packages(small_packages) -> dict[str, Path]:
+    return {kind: small_packages[kind] for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +111,12 @@ def test_config_parses_with_tritons_schema_and_matches_the_onnx_model(repos: dic
     assert batching.WhichOneof("strategy_choice") == "oldest"
     assert list(batching.oldest.preferred_batch_size) == [4, 8] and batching.oldest.max_queue_delay_microseconds == 500
 
+    # one CPU instance, ONNX Runtime with 1 intra-op and 1 inter-op thread (docs/deploy.md: measured best)
+    (group,) = config.instance_group
+    assert (group.count, model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind)) == (1, "KIND_CPU")
+    assert {k: v.string_value for k, v in config.parameters.items()} == \
+        {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}
+
 
 def _initial_state(model_dir: Path, state: model_config_pb2.ModelSequenceBatching.State) -> np.ndarray:
     """What Triton puts in a sequence's first request: zeros, or the file's bytes in row-major order."""
@@ -191,85 +181,13 @@ def test_repository_model_gives_the_package_graphs_outputs(repos: dict[str, Path
     got = copy.run(names, {**feeds, **controls})
     for name, a, b in zip(names, want, got):
         np.testing.assert_array_equal(a, b, err_msg=name)
+    for bad in (-1, -256, 256):  # ONNX's Gather would take -1 as the last row: the copy refuses it like 256
+        with pytest.raises(Exception, match="out of data bounds"):
+            copy.run(names[:1], {**feeds, **controls, "token": np.array([5, bad, 7], np.int64)})
     if kind == "7-external":
         data = package.manifest.graphs["step"].external_data
         assert data and (repos[kind] / "1" / data).read_bytes() == (packages[kind] / data).read_bytes()
         assert (repos[kind] / "1" / "model.onnx").stat().st_size < (repos[kind] / "1" / data).stat().st_size
-
-
-class TritonSimulation:
-    """What Triton's sequence batcher does with implicit state, on ONNX Runtime: per-sequence state starts at
-    the config's initial_state, each request's state_out becomes the next request's state_in, START is 1
-    on a sequence's first request, READY on every request; requests of live sequences are batched together."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.model_dir = model_dir
-        self.config = parse_config(model_dir)
-        self.session = session(model_dir / "1" / self.config.default_model_filename)
-        self.states: dict[int, dict[str, np.ndarray]] = {}
-
-    def infer(self, requests: list[tuple[int, int, bool]]) -> dict[int, np.ndarray]:
-        """One batch: (sequence_id, token, sequence_start) per request; logits [vocab] per sequence."""
-        assert len(requests) <= self.config.max_batch_size
-        batching = self.config.sequence_batching
-        feeds: dict[str, list[np.ndarray]] = {}
-        for sequence_id, token, start in requests:
-            if start:
-                self.states[sequence_id] = {s.input_name: _initial_state(self.model_dir, s) for s in batching.state}
-            client_token = np.array([[token]], np.int64)  # shape [1] + dims [1], as the client sends it
-            feeds.setdefault("token", []).append(client_token.reshape([1, *self.config.input[0].reshape.shape]))
-            for name, value in self.states[sequence_id].items():
-                feeds.setdefault(name, []).append(value[None])
-            for control in batching.control_input:
-                c = control.control[0]
-                value = c.int32_false_true[1] if c.kind == c.CONTROL_SEQUENCE_READY or start else c.int32_false_true[0]
-                feeds.setdefault(control.name, []).append(np.array([[value]], np.int32))
-        batched = {name: np.concatenate(values) for name, values in feeds.items()}
-        outputs = [self.config.output[0].name] + [s.output_name for s in batching.state]
-        logits, *new_states = self.session.run(outputs, batched)
-        result = {}
-        for row, (sequence_id, _, _) in enumerate(requests):
-            self.states[sequence_id] = {s.input_name: v[row] for s, v in zip(batching.state, new_states)}
-            result[sequence_id] = logits[row]
-        return result
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_simulated_triton_sequence_matches_the_python_runtime(repos: dict[str, Path], packages: dict[str, Path],
-                                                              kind: str) -> None:
-    backend = OnnxStepBackend(DeploymentPackage.open(packages[kind]), threads=1)
-    triton = TritonSimulation(repos[kind])
-    prompt = [72, 101, 108, 108, 111]
-    state, token, seen = backend.fresh_state(1), None, []
-    for index in range(len(prompt) + 8):  # the prompt, then greedy decoding from both sides' own logits
-        token = prompt[index] if index < len(prompt) else token
-        logits, state = backend.step(np.array([token], np.int64), state)
-        simulated = triton.infer([(7, token, index == 0)])[7]
-        np.testing.assert_allclose(simulated, logits[0], rtol=1e-5, atol=1e-5, err_msg=f"step {index}")
-        if index >= len(prompt) - 1:
-            token = int(np.argmax(logits[0]))
-            assert int(np.argmax(simulated)) == token
-            seen.append(token)
-    assert len(seen) == 9
-
-
-def test_simulated_triton_batches_two_sequences_like_separate_runs(repos: dict[str, Path],
-                                                                   packages: dict[str, Path]) -> None:
-    """Two sequences that start at different times share batches; each keeps its own state."""
-    backend = OnnxStepBackend(DeploymentPackage.open(packages["4"]), threads=1)
-    triton = TritonSimulation(repos["4"])
-    a, b = [3, 14, 15, 92, 65, 35], [27, 18, 28]
-    state_a, state_b = backend.fresh_state(1), backend.fresh_state(1)
-    for step in range(len(a)):
-        requests = [(1, a[step], step == 0)]
-        if step >= 3:
-            requests.append((2, b[step - 3], step == 3))
-        got = triton.infer(requests)
-        want_a, state_a = backend.step(np.array([a[step]], np.int64), state_a)
-        np.testing.assert_allclose(got[1], want_a[0], rtol=1e-5, atol=1e-5)
-        if step >= 3:
-            want_b, state_b = backend.step(np.array([b[step - 3]], np.int64), state_b)
-            np.testing.assert_allclose(got[2], want_b[0], rtol=1e-5, atol=1e-5)
 
 
 # -- the TensorRT plan as a second model ------------------------------------------------------------------------
@@ -322,6 +240,36 @@ def test_render_config_is_deterministic_and_takes_the_batching_options() -> None
     assert (oldest.max_queue_delay_microseconds, oldest.max_candidate_sequences) == (100, 64)
     assert config.sequence_batching.max_sequence_idle_microseconds == 5_000_000
     assert [s.input_name for s in config.sequence_batching.state] == [e.input for e in manifest.state]
+
+
+@pytest.mark.parametrize("instances, group, parameters", [
+    (InstanceOptions(), (1, "KIND_CPU"), {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}),
+    (InstanceOptions(count=3, intra_op_threads=2, inter_op_threads=0), (3, "KIND_CPU"), {"intra_op_thread_count": "2"}),
+    (InstanceOptions(kind="gpu"), (1, "KIND_GPU"), {}),
+    (InstanceOptions(count=2, kind="gpu", intra_op_threads=4), (2, "KIND_GPU"), {"intra_op_thread_count": "4"}),
+])
+def test_instance_options_become_the_instance_group_and_onnx_runtime_parameters(instances, group, parameters) -> None:
+    text = render_config(model_config(v7_manifest(n_layer=1), "m", instances=instances))
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    (got,) = config.instance_group
+    assert (got.count, model_config_pb2.ModelInstanceGroup.Kind.Name(got.kind)) == group
+    assert {k: v.string_value for k, v in config.parameters.items()} == parameters
+    plan = text_format.Parse(render_config(model_config(v7_manifest(n_layer=1), "m", "tensorrt_plan", controls=False,
+                                                        instances=instances)), model_config_pb2.ModelConfig())
+    (plan_group,) = plan.instance_group  # a TensorRT plan runs on the GPU, without ONNX Runtime's parameters
+    assert (plan_group.count, model_config_pb2.ModelInstanceGroup.Kind.Name(plan_group.kind)) == (group[0], "KIND_GPU")
+    assert not plan.parameters
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"count": 0}, "instances 0: must be at least 1"),
+    ({"kind": "tpu"}, "kind 'tpu': choose from cpu, gpu"),
+    ({"intra_op_threads": -1}, "intra-op-threads -1: must be 0"),
+    ({"inter_op_threads": -2}, "inter-op-threads -2: must be 0"),
+])
+def test_bad_instance_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(TritonError, match=message):
+        InstanceOptions(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -386,7 +334,32 @@ def test_cli_refuses_a_non_empty_output_without_force(packages: dict[str, Path],
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
+def test_cli_takes_the_instance_and_sequence_options(packages: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(tmp_path / "repo"), "--triton-name",
+                                 "m", "--instances", "2", "--kind", "cpu", "--intra-op-threads", "2",
+                                 "--inter-op-threads", "1", "--max-sequences", "5", "--idle-timeout", "2.5"])
+    assert result.exit_code == 0, result.output
+    config = parse_config(tmp_path / "repo" / "m")
+    assert (config.instance_group[0].count, config.sequence_batching.oldest.max_candidate_sequences) == (2, 5)
+    assert config.sequence_batching.max_sequence_idle_microseconds == 2_500_000
+    assert {k: v.string_value for k, v in config.parameters.items()} == \
+        {"intra_op_thread_count": "2", "inter_op_thread_count": "1"}
+    result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(tmp_path / "gpu"), "--triton-name",
+                                 "m", "--triton-kind", "gpu", "--triton-instances", "3"])
+    assert result.exit_code == 0, result.output
+    config = parse_config(tmp_path / "gpu" / "m")
+    assert (config.instance_group[0].count, config.instance_group[0].kind) == (3, model_config_pb2.ModelInstanceGroup.KIND_GPU)
+    assert not config.parameters  # ONNX Runtime's own thread defaults on a GPU
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--instances", "0"], "instances 0: must be at least 1"),
+    (["--kind", "tpu"], "kind 'tpu': choose from cpu, gpu"),
+    (["--intra-op-threads", "-1"], "intra-op-threads -1: must be 0 (ONNX Runtime's default) or more"),
+    (["--max-sequences", "0"], "max sequences 0: must be at least 1"),
+    (["--idle-timeout", "0"], "--triton-idle-timeout 0: expected a positive number of seconds"),
+    (["--idle-timeout", "nan"], "--triton-idle-timeout nan: expected a positive number of seconds"),
+    (["--idle-timeout", "1e30"], "--triton-idle-timeout 1e+30: expected a positive number of seconds"),
     (["--triton-preferred-batch-sizes", "4,x"], "--triton-preferred-batch-sizes '4,x': expected whole numbers"),
     (["--triton-preferred-batch-sizes", "16"], "preferred batch size 16: must be between 1 and the max batch size"),
     (["--triton-name", "bad name"], "model name 'bad name': use letters"),
@@ -397,6 +370,13 @@ def test_cli_bad_options_get_one_line(packages: dict[str, Path], tmp_path: Path,
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "repo").exists()
+
+
+def test_cli_refuses_triton_options_without_a_triton_directory(packages: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["package", str(packages["7"]), "-o", str(tmp_path / "m.zip"), "--instances", "2"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --triton-instances: a Triton option, given without --triton DIR"
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_names_the_broken_file_of_a_bad_package(packages: dict[str, Path], tmp_path: Path) -> None:
@@ -444,55 +424,11 @@ def code_blocks(section: str, language: str) -> list[str]:
     return [part[len(language) + 1:] for part in parts[1::2] if part.startswith(language + "\n")]
 
 
-class StandInClient:
-    """Takes the requests a tritonclient gRPC client would send and answers them as Triton would, with
-    TritonSimulation on the repository's model.onnx. Checks that every request is well-formed for the
-    repository's config: names, datatypes, shapes, and sequence flags."""
-
-    repository: Path
-
-    def __init__(self, url: str, *args, **kwargs) -> None:
-        assert url == "localhost:8001"
-        self.live: set[int] = set()
-        self.simulations: dict[str, TritonSimulation] = {}
-        self.requests = 0
-
-    def infer(self, model_name, inputs, outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
-              **kwargs):
-        from tritonclient.grpc import InferInput, InferRequestedOutput
-
-        model_dir = self.repository / model_name
-        sim = self.simulations.setdefault(model_name, TritonSimulation(model_dir))
-        config = sim.config
-        assert sequence_id != 0, "a sequence model needs a sequence_id"
-        assert sequence_start == (sequence_id not in self.live), "START on the first request of a sequence only"
-        (request,) = inputs
-        assert isinstance(request, InferInput)
-        (wanted,) = config.input
-        assert (request.name(), request.datatype()) == (wanted.name, type_name(wanted.data_type)[len("TYPE_"):])
-        assert request.shape() == [1, *wanted.dims]  # batch 1, as the sequence batcher requires
-        token = np.frombuffer(request._get_content(), np.int64)  # the bytes that would go on the wire
-        assert token.shape == (1,)
-        assert all(isinstance(o, InferRequestedOutput) for o in outputs or [])
-        assert {o.name() for o in outputs or []} <= {o.name for o in config.output}
-        logits = sim.infer([(sequence_id, int(token[0]), sequence_start)])[sequence_id]
-        self.requests += 1
-        self.live.add(sequence_id)
-        if sequence_end:
-            self.live.remove(sequence_id)
-        return _Result({config.output[0].name: logits[None]})
-
-
-class _Result:
-    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
-        self.outputs = outputs
-
-    def as_numpy(self, name: str) -> np.ndarray | None:
-        return self.outputs.get(name)
-
-
 def test_deploy_doc_triton_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture) -> None:
+                                        capsys: pytest.CaptureFixture, triton_server) -> None:
+    """The section's commands as written; its client code and bench-triton command against the real server
+    (the documented address swapped for the test server's)."""
+    import json
     import shlex
 
     import tritonclient.grpc
@@ -500,15 +436,20 @@ def test_deploy_doc_triton_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     section = triton_section()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").symlink_to(REPO_ROOT / "models")
-    commands = [line for block in code_blocks(section, "bash") for line in block.splitlines()
-                if line.startswith("rwkv-deploy ")]
-    assert [c.split()[1] for c in commands] == ["export", "package"]
-    for command in commands:  # the documented commands, as written
+    lines = [line for block in code_blocks(section, "bash") for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("rwkv-deploy ")]
+    assert [c.split()[1] for c in commands] == ["export", "package", "bench-triton"]
+    for command in commands[:2]:  # export and package, as written
         result = runner.invoke(app, shlex.split(command)[1:])
         assert result.exit_code == 0, f"{command}: {result.output}"
+    package_args = shlex.split(commands[1])
+    repo_dir = package_args[package_args.index("--triton") + 1]
+    model = package_args[package_args.index("--triton-name") + 1]
+    (serve,) = [line for line in lines if line.startswith("scripts/triton_server.sh ")]
+    assert shlex.split(serve)[1:4] == [repo_dir, "--http-port", "8000"] and "--grpc-port 8001" in serve
     (docker,) = [b for b in code_blocks(section, "bash") if "docker run" in b]
-    repo_dir = shlex.split(commands[1])[shlex.split(commands[1]).index("--triton") + 1]
     assert f'"$PWD/{repo_dir}:/models"' in docker and "tritonserver --model-repository=/models" in docker
+    triton_server.add_model_dir(tmp_path / repo_dir / model)
 
     # what the Python runtime generates greedily from the same package
     package = DeploymentPackage.open(tmp_path / "pkg")
@@ -522,12 +463,23 @@ def test_deploy_doc_triton_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     expected = (prompt + bytes(new)).decode(errors="replace") + "\n"
 
     (client_code,) = code_blocks(section, "python")
-    StandInClient.repository = tmp_path / repo_dir
-    made: list[StandInClient] = []
+    real_client = tritonclient.grpc.InferenceServerClient
+    urls = []
     monkeypatch.setattr(tritonclient.grpc, "InferenceServerClient",
-                        lambda *a, **k: made.append(StandInClient(*a, **k)) or made[-1])
+                        lambda url, *a, **k: urls.append(url) or real_client(triton_server.url, *a, **k))
     capsys.readouterr()
     exec(compile(client_code, "docs/deploy.md (Triton client)", "exec"), {"__name__": "__doc_example__"})
     assert capsys.readouterr().out == expected
-    (client,) = made
-    assert client.requests == len(prompt) + 64 - 1 and not client.live  # the sequence was ended
+    assert urls == ["localhost:8001"]
+    monkeypatch.setattr(tritonclient.grpc, "InferenceServerClient", real_client)
+    with pytest.raises(tritonclient.utils.InferenceServerException, match="must specify the START flag"):
+        request = tritonclient.grpc.InferInput("token", [1, 1], "INT64")
+        request.set_data_from_numpy(np.array([[1]], np.int64))
+        real_client(triton_server.url).infer(model, [request], sequence_id=42)  # the example ended its sequence
+
+    bench = shlex.split(commands[2].replace("127.0.0.1:8001", triton_server.url))
+    result = runner.invoke(app, bench[1:] + ["--quiet"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["errors"] == 0 and figures["answered"] == figures["requests"] > 0
+    assert figures["check"]["sequences_identical"] == figures["check"]["sequences_checked"] > 0

@@ -63,3 +63,27 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     return directory
+
+
+class SmallPackages:
+    """The packages the Triton tests serve, by kind: "4", "5.0", ..., "7" (export_small, seed 1), "6-tuned" (a
+    state-tuned RWKV-6) and "7-external" (an RWKV-7, seed 2, with its weights as ONNX external data). Versions and
+    external data come from the session's `shared_package`; the tuned one is exported here, on first use."""
+
+    def __init__(self, shared_package, root: Path) -> None:
+        self.shared_package, self.root = shared_package, root
+        self._tuned: Path | None = None
+
+    def __getitem__(self, kind: str) -> Path:
+        version, _, variant = kind.partition("-")
+        if not variant:
+            return self.shared_package(version, seed=1)
+        if variant == "external":
+            return self.shared_package(version, seed=2, external_data=True)
+        if variant != "tuned":
+            raise KeyError(kind)
+        out = self.root / kind
+        if not out.exists():
+            checkpoint = small_checkpoint(self.root / f"{kind}.pth", version, seed=2, time_state=True)
+            export_package(checkpoint, out, ExportOptions(tokenizer="none"))
+        return out
