@@ -1,5 +1,5 @@
-"""The three things `bench` times, behind one small interface: this project's exported package, the
-PyTorch reference model, and BlinkDL's `rwkv` package (cpu fp32). Each runs in its own worker process
+"""The things `bench` times, behind one small interface: this project's exported package, the PyTorch
+reference model, BlinkDL's `rwkv` package (cpu fp32) and rwkv.cpp. Each runs in its own worker process
 (`bench.worker`), so its peak memory and thread settings are its own."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .options import DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
-DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE = "rwkv-deploy", "torch-reference", "rwkv-package"
+__all__ = ["DEPLOY", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
+           "RwkvPackageEngine", "RwkvCppEngine"]
 
 
 class Engine(ABC):
@@ -34,6 +36,10 @@ class Engine(ABC):
     @abstractmethod
     def prefill_call(self, length: int) -> Callable[[], None]:
         """A callable that feeds `length` tokens of one sequence from a fresh state (the engine's fastest way)."""
+
+    @abstractmethod
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits [T, V] after each of `tokens`, fed one at a time to one sequence from a fresh state."""
 
     def decode(self, batch: int, min_seconds: float, state: Any = None) -> Timing:
         return time_calls(self.decode_call(batch, state), min_seconds, warmup=3)
@@ -70,6 +76,13 @@ class DeployEngine(Engine):
         generator = Generator(self.backend)
         tokens = self.tokens(length).tolist()
         return lambda: generator.prefill(tokens)
+
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        state, out = self.backend.fresh_state(1), []
+        for token in tokens:
+            logits, state = self.backend.step(np.array([token], dtype=np.int64), state)
+            out.append(np.asarray(logits[0], dtype=np.float32))
+        return np.stack(out)
 
     def load_state(self, path: Path) -> Any:
         """A context state made by any precision's package of the same model: the tensors are the same
@@ -128,6 +141,14 @@ class TorchReferenceEngine(Engine):
                 self.model(tokens, self.model.init_state(1), last_only=True)
         return call
 
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        state, out = self.model.init_state(1), []
+        with self.torch.no_grad():
+            for token in tokens:
+                logits, state = self.model.step(self.torch.tensor([int(token)]), state)
+                out.append(logits[0].float().numpy())
+        return np.stack(out)
+
 
 class RwkvPackageEngine(Engine):
     """BlinkDL's `rwkv` package, strategy "cpu fp32", its JIT on (its default): one sequence at a time."""
@@ -162,3 +183,47 @@ class RwkvPackageEngine(Engine):
             with self.torch.no_grad():
                 self.model.forward(tokens, None)
         return call
+
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        state, out = None, []
+        with self.torch.no_grad():
+            for token in tokens:
+                logits, state = self.model.forward([int(token)], state)
+                out.append(logits.float().numpy())
+        return np.stack(out)
+
+
+class RwkvCppEngine(Engine):
+    """rwkv.cpp through its C API (`bench.rwkvcpp`): `rwkv_eval` per token, its sequence mode
+    (`rwkv_eval_sequence_in_chunks`) for prefill; one sequence at a time."""
+
+    name = RWKVCPP
+    max_decode_batch = 1
+
+    def __init__(self, library: Path, model_file: Path, threads: int, vocab_size: int, seed: int) -> None:
+        super().__init__(vocab_size, seed)
+        from .rwkvcpp import RwkvCppModel
+
+        self.model = RwkvCppModel(library, model_file, threads)
+        self.logits = np.empty(self.model.logits_len, np.float32)
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        buffers = [self.model.fresh_state(), np.empty(self.model.state_len, np.float32)]
+
+        def call() -> None:
+            self.model.eval(int(self.tokens(1)[0]), buffers[0], buffers[1], self.logits)
+            buffers.reverse()
+        return call
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        tokens, fresh = self.tokens(length), self.model.fresh_state()
+        state_out = np.empty_like(fresh)
+        return lambda: self.model.eval_sequence(tokens, fresh, state_out, self.logits)
+
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        state, nxt, out = self.model.fresh_state(), np.empty(self.model.state_len, np.float32), []
+        for token in tokens:
+            self.model.eval(int(token), state, nxt, self.logits)
+            out.append(self.logits.copy())
+            state, nxt = nxt, state
+        return np.stack(out)

@@ -1,16 +1,18 @@
-"""Run a whole benchmark: prepare the checkpoint and packages, measure every engine in its own worker
-process, measure the machine's memory bandwidth, and return the rows with the ratios the targets use."""
+"""Run a whole benchmark: prepare the checkpoint, the packages and rwkv.cpp's files, measure every engine in
+worker processes of their own, interleaved over rounds at each thread count, measure each engine's fidelity
+on one fixed token stream and the machine's memory bandwidth, and return the rows with the target ratios."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,13 +21,16 @@ from rwkv_deploy.package.manifest import read_manifest
 from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 
 from . import machine
-from .engines import DEPLOY, RWKV_PACKAGE, TORCH_REFERENCE
+from .fidelity import FIELDS as FIDELITY_FIELDS
+from .fidelity import token_stream
+from .options import BASELINES, DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, BenchOptions
 from .ratios import Ratio, compute_ratios
-from .shapes import ModelShape
 
-BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE)
-CONTEXT_SOURCE_ORDER = ("int4", "int8", "fp32", "fp16")  # fastest prefill first: contexts are only a state
+__all__ = ["BASELINES", "BenchError", "BenchOptions", "BenchResult", "run_bench"]
+
+CONTEXT_SOURCE_ORDER = ("int4", "int5", "int8", "fp32", "fp16")  # fastest prefill first: contexts are only a state
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+ROW_KEY = ("engine", "precision", "mode", "batch", "tokens", "threads")
 
 
 class BenchError(RwkvDeployError):
@@ -35,23 +40,7 @@ class BenchError(RwkvDeployError):
 # Writes the package of `checkpoint` at `precision` (step and prefill graphs, no tokenizer) into `out`. Bench
 # runs packages and never imports the exporter; the command passes it in for `--shape`.
 Exporter = Callable[[Path, Path, str], None]
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    shape: ModelShape | None = None  # random weights of this shape, exported at each of `precisions`
-    packages: tuple[Path, ...] = ()  # or: these exported packages
-    checkpoint: Path | None = None  # the packages' checkpoint, for the baselines (with `packages`)
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
-    batches: tuple[int, ...] = (1, 4, 16)
-    prefill_lengths: tuple[int, ...] = (64, 512)
-    contexts: tuple[int, ...] = (1024, 4096, 16384)
-    baselines: tuple[str, ...] = BASELINES
-    backend: str = "onnxruntime"
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    min_seconds: float = 3.0
-    work_dir: Path = Path(".bench-cache")
-    seed: int = 0
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -64,17 +53,16 @@ class BenchResult:
     seconds: float
 
     def to_json(self) -> str:
-        return json.dumps({"rows": self.rows, "ratios": [asdict(r) for r in self.ratios], "machine": self.machine,
-                           "options": self.options, "notes": self.notes, "seconds": round(self.seconds, 1)},
-                          indent=2, default=str) + "\n"
+        return json.dumps({"rows": self.rows, "ratios": [asdict(r) | {"met": r.met} for r in self.ratios],
+                           "machine": self.machine, "options": self.options, "notes": self.notes,
+                           "seconds": round(self.seconds, 1)}, indent=2, default=str) + "\n"
 
 
-def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda stage: None,
+def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
               export: Exporter | None = None) -> BenchResult:
     """Measure every engine; `export` makes the packages when `options.shape` asks for random weights."""
     started = time.perf_counter()
-    if (options.shape is None) == (not options.packages):
-        raise BenchError("bench: give package directories or --shape, not both and not neither")
+    _check(options)
     options.work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     checkpoint, packages = _prepare(options, progress, export)
@@ -82,29 +70,40 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda st
     step_graphs = {p: m.graphs[STEP_GRAPH] for p, m in manifests.items()}
     first = manifests[packages[0]].model
     version, vocab = first.version, first.vocab_size
-    common = {"threads": options.threads, "min_seconds": options.min_seconds, "seed": options.seed,
-              "vocab_size": vocab, "version": version, "backend": options.backend}
+    common = {"min_seconds": options.min_seconds / options.rounds, "seed": options.seed, "vocab_size": vocab,
+              "version": version, "backend": options.backend}
     by_precision = {g.precision: p for p, g in step_graphs.items()}
     context_states = _context_states(options, by_precision, common, progress) if options.contexts else {}
     jobs = [{**common, "engine": DEPLOY, "precision": step_graphs[p].precision, "package": str(p),
              "batches": list(options.batches), "prefill_lengths": list(options.prefill_lengths),
              "context_states": context_states} for p in packages]
-    jobs += _baseline_jobs(options, checkpoint, version, common, notes)
-    rows: list[dict[str, Any]] = []
-    for job in jobs:
-        progress(f"measuring {job['engine']} {job['precision']}")
-        rows += _run_worker(job, options.threads)["rows"]
+    jobs += _baseline_jobs(options, checkpoint, version, common, notes, progress)
+    fidelity = _fidelity(options, jobs, checkpoint, vocab, progress, notes)
+    rows = _measure(options, jobs, progress)
+    for row in rows:
+        row.update(fidelity.get((row["engine"], row["precision"]), dict.fromkeys(FIDELITY_FIELDS)))
     progress("measuring the memory read bandwidth")
-    bandwidth = machine.memory_read_bandwidth(options.threads)
-    info = {**machine.describe(), "threads": options.threads, "memory_read_bytes_per_s": bandwidth}
+    bandwidth = {n: machine.memory_read_bandwidth(n) for n in options.threads}
+    info = {**machine.describe(), "threads": list(options.threads),
+            "memory_read_bytes_per_s": {str(n): b for n, b in bandwidth.items()}}
     weight_bytes = {g.precision: machine.decode_weight_bytes(p / g.path) for p, g in step_graphs.items()}
     info["decode_weight_bytes"] = weight_bytes
-    ratios = compute_ratios(rows, weight_bytes, bandwidth, max(options.contexts, default=0), min(options.contexts, default=0))
+    ratios = compute_ratios(rows, weight_bytes, bandwidth, max(options.contexts, default=0),
+                            min(options.contexts, default=0))
     return BenchResult(rows, ratios, info, _options_dict(options), notes, time.perf_counter() - started)
 
 
-def _prepare(options: BenchOptions, progress: Callable[[str], None],
-             export: Exporter | None) -> tuple[Path | None, list[Path]]:
+def _check(options: BenchOptions) -> None:
+    if (options.shape is None) == (not options.packages):
+        raise BenchError("bench: give package directories or --shape, not both and not neither")
+    unknown = [b for b in options.baselines if b not in BASELINES]
+    if unknown:
+        raise BenchError(f"bench: unknown baseline {unknown[0]!r} (choose from {', '.join(BASELINES)})")
+    if options.rounds < 1 or not options.threads or min(options.threads) < 1:
+        raise BenchError("bench: --rounds and every --threads value must be at least 1")
+
+
+def _prepare(options: BenchOptions, progress: Progress, export: Exporter | None) -> tuple[Path | None, list[Path]]:
     if options.packages:
         return options.checkpoint, list(options.packages)
     shape = options.shape
@@ -127,7 +126,7 @@ def _prepare(options: BenchOptions, progress: Callable[[str], None],
 
 
 def _context_states(options: BenchOptions, by_precision: dict[str, Path], common: dict[str, Any],
-                    progress: Callable[[str], None]) -> dict[int, str]:
+                    progress: Progress) -> dict[int, str]:
     """States after 1k/4k/16k... tokens, made once with the fastest package: decode cost at a context only
     needs a state that has seen that many tokens, and every package of one model shares the state format."""
     source = next((by_precision[p] for p in CONTEXT_SOURCE_ORDER if p in by_precision), next(iter(by_precision.values())))
@@ -139,16 +138,19 @@ def _context_states(options: BenchOptions, by_precision: dict[str, Path], common
         return existing
     progress(f"feeding {wanted[-1]} tokens through {source.name} for the context-length states")
     job = {**common, "engine": DEPLOY, "precision": "", "package": str(source), "make_contexts": True,
-           "contexts": wanted, "context_chunk": 512, "work_dir": str(out_dir)}
-    return {int(k): v for k, v in _run_worker(job, options.threads)["contexts"].items()}
+           "contexts": wanted, "context_chunk": 512, "work_dir": str(out_dir), "threads": max(options.threads)}
+    return {int(k): v for k, v in _run_worker(job)["contexts"].items()}
 
 
 def _baseline_jobs(options: BenchOptions, checkpoint: Path | None, version: str, common: dict[str, Any],
-                   notes: list[str]) -> list[dict[str, Any]]:
+                   notes: list[str], progress: Progress) -> list[dict[str, Any]]:
     jobs = []
     for engine in options.baselines:
         if checkpoint is None:
             notes.append(f"{engine}: skipped (no --checkpoint given for the packages)")
+            continue
+        if engine == RWKVCPP:
+            jobs += _rwkvcpp_jobs(options, checkpoint, common, notes, progress)
             continue
         if importlib.util.find_spec("torch") is None:
             notes.append(f"{engine}: skipped (PyTorch is not installed: pip install \"rwkv-deploy[export]\")")
@@ -165,7 +167,80 @@ def _baseline_jobs(options: BenchOptions, checkpoint: Path | None, version: str,
     return jobs
 
 
-def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
+def _rwkvcpp_jobs(options: BenchOptions, checkpoint: Path, common: dict[str, Any], notes: list[str],
+                  progress: Progress) -> list[dict[str, Any]]:
+    """One job per rwkv.cpp precision, its files made by its own converter and quantizer (`bench.rwkvcpp`)."""
+    from .rwkvcpp import RwkvCppError, model_file, prepare_tools
+
+    if checkpoint.suffix != ".pth" or importlib.util.find_spec("torch") is None:
+        notes.append("rwkv.cpp: skipped (its converter needs a BlinkDL .pth checkpoint and PyTorch)")
+        return []
+    try:
+        tools = prepare_tools(options.work_dir, options.rwkvcpp_source, options.rwkvcpp_lib,
+                              max(options.threads), progress)
+        files = {p: model_file(tools, checkpoint, p, options.work_dir / "rwkvcpp" / "models", progress)
+                 for p in options.rwkvcpp_precisions}
+    except RwkvCppError as exc:
+        notes.append(f"rwkv.cpp: skipped ({exc})")
+        return []
+    notes.append(f"rwkv.cpp: library {tools.library}; files converted without the unused layer-0 att.v0/v1/v2, "
+                 "which its loader cannot read (docs/bench.md)")
+    return [{**common, "engine": RWKVCPP, "precision": p, "library": str(tools.library), "model_file": str(f),
+             "batches": [1], "prefill_lengths": list(options.prefill_lengths)} for p, f in files.items()]
+
+
+def _fidelity(options: BenchOptions, jobs: list[dict[str, Any]], checkpoint: Path | None, vocab: int,
+              progress: Progress, notes: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """KL mean/max and top-1 of every engine against the fp32 PyTorch reference on one fixed token stream."""
+    if options.fidelity_tokens < 1:
+        return {}
+    if checkpoint is None or importlib.util.find_spec("torch") is None:
+        notes.append("fidelity: not measured (needs the checkpoint and PyTorch for the fp32 reference)")
+        return {}
+    tokens = token_stream(vocab, options.fidelity_tokens, options.seed).tolist()
+    reference = options.work_dir / "fidelity" / f"{checkpoint.stem}-reference-{len(tokens)}.npy"
+    threads = max(options.threads)
+    if not reference.exists():
+        progress(f"fp32 reference logits on the fidelity stream ({len(tokens)} tokens)")
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        staging = reference.with_name(f".writing-{reference.name}")
+        _run_worker({**jobs[0], "engine": TORCH_REFERENCE, "precision": "fp32", "checkpoint": str(checkpoint),
+                     "threads": threads, "fidelity": {"tokens": tokens, "write": str(staging)}})
+        os.replace(staging, reference)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in jobs:
+        progress(f"fidelity of {job['engine']} {job['precision']}")
+        result = _run_worker({**job, "threads": threads, "fidelity": {"tokens": tokens, "reference": str(reference)}})
+        found[(job["engine"], job["precision"])] = result["fidelity"]
+    return found
+
+
+def _measure(options: BenchOptions, jobs: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+    """Every job at every thread count, over `rounds` rounds with the engine order reversed each round; each
+    row reports the median round (and the fastest), so a burst of load in one round does not decide it."""
+    samples: dict[tuple, list[dict[str, Any]]] = {}
+    for threads in options.threads:
+        for round_ in range(options.rounds):
+            for job in (jobs if round_ % 2 == 0 else jobs[::-1]):
+                progress(f"measuring {job['engine']} {job['precision']} at {threads} thread(s), "
+                         f"round {round_ + 1}/{options.rounds}")
+                for row in _run_worker({**job, "threads": threads})["rows"]:
+                    samples.setdefault(tuple(row[k] for k in ROW_KEY), []).append(row)
+    return [_merge(rounds) for rounds in samples.values()]
+
+
+def _merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    seconds = [r["ms_per_call"] for r in rounds]
+    median = statistics.median(seconds)
+    first = rounds[0]
+    per_call = first["tokens_per_s"] * first["ms_per_call"]  # tokens per call (batch, or T for prefill) * 1000
+    return {**{k: first[k] for k in ROW_KEY}, "tokens_per_s": per_call / median, "ms_per_call": median,
+            "ms_per_call_min": min(seconds), "rounds": len(rounds), "calls": sum(r["calls"] for r in rounds),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds)}
+
+
+def _run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    threads = job["threads"]
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
     with tempfile.TemporaryDirectory(prefix="rwkv-bench-") as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
@@ -173,7 +248,7 @@ def _run_worker(job: dict[str, Any], threads: int) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "rwkv_deploy.bench.worker", str(job_file), str(out_file)],
                               env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
             raise BenchError(f"bench: the {job['engine']} {job['precision']} worker failed: {last}")
         return json.loads(out_file.read_text())
 

@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .engines import DEPLOY, RWKV_PACKAGE, TORCH_REFERENCE, DeployEngine, Engine, RwkvPackageEngine, TorchReferenceEngine
+import numpy as np
+
+from . import fidelity
+from .engines import (DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine, RwkvCppEngine,
+                      RwkvPackageEngine, TorchReferenceEngine)
 
 
 def make_engine(job: dict[str, Any]) -> Engine:
@@ -29,13 +33,16 @@ def make_engine(job: dict[str, Any]) -> Engine:
 
         torch.set_num_threads(job["threads"])
         return RwkvPackageEngine(Path(job["checkpoint"]), job["version"], job["vocab_size"], job["seed"])
+    if job["engine"] == RWKVCPP:
+        return RwkvCppEngine(Path(job["library"]), Path(job["model_file"]), job["threads"], job["vocab_size"], job["seed"])
     raise ValueError(f"unknown engine {job['engine']!r}")
 
 
 def row(job: dict[str, Any], mode: str, batch: int, tokens: int, tokens_per_s: float, seconds_per_call: float,
         calls: int) -> dict[str, Any]:
     return {"engine": job["engine"], "precision": job["precision"], "mode": mode, "batch": batch, "tokens": tokens,
-            "tokens_per_s": tokens_per_s, "ms_per_call": 1000 * seconds_per_call, "calls": calls}
+            "threads": job["threads"], "tokens_per_s": tokens_per_s, "ms_per_call": 1000 * seconds_per_call,
+            "calls": calls}
 
 
 def peak_rss_mb() -> float:
@@ -55,6 +62,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     seconds = job["min_seconds"]
     if job.get("make_contexts"):
         return {"contexts": engine.context_states(job["contexts"], job["context_chunk"], Path(job["work_dir"]))}
+    if "fidelity" in job:  # {"tokens": [...], "reference": .npy of the reference's logits, or "write": path}
+        task = job["fidelity"]
+        logits = engine.stream_logits(np.asarray(task["tokens"], dtype=np.int64))
+        if "write" in task:
+            np.save(task["write"], logits)
+            return {"fidelity": None}
+        return {"fidelity": fidelity.compare(np.load(task["reference"]), logits)}
     rows = []
     for batch in job["batches"]:
         if engine.max_decode_batch is not None and batch > engine.max_decode_batch:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from rwkv_deploy.bench.options import BACKENDS, DEFAULTS, BenchOptions
+
 from .errors import one_line_errors
 from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra
 
@@ -28,46 +30,66 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _joined(values: tuple) -> str:
+    return ",".join(str(v) for v in values)
+
+
 @one_line_errors
 def bench_cmd(
     packages: Optional[List[Path]] = typer.Argument(None, help="package directories to measure (or use --shape)"),
     shape: Optional[str] = typer.Option(None, "--shape", help="VERSION:LAYERS:WIDTH:VOCAB[:HEAD], random weights, "
                                         "e.g. 7:12:768:65536 (RWKV-7 at the G1 0.1B size)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
-                                              help="the packages' checkpoint, for the baselines"),
-    precisions: str = typer.Option("fp32,fp16,int8,int4", help="with --shape: precisions to export and measure"),
-    batches: str = typer.Option("1,4,16", help="decode batch sizes"),
-    prefill: str = typer.Option("64,512", "--prefill", help="prefill lengths T"),
-    contexts: str = typer.Option("1024,4096,16384", help="context lengths for the per-token cost ('' to skip)"),
-    baselines: str = typer.Option("torch-reference,rwkv-package", help="baselines measured in the same run ('' for none)"),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | tensorrt"),
-    threads: Optional[int] = typer.Option(None, help="threads for every engine (default: all cores)"),
-    min_seconds: float = typer.Option(3.0, "--min-seconds", help="least timed seconds per measurement"),
-    work_dir: Path = typer.Option(Path(".bench-cache"), "--work-dir", help="cache for random checkpoints, packages, states"),
-    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="writes bench.json, bench.md, bench.png here"),
+                                              help="the packages' checkpoint, for the baselines and fidelity"),
+    precisions: str = typer.Option(_joined(DEFAULTS.precisions), help="with --shape: precisions to export and measure"),
+    batches: str = typer.Option(_joined(DEFAULTS.batches), help="decode batch sizes"),
+    prefill: str = typer.Option(_joined(DEFAULTS.prefill_lengths), "--prefill", help="prefill lengths T"),
+    contexts: str = typer.Option(_joined(DEFAULTS.contexts), help="context lengths for the per-token cost ('' to skip)"),
+    baselines: str = typer.Option(_joined(DEFAULTS.baselines), help="baselines measured in the same run ('' for none)"),
+    rwkvcpp_precisions: str = typer.Option(_joined(DEFAULTS.rwkvcpp_precisions), "--rwkvcpp-precisions",
+                                           help="rwkv.cpp's formats to measure"),
+    rwkvcpp_lib: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_lib, "--rwkvcpp-lib",
+                                               help="a built librwkv.so (default: built once into --work-dir)"),
+    rwkvcpp_source: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_source, "--rwkvcpp-source",
+                                                  help="rwkv.cpp's source archive or tree (default: "
+                                                  "../shared/vendor/rwkv.cpp beside the repository)"),
+    backend: str = typer.Option(DEFAULTS.backend, "--backend", help=" | ".join(BACKENDS)),
+    threads: Optional[str] = typer.Option(None, help="thread counts, each measured in turn (default: 1 and all "
+                                          "cores)"),
+    rounds: int = typer.Option(DEFAULTS.rounds, help="rounds per measurement, engine order reversed each round"),
+    min_seconds: float = typer.Option(DEFAULTS.min_seconds, "--min-seconds",
+                                      help="least timed seconds per measurement (over all rounds)"),
+    fidelity_tokens: int = typer.Option(DEFAULTS.fidelity_tokens, "--fidelity-tokens",
+                                        help="length of the token stream for KL / top-1 against the fp32 reference "
+                                        "(0: skip)"),
+    work_dir: Path = typer.Option(DEFAULTS.work_dir, "--work-dir", help="cache for random checkpoints, packages, "
+                                  "states, rwkv.cpp's build and files"),
+    out: Path = typer.Option(DEFAULTS.out, "--out", "-o", help="writes bench.json, bench.md, bench.png here"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result on stdout (progress goes to stderr)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
-    """Measure decode, prefill and long-context speed of packages against the PyTorch reference and the rwkv
-    package, in one run; ratios against the issue-5 targets."""
+    """Measure decode, prefill and long-context speed of packages, with each engine's fidelity, against the PyTorch
+    reference, the rwkv package and rwkv.cpp, in one run; ratios against the targets of issues 5 and 13."""
     raise_param_cap(max_params)
     from rwkv_deploy.bench.report import markdown, write_chart
-    from rwkv_deploy.bench.run import BASELINES, BenchError, BenchOptions, run_bench
+    from rwkv_deploy.bench.run import run_bench
     from rwkv_deploy.bench.shapes import parse_shape
     from rwkv_deploy.fileio import write_bytes_atomically
     from .progress import stage_printer
 
-    chosen = tuple(b for b in baselines.split(",") if b.strip())
-    unknown = [b for b in chosen if b not in BASELINES]
-    if unknown:
-        raise BenchError(f"--baselines: unknown {unknown[0]!r} (choose from {', '.join(BASELINES)})")
     options = BenchOptions(
         shape=parse_shape(shape) if shape else None, packages=tuple(packages or ()), checkpoint=checkpoint,
-        precisions=tuple(p for p in precisions.split(",") if p.strip()), batches=_ints(batches, "--batches"),
-        prefill_lengths=_ints(prefill, "--prefill"), contexts=_ints(contexts, "--contexts"), baselines=chosen,
-        backend=backend, min_seconds=min_seconds, work_dir=work_dir,
-        **({"threads": threads} if threads else {}))
+        precisions=_names(precisions), batches=_ints(batches, "--batches"),
+        prefill_lengths=_ints(prefill, "--prefill"), contexts=_ints(contexts, "--contexts"),
+        baselines=_names(baselines), rwkvcpp_precisions=_names(rwkvcpp_precisions), rwkvcpp_lib=rwkvcpp_lib,
+        rwkvcpp_source=rwkvcpp_source, backend=backend, rounds=rounds, min_seconds=min_seconds,
+        fidelity_tokens=fidelity_tokens, work_dir=work_dir, out=out,
+        **({"threads": _ints(threads, "--threads")} if threads else {}))
     with stage_printer(enabled=not quiet) as progress:  # progress goes to stderr
         result = run_bench(options, progress, export=_export_for_bench if options.shape else None)
         out.mkdir(parents=True, exist_ok=True)

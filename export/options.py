@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from rwkv_deploy.package.names import PREFILL_LOGITS_LAST
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
-QUANTIZED_PRECISIONS = ("int8", "int4")  # traced in fp32, then the ONNX file is quantized (export/quantize.py)
+PRECISIONS = ("fp32", "fp16", "int8", "int5", "int4")
+# traced in fp32, then the ONNX file is quantized (export/quantize.py); int5 is mixed: 8-bit weights with a
+# 4-bit FFN value projection, about 5.5 bits per weight
+QUANTIZED_PRECISIONS = ("int8", "int5", "int4")
 DEFAULT_OPSET = 18  # the opset the graphs are traced at (torch.onnx's dynamo exporter)
 
 

@@ -8,9 +8,10 @@ export, on the ONNX file itself:
   W is stored as `bits`-bit integers in blocks of `block_size` consecutive K values, each block with its
   own float32 scale (and, asymmetric, its own zero point); ONNX Runtime's kernels read the packed
   weights directly, so a decode step moves 4x (int8) or ~7x (int4) fewer weight bytes than fp32;
-- the embedding table (the `Gather` of a constant [V, C] matrix by the token input) becomes
-  `com.microsoft::GatherBlockQuantized` (8-bit, blocks along C): only one row per token is read, so this
-  is for package size, not speed;
+- the embedding table (the `Gather` of a constant [V, C] matrix by the token input) is stored as float16
+  (a `Gather` of the fp16 table, then a `Cast` of the one row to float32), or as
+  `com.microsoft::GatherBlockQuantized` (8/4-bit, blocks along C): only one row per token is read, so this
+  is for package size and fidelity, not speed;
 - nothing else changes: layer/group norms, exp/decay, the WKV state update, the residual stream and every
   graph input and output (the recurrent state included) stay float32.
 
@@ -21,6 +22,8 @@ deterministic: the same source file and settings give a byte-identical result.
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +48,18 @@ class QuantizeError(RwkvDeployError):
     exit_code = 2
 
 
+EMBEDDING_FP16 = 16  # QuantConfig.embedding_bits for a float16 table read by Gather + Cast
+KEEP_FLOAT = 32  # override bits that leave a weight in float32
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """How one MatMul weight is stored: `bits`-bit integers in blocks of `block_size` K values."""
+
+    bits: int
+    block_size: int
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How one precision quantizes. The defaults per precision are in QUANT_CONFIGS (see docs/export.md)."""
@@ -54,43 +69,92 @@ class QuantConfig:
     symmetric: bool  # symmetric: no zero points (ORT's default 2^(bits-1)); else one zero point per block
     accuracy_level: int  # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
     head_bits: int  # bits for the head (the MatMul that produces the logits)
-    embedding_bits: int | None  # GatherBlockQuantized bits for the embedding table; None keeps it fp32
+    embedding_bits: int | None  # 8/4: GatherBlockQuantized; 16 (EMBEDDING_FP16): an fp16 table; None: fp32
     embedding_block_size: int = 32
+    head_block_size: int | None = None  # the head's blocks; None: block_size
+    # (glob on the weight's role, bits, block size): e.g. ("*.ffn.*", 4, 16), or bits KEEP_FLOAT to leave the
+    # weight a float32 MatMul; the role is the module path of a Linear ("model.blocks.3.ffn.key") or the
+    # parameter name of a raw product ("model.blocks.3.att.w1"); the first matching override wins
+    overrides: tuple[tuple[str, int, int], ...] = ()
+    range_search: tuple[float, ...] = (1.0,)  # 4-bit blocks: range factors tried, least squared error wins
 
     def __post_init__(self) -> None:
-        for bits in (self.bits, self.head_bits, self.embedding_bits or 8):
+        for bits in (self.bits, self.head_bits):
             if bits not in (4, 8):
                 raise ValueError(f"bits must be 4 or 8, not {bits}")
-        for block in (self.block_size, self.embedding_block_size):
+        for pattern, bits, _ in self.overrides:
+            if bits not in (4, 8, KEEP_FLOAT):
+                raise ValueError(f"override {pattern!r}: bits must be 4, 8 or {KEEP_FLOAT} (float32), not {bits}")
+        if self.embedding_bits not in (None, 4, 8, EMBEDDING_FP16):
+            raise ValueError(f"embedding bits must be 4, 8, 16 (float16) or None, not {self.embedding_bits}")
+        for block in (self.block_size, self.embedding_block_size, self.head_block_size or 16, *(o[2] for o in self.overrides)):
             if block < 16 or block & (block - 1):
                 raise ValueError(f"block size must be a power of two >= 16, not {block}")
 
+    def for_weight(self, role: str, is_head: bool) -> WeightQuant | None:
+        """How to store the weight with this role; None: keep it a float32 MatMul."""
+        if is_head:
+            return WeightQuant(self.head_bits, self.head_block_size or self.block_size)
+        for pattern, bits, block in self.overrides:
+            if fnmatch.fnmatchcase(role, pattern):
+                return None if bits == KEEP_FLOAT else WeightQuant(bits, block)
+        return WeightQuant(self.bits, self.block_size)
 
+
+# Chosen from fidelity (KL against the fp32 reference on a fixed token stream) and speed measurements at the
+# RWKV-7 0.1B shape, against rwkv.cpp's Q8_0 / Q5_1 / Q4_0 (docs/bench.md, "Quantization choices").
+RANGE_SEARCH = tuple(round(1.0 - 0.02 * i, 2) for i in range(16))  # 1.0, 0.98, ..., 0.70
+LORA = "*.att.[wavg][12]"  # RWKV-7's low-rank factors (w1, w2, a1, ... g2): small, and sensitive at 4 bits
 QUANT_CONFIGS: dict[str, QuantConfig] = {
-    "int8": QuantConfig(bits=8, block_size=128, symmetric=False, accuracy_level=4, head_bits=8, embedding_bits=8),
-    "int4": QuantConfig(bits=4, block_size=32, symmetric=False, accuracy_level=4, head_bits=4, embedding_bits=8),
+    "int8": QuantConfig(bits=8, block_size=32, symmetric=False, accuracy_level=4, head_bits=8, head_block_size=16,
+                        embedding_bits=EMBEDDING_FP16, overrides=((LORA, KEEP_FLOAT, 32),)),
+    "int5": QuantConfig(bits=8, block_size=32, symmetric=False, accuracy_level=4, head_bits=8, head_block_size=16,
+                        embedding_bits=EMBEDDING_FP16, overrides=(("*.ffn.value", 4, 32),), range_search=RANGE_SEARCH),
+    "int4": QuantConfig(bits=4, block_size=32, symmetric=False, accuracy_level=4, head_bits=8, head_block_size=16,
+                        embedding_bits=EMBEDDING_FP16, overrides=((LORA, 8, 32),), range_search=RANGE_SEARCH),
 }
 
 
 # -- blockwise quantization (numpy) ----------------------------------------------------------------------------
 
 
-def block_quantize(x: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def block_quantize(x: np.ndarray, bits: int, symmetric: bool,
+                   range_search: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize `x` [..., block] along its last axis: (q uint8 in [0, 2^bits - 1], scale, zero point uint8).
 
     Symmetric: the zero point is fixed at 2^(bits-1) and scale = max|x| / (2^(bits-1) - 1), so every value
     is representable. Asymmetric: [min(x, 0), max(x, 0)] maps onto [0, 2^bits - 1].
     Dequantized value: (q - zero_point) * scale.
+    `range_search`: factors the block's range is shrunk by; each block keeps the one with the least squared
+    error (clipping a rare extreme value can round the rest more finely). (1.0,): the full range only.
     """
     x = np.asarray(x, dtype=np.float32)
+    best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    best_err: np.ndarray | None = None
+    for factor in range_search:
+        q, scale, zero = _quantize_range(x, bits, symmetric, np.float32(factor))
+        if len(range_search) == 1:
+            return q, scale, zero
+        err = np.square((q.astype(np.float32) - zero[..., None]) * scale[..., None] - x).sum(axis=-1)
+        if best is None or best_err is None:
+            best, best_err = (q, scale, zero), err
+            continue
+        better = err < best_err
+        best = (np.where(better[..., None], q, best[0]), np.where(better, scale, best[1]), np.where(better, zero, best[2]))
+        best_err = np.minimum(err, best_err)
+    assert best is not None
+    return best
+
+
+def _quantize_range(x: np.ndarray, bits: int, symmetric: bool, factor: np.float32) -> tuple[np.ndarray, ...]:
     qmax = (1 << bits) - 1
     if symmetric:
         mid = 1 << (bits - 1)
-        scale = np.abs(x).max(axis=-1) / np.float32(mid - 1)
+        scale = np.abs(x).max(axis=-1) * factor / np.float32(mid - 1)
         zero = np.full(scale.shape, mid, dtype=np.float32)
     else:
-        lo = np.minimum(x.min(axis=-1), 0.0)
-        hi = np.maximum(x.max(axis=-1), 0.0)
+        lo = np.minimum(x.min(axis=-1), 0.0) * factor
+        hi = np.maximum(x.max(axis=-1), 0.0) * factor
         scale = (hi - lo) / np.float32(qmax)
         safe = np.where(scale == 0, np.float32(1), scale)
         zero = np.clip(np.rint(-lo / safe), 0, qmax)
@@ -109,14 +173,15 @@ def pack_low_first(values: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4), dtype=np.uint8)
 
 
-def quantize_matmul_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> dict[str, np.ndarray]:
+def quantize_matmul_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool,
+                           range_search: tuple[float, ...] = (1.0,)) -> dict[str, np.ndarray]:
     """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points."""
     k, n = w.shape
     k_blocks = -(-k // block_size)
     padded = np.zeros((k_blocks * block_size, n), np.float32)
     padded[:k] = w
     blocks = padded.T.reshape(n, k_blocks, block_size)
-    q, scale, zero = block_quantize(blocks, bits, symmetric)
+    q, scale, zero = block_quantize(blocks, bits, symmetric, range_search)
     out = {"B": pack_low_first(q, bits), "scales": scale.reshape(-1)}
     if not symmetric:
         out["zero_points"] = pack_low_first(zero, bits).reshape(-1)
@@ -214,14 +279,35 @@ def _float_matrix(tensor: TensorProto | None) -> bool:
 
 @dataclass(frozen=True)
 class QuantPlan:
-    """Which initializers a graph's rewrite quantizes: MatMul weights with their bits, and the embedding."""
+    """Which initializers a graph's rewrite quantizes: MatMul weights with their storage, and the embedding."""
 
-    matmul_bits: dict[str, int]  # weight name -> bits (the head may differ)
+    matmul: dict[str, WeightQuant]  # weight name -> bits and block size (the head and overrides may differ)
     embedding: str | None  # the token-indexed Gather table, or None
 
     @property
+    def matmul_bits(self) -> dict[str, int]:
+        return {name: q.bits for name, q in self.matmul.items()}
+
+    @property
     def names(self) -> set[str]:
-        return set(self.matmul_bits) | ({self.embedding} if self.embedding else set())
+        return set(self.matmul) | ({self.embedding} if self.embedding else set())
+
+
+def weight_role(node: onnx.NodeProto, weight: str) -> str:
+    """What a MatMul weight is, for QuantConfig.overrides: the parameter name when the initializer kept it
+    ("model.blocks.3.att.w1"), else the module the exporter recorded the product under
+    ("model.blocks.3.ffn.key", from the node's `pkg.torch.onnx.name_scopes`), else the initializer name."""
+    if weight.startswith("model."):
+        return weight.removesuffix(".weight")
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [s for s in ast.literal_eval(prop.value) if s]
+            except (ValueError, SyntaxError):
+                break
+            if len(scopes) >= 2:
+                return scopes[-2]
+    return weight
 
 
 def plan_quantization(graph: onnx.GraphProto, config: QuantConfig, logits_output: str | None) -> QuantPlan:
@@ -231,14 +317,16 @@ def plan_quantization(graph: onnx.GraphProto, config: QuantConfig, logits_output
     consumers = _consumers(graph)
     in_subgraphs = _subgraph_inputs(graph)
     head_output = _head_matmul(graph, logits_output)
-    matmul_bits: dict[str, int] = {}
+    matmul: dict[str, WeightQuant] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and len(node.input) == 2 and _float_matrix(initializers.get(node.input[1])):
             weight = node.input[1]
             if weight not in in_subgraphs and all(c.op_type == "MatMul" and list(c.input).index(weight) == 1
                                                   for c in consumers[weight]):
-                matmul_bits[weight] = config.head_bits if node.output[0] == head_output else config.bits
-    return QuantPlan(matmul_bits, _embedding_table(graph, config, initializers, consumers, in_subgraphs))
+                quant = config.for_weight(weight_role(node, weight), node.output[0] == head_output)
+                if quant is not None:
+                    matmul[weight] = quant
+    return QuantPlan(matmul, _embedding_table(graph, config, initializers, consumers, in_subgraphs))
 
 
 def _embedding_table(graph: onnx.GraphProto, config: QuantConfig, initializers: dict[str, TensorProto],
@@ -270,7 +358,8 @@ def _summary(config: QuantConfig) -> dict[str, Any]:
         "method": "weight-only blockwise (round to nearest)",
         "matmul": {"op": f"{MS_DOMAIN}::MatMulNBits", "bits": config.bits, "block_size": config.block_size,
                    "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
-                   "head_bits": config.head_bits, "count": 0},
+                   "head_bits": config.head_bits, "head_block_size": config.head_block_size or config.block_size,
+                   "overrides": [list(o) for o in config.overrides], "count": 0},
         "embedding": None,
         "float32_kept": "norms, biases, decay/mix vectors, state update, graph inputs and outputs",
         "weight_bytes": {"before": 0, "after": 0},
@@ -286,14 +375,18 @@ def _quantized_initializers(graph: onnx.GraphProto, plan: QuantPlan, config: Qua
     for tensor in graph.initializer:
         before = tensor_nbytes(tensor)
         summary["weight_bytes"]["before"] += before
-        if tensor.name in plan.matmul_bits:
-            bits = plan.matmul_bits[tensor.name]
-            parts = quantize_matmul_weight(source.array(tensor), bits, config.block_size, config.symmetric)
+        if tensor.name in plan.matmul:
+            bits, block = plan.matmul[tensor.name].bits, plan.matmul[tensor.name].block_size
+            search = config.range_search if bits == 4 else (1.0,)  # at 8 bits the full range measured best
+            parts = quantize_matmul_weight(source.array(tensor), bits, block, config.symmetric, search)
             made = [writer.add_array(f"{tensor.name}.q{bits}", parts["B"]),
                     writer.add_array(f"{tensor.name}.scales", parts["scales"])]
             if "zero_points" in parts:
                 made.append(writer.add_array(f"{tensor.name}.zero_points", parts["zero_points"]))
             summary["matmul"]["count"] += len(consumers[tensor.name])
+        elif tensor.name == plan.embedding and config.embedding_bits == EMBEDDING_FP16:
+            made = [writer.add_array(f"{tensor.name}.fp16", source.array(tensor).astype(np.float16))]
+            summary["embedding"] = {"op": "Gather", "dtype": "float16"}
         elif tensor.name == plan.embedding:
             bits = config.embedding_bits
             parts = quantize_gather_table(source.array(tensor), bits, config.embedding_block_size)
@@ -318,17 +411,25 @@ def _quantized_nodes(graph: onnx.GraphProto, plan: QuantPlan, config: QuantConfi
     dims = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
     nodes = []
     for node in graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in plan.matmul_bits:
-            weight, bits = node.input[1], plan.matmul_bits[node.input[1]]
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in plan.matmul:
+            weight, quant = node.input[1], plan.matmul[node.input[1]]
+            bits = quant.bits
             k, n = dims[weight]
             inputs = [node.input[0], f"{weight}.q{bits}", f"{weight}.scales"]
             if not config.symmetric:
                 inputs.append(f"{weight}.zero_points")
-            attrs = {"K": k, "N": n, "bits": bits, "block_size": config.block_size}
+            attrs = {"K": k, "N": n, "bits": bits, "block_size": quant.block_size}
             if config.accuracy_level:
                 attrs["accuracy_level"] = config.accuracy_level
             nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
                                           domain=MS_DOMAIN, **attrs))
+        elif (node.op_type == "Gather" and plan.embedding is not None and node.input[0] == plan.embedding
+              and config.embedding_bits == EMBEDDING_FP16):
+            rows = f"{node.output[0]}.fp16"
+            nodes.append(helper.make_node("Gather", [f"{plan.embedding}.fp16", node.input[1]], [rows], name=node.name,
+                                          axis=0))
+            nodes.append(helper.make_node("Cast", [rows], list(node.output), name=f"{node.name}.to_float32",
+                                          to=TensorProto.FLOAT))
         elif node.op_type == "Gather" and plan.embedding is not None and node.input[0] == plan.embedding:
             table, bits = plan.embedding, config.embedding_bits
             nodes.append(helper.make_node(

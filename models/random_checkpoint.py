@@ -2,7 +2,8 @@
 for `rwkv-deploy bench --shape` (a released model's sizes without its weights).
 
 The state dicts use the key names, shapes and key order of released BlinkDL files (the order of
-the training modules' parameters). The `rwkv` package's version detection depends on that order
+the training modules' parameters, RWKV-LM's `RWKV-v7/train_temp/src/model.py` for v7: its layer 0 carries
+`att.v0/v1/v2` too, unused, as released G1 files do; its LoRA ranks follow from the width, `v7_lora_ranks`). The `rwkv` package's version detection depends on that order
 (see `make_checkpoint`). Values are drawn so that the model is numerically meaningful rather than
 noise that saturates. Decays span fast and slow memory, mix coefficients lie in (0, 1), LayerNorms
 are close to identity, and residual-branch projections are scaled GPT-2 style (1/sqrt(2L)) so the
@@ -20,10 +21,18 @@ from typing import Callable
 import torch
 
 VERSIONS: tuple[str, ...] = ("4", "5.0", "5.1", "5.2", "6", "7")
-DEFAULT_LORA: dict[str, dict[str, int]] = {
+DEFAULT_LORA: dict[str, dict[str, int]] = {  # v7's defaults depend on the width: see v7_lora_ranks
     "6": {"mix": 32, "decay": 64},
-    "7": {"w": 32, "a": 32, "v": 32, "g": 64},
+    "7": {"w": 32, "a": 32, "v": 32, "g": 32},
 }
+
+
+def v7_lora_ranks(n_embd: int) -> dict[str, int]:
+    """The LoRA ranks RWKV-7's training code picks for width C (rounded to multiples of 32, at least 32):
+    w and a 2.5*sqrt(C), v 1.7*sqrt(C), g 5*sqrt(C); at the G1 0.1B width 768 that is 64/64/32/128."""
+    def rank(factor: float) -> int:
+        return max(32, int(round(factor * math.sqrt(n_embd) / 32)) * 32)
+    return {"w": rank(2.5), "a": rank(2.5), "v": rank(1.7), "g": rank(5.0)}
 
 Tensors = dict[str, torch.Tensor]
 
@@ -158,6 +167,8 @@ def _resolve_spec(
     if unknown:
         raise ValueError(f"unknown LoRA names {sorted(unknown)} for v{version}; known: {sorted(defaults)}")
     ffn = ffn_size if ffn_size is not None else default_ffn_size(version, n_embd)
+    if version == "7":
+        defaults = v7_lora_ranks(n_embd)
     return Spec(version, n_layer, n_embd, head_size, vocab_size, ffn, {**defaults, **(lora or {})}, time_state)
 
 
@@ -247,16 +258,17 @@ def _att_v6(rng: Rng, spec: Spec, i: int) -> Tensors:
 
 
 def _att_v7(rng: Rng, spec: Spec, i: int) -> Tensors:
-    """v7: w0 in (-4, 2) gives decays exp(-0.6065*sigmoid(w0)) in about (0.59, 0.99); LoRA outputs
-    vary the pre-activations by about +-0.3. Layer 0 carries v0/v1/v2 like released files."""
+    """v7, in the training module's parameter order: w0 in (-4, 2) gives decays exp(-0.6065*sigmoid(w0))
+    in about (0.59, 0.99); LoRA outputs vary the pre-activations by about +-0.3. Layer 0 carries v0/v1/v2
+    like released files (the training module creates them in every layer; no layer-0 code reads them)."""
     c, h, n, r = spec.n_embd, spec.n_head, spec.head_size, spec.lora
     out: Tensors = {f"x_{s}": rng.mix(c) for s in ("r", "w", "k", "v", "a", "g")}
-    out["w0"] = rng.uniform((1, 1, c), -4.0, 2.0)
     out["w1"], out["w2"] = rng.lora(c, r["w"]), rng.lora(r["w"], c, 0.5)
-    out["a0"] = rng.uniform((1, 1, c), -1.0, 1.0)
+    out["w0"] = rng.uniform((1, 1, c), -4.0, 2.0)
     out["a1"], out["a2"] = rng.lora(c, r["a"]), rng.lora(r["a"], c, 0.5)
-    out["v0"] = rng.uniform((1, 1, c), -1.0, 1.0)
+    out["a0"] = rng.uniform((1, 1, c), -1.0, 1.0)
     out["v1"], out["v2"] = rng.lora(c, r["v"]), rng.lora(r["v"], c, 0.5)
+    out["v0"] = rng.uniform((1, 1, c), -1.0, 1.0)
     out["g1"], out["g2"] = rng.lora(c, r["g"]), rng.lora(r["g"], c, 1.5)
     out["k_k"] = rng.uniform((1, 1, c), 0.6, 1.1)
     out["k_a"] = rng.uniform((1, 1, c), 0.5, 1.2)

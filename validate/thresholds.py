@@ -125,8 +125,16 @@ class Int4Thresholds(Thresholds):
     growth_ratio_max: float = 100.0
 
 
+@dataclass(frozen=True)
+class Int5Thresholds(Int4Thresholds):
+    """int5 exports are int8 with the FFN value projection in 4 bits (export/quantize.py): their loss lies between
+    int8's and int4's, so int4's limits apply (they catch a broken graph, not the rounding)."""
+
+    precision: str = "int5"
+
+
 THRESHOLDS: dict[str, Thresholds] = {"fp32": Fp32Thresholds(), "fp16": Fp16Thresholds(), "int8": Int8Thresholds(),
-                                     "int4": Int4Thresholds()}
+                                     "int5": Int5Thresholds(), "int4": Int4Thresholds()}
 
 
 class UnknownPrecisionError(RwkvDeployError):

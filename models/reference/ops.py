@@ -70,6 +70,12 @@ def recurrence_as_scan() -> Iterator[None]:
         _SCAN = previous
 
 
+def chunked_recurrence() -> bool:
+    """True while a prefill graph is traced: versions with a chunked form of their recurrence use it there
+    (RWKV-7's `wkv_chunked`); eager runs keep the plain per-position loop as the reference."""
+    return _SCAN
+
+
 def single_position(t_len: int) -> bool:
     """True for a one-token pass (a step graph, a decode step); never while a prefill graph (symbolic T)
     is traced, so T is not compared there."""

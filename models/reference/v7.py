@@ -10,6 +10,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -73,7 +74,8 @@ class TimeMix7(nn.Module):
             ctx["v_first"] = v
         else:
             v = v + (ctx["v_first"] - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        w = torch.exp(-DECAY_SCALE * torch.sigmoid(w_hat.float()))
+        log_w = -DECAY_SCALE * torch.sigmoid(w_hat.float())
+        w = torch.exp(log_w)
 
         r_h, w_h, k_h, v_h, a_h = (t.unflatten(-1, (h, n)) for t in (r, w, k, v, a))
 
@@ -81,6 +83,8 @@ class TimeMix7(nn.Module):
             col, row = (lambda t: t.reshape(bsz, h, n, 1)), (lambda t: t.reshape(bsz, h, 1, n))
             wkv = wkv_update(wkv, row(w_h), col(-kk), col(v_h), torch.cat([row(kk * a_h), row(k_h)], dim=-2))
             y = (wkv @ col(r_h)).reshape(bsz, 1, h, n)
+        elif ops.chunked_recurrence():  # a traced prefill graph: the recurrence in chunks of matrix products
+            y, wkv = wkv_chunked(wkv, r_h, log_w.unflatten(-1, (h, n)), k_h, v_h, -kk, kk * a_h)
         else:
             # every per-position operand is shaped for the state update here, for all T at once, so the
             # sequential part is only the five products and sums of `wkv_update`
@@ -112,6 +116,60 @@ def wkv_update(
     """
     left = torch.cat([s @ alpha_col, v_col], dim=-1)  # [B, H, N, 2]
     return s * w_row + left @ right
+
+
+WKV_CHUNK = 16  # positions per chunk of `wkv_chunked`: decay over a chunk stays above 0.545**16 = 6e-5
+
+
+def wkv_chunked(
+    s: torch.Tensor, r: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor,
+    beta: torch.Tensor, chunk: int = WKV_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RWKV-7 recurrence over T positions, exactly, in chunks of `chunk` positions of matrix products
+    instead of T sequential steps: per chunk one step of a scan, so a prefill graph runs T/chunk small
+    iterations, not T (docs/rwkv-math.md, "Chunked recurrence").
+
+    Per position t: S_t = S_{t-1} (diag(w_t) + alpha_t beta_tᵀ) + v_t k_tᵀ and y_t = S_t r_t, with operands
+    [B, T, H, N], log_w = log(w), state s [B, H, N(value), N(key)]. Returns (y [B, T, H, N], final state).
+
+    Within a chunk, with G_t the cumulative decay (product of w up to t) and S~_t = S_t diag(1/G_t), the
+    decay disappears: S~_t = S~_{t-1} + u_t b_tᵀ + v_t k'_tᵀ with u_t = S~_{t-1} a_t, a_t = G_{t-1} alpha_t,
+    b_t = beta_t / G_t, k'_t = k_t / G_t. The u_t solve one unit-triangular system per chunk, (I - M)^-1 as a
+    product of log2(chunk) factors (M is nilpotent), and y_t = S~_t (G_t r_t). Positions beyond T are padded
+    with w = 1 and zero vectors, which leave the state unchanged."""
+    bsz, t_len, h, n = r.shape
+    count = (t_len + chunk - 1) // chunk  # sizes as expressions of T, so a traced graph keeps T dynamic
+    operands = [F.pad(x, (0, 0, 0, 0, 0, count * chunk - t_len)) for x in (r, log_w, k, v, alpha, beta)]
+    # [B, chunks, H, L, N]: one scan step per chunk, positions as rows
+    chunks = [x.reshape(bsz, count, chunk, h, n).transpose(2, 3) for x in operands]
+    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device).triu()
+    strict = upper.triu(1)
+
+    def step(carry: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        (state,), (r_c, lw_c, k_c, v_c, a_c, b_c) = carry, xs
+        decay = lw_c.cumsum(dim=-2)  # log G_t, [B, H, L, N]
+        r_t = r_c * torch.exp(decay)
+        a_t = a_c * torch.exp(decay - lw_c)
+        inv = torch.exp(-decay)
+        b_t, k_t = b_c * inv, k_c * inv
+        m_b = (b_t @ a_t.transpose(-1, -2)).masked_fill(~strict, 0.0)  # [s, t] = b_s . a_t for s < t
+        m_k = (k_t @ a_t.transpose(-1, -2)).masked_fill(~strict, 0.0)
+        solve = torch.eye(chunk, dtype=r.dtype, device=r.device) + m_b  # (I - M_b)^-1 = prod (I + M_b^(2^i))
+        power = m_b
+        for _ in range(int(chunk).bit_length() - 2):
+            power = power @ power
+            solve = solve + solve @ power
+        v_cols = v_c.transpose(-1, -2)  # [B, H, N, L]
+        u_cols = (state @ a_t.transpose(-1, -2) + v_cols @ m_k) @ solve
+        n_b = (b_t @ r_t.transpose(-1, -2)).masked_fill(~upper, 0.0)  # [s, t] = b_s . r_t for s <= t
+        n_k = (k_t @ r_t.transpose(-1, -2)).masked_fill(~upper, 0.0)
+        y_cols = state @ r_t.transpose(-1, -2) + u_cols @ n_b + v_cols @ n_k
+        state = (state + u_cols @ b_t + v_cols @ k_t) * torch.exp(decay[..., -1:, :])
+        return (state,), y_cols.transpose(-1, -2)  # y rows [B, H, L, N]
+
+    ys, (s,) = ops.scan_time(step, (s,), tuple(chunks))  # ys [B, chunks, H, L, N]
+    y = ys.transpose(2, 3).reshape(bsz, count * chunk, h, n)[:, :t_len]
+    return y, s
 
 
 class ChannelMix7(nn.Module):
