@@ -89,7 +89,7 @@ def export_prefill_graph(
     one product over all T positions; the per-head recurrence is one ONNX Scan over T. `logits` is
     [batch, vocab] for the last position, or [batch, T, vocab] with `all_logits`. Arguments and return
     value as `export_step_graph`."""
-    example_batch, example_t = 2, 3
+    example_batch, example_t = 2, 37  # more than two chunks of a chunked recurrence (one would specialize)
     tokens = torch.zeros(example_batch, example_t, dtype=torch.long)
     state = tuple(model.init_state(example_batch))
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)
