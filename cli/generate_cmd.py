@@ -12,8 +12,12 @@ import typer
 
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
+from rwkv_deploy.runtime.sampling import SamplingParams
 
 from .errors import one_line_errors
+
+
+SAMPLING = SamplingParams()  # the library's defaults are the CLI's
 
 
 class NoTokenizerError(RwkvDeployError):
@@ -73,11 +77,11 @@ def generate_cmd(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue; '-' reads it from stdin"),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file (UTF-8)"),
     max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="most tokens to generate"),
-    temperature: float = typer.Option(1.0, help="0 = greedy"),
-    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling: keep tokens up to this total probability"),
-    top_k: int = typer.Option(0, "--top-k", help="keep only the k most likely tokens (0 = all)"),
-    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="subtract once from generated tokens"),
-    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="subtract per occurrence"),
+    temperature: float = typer.Option(SAMPLING.temperature, help="0 = greedy"),
+    top_p: float = typer.Option(SAMPLING.top_p, "--top-p", help="nucleus sampling: keep tokens up to this total probability"),
+    top_k: int = typer.Option(SAMPLING.top_k, "--top-k", help="keep only the k most likely tokens (0 = all)"),
+    presence_penalty: float = typer.Option(SAMPLING.presence_penalty, "--presence-penalty", help="subtract once from generated tokens"),
+    frequency_penalty: float = typer.Option(SAMPLING.frequency_penalty, "--frequency-penalty", help="subtract per occurrence"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="seed for reproducible sampling"),
     greedy: bool = typer.Option(False, "--greedy", help="always take the most likely token (temperature 0)"),
