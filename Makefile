@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# the tests run in one worker process per core, at most 4, each taking whole files (module fixtures run once);
+# `make test PYTEST_WORKERS=` runs them in one process
+PYTEST_WORKERS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 DEMO_OUT ?= demo-out
 CHROMIUM ?= /usr/bin/chromium
 NODE_DEPS := deploy/node/node_modules/.installed deploy/web/node_modules/.installed
@@ -66,7 +69,7 @@ demo: setup-python
 	@echo "demo outputs in $(DEMO_OUT)/ (validation reports in $(DEMO_OUT)/*/validation/)"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) $(RUNTIME_VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules

@@ -18,9 +18,10 @@ if _REPO_ROOT not in sys.path:
 def shared_package(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`shared_package("7", "fp16", prefill=True)`: a small random package exported once per test session
     (tests.helpers.small_packages.export_small). Read it, never change it: copy it first (shutil.copytree)."""
+    from tests.helpers.across_workers import shared_root
     from tests.helpers.small_packages import export_small
 
-    root = tmp_path_factory.mktemp("shared-packages")
+    root = shared_root(tmp_path_factory, "shared-packages")
     cache: dict[tuple, Path] = {}
 
     def get(version: str, precision: str = "fp32", seed: int = 0, **options) -> Path:
@@ -37,19 +38,20 @@ def bundled_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled RWKV-7 byte-level model exported once per session, fp32 (read it; copy it to change it)."""
     from rwkv_deploy.export.package_builder import ExportOptions, export_package
     from rwkv_deploy.models.bundled import bundled_checkpoint
+    from tests.helpers.across_workers import made_once, shared_root
 
-    out = tmp_path_factory.mktemp("bundled") / "tiny"
-    export_package(bundled_checkpoint(), out, ExportOptions())
-    return out
+    out = shared_root(tmp_path_factory, "bundled") / "tiny"
+    return made_once(out, lambda: export_package(bundled_checkpoint(), out, ExportOptions()))
 
 
 @pytest.fixture(scope="session")
 def small_packages(shared_package, tmp_path_factory: pytest.TempPathFactory):
     """kind -> a small package: "4" ... "7" (seed 1), "6-tuned" (a state-tuned RWKV-6), "7-external" (an RWKV-7,
     seed 2, whose weights are ONNX external data); each exported once per session, on first use."""
+    from tests.helpers.across_workers import shared_root
     from tests.helpers.small_packages import SmallPackages
 
-    return SmallPackages(shared_package, tmp_path_factory.mktemp("small-packages"))
+    return SmallPackages(shared_package, shared_root(tmp_path_factory, "small-packages"))
 
 
 @pytest.fixture(scope="session")

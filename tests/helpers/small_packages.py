@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from rwkv_deploy.package.manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
+from tests.helpers.across_workers import made_once
 from tests.helpers.random_checkpoints import make_checkpoint
 
 VOCAB = 256
@@ -31,12 +33,17 @@ def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 
     """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer unless `options`
     say otherwise) to `root`; `options` are further ExportOptions fields (prefill=True, ...)."""
     checkpoint = small_checkpoint_path(root, version, seed)
-    if not checkpoint.exists():
-        small_checkpoint(checkpoint, version, seed)
+    made_once(checkpoint, lambda: _save_atomically(checkpoint, lambda path: small_checkpoint(path, version, seed)))
     suffix = "".join(f"-{k}-{v}" for k, v in sorted(options.items()))
     out = root / f"v{version}-{precision}-seed{seed}{suffix}"
-    export_package(checkpoint, out, ExportOptions(**{"precision": precision, "tokenizer": "none", **options}))
-    return out
+    return made_once(out, lambda: export_package(
+        checkpoint, out, ExportOptions(**{"precision": precision, "tokenizer": "none", **options})))
+
+
+def _save_atomically(path: Path, save: Callable[[Path], object]) -> None:
+    staging = path.with_name(f".staging-{path.name}")
+    save(staging)
+    staging.replace(path)
 
 
 def shared(shared_package, version: str, precision: str = "fp32", prefill: bool = True) -> Path:
@@ -83,7 +90,9 @@ class SmallPackages:
         if variant != "tuned":
             raise KeyError(kind)
         out = self.root / kind
-        if not out.exists():
+
+        def export_tuned() -> None:
             checkpoint = small_checkpoint(self.root / f"{kind}.pth", version, seed=2, time_state=True)
             export_package(checkpoint, out, ExportOptions(tokenizer="none"))
-        return out
+
+        return made_once(out, export_tuned)
