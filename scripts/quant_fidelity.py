@@ -19,20 +19,6 @@ from pathlib import Path
 import numpy as np
 
 
-def reference_logits(checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
-    import torch
-
-    from rwkv_deploy.models import load_model
-
-    model, out = load_model(checkpoint).eval(), []
-    state = model.init_state(1)
-    with torch.no_grad():
-        for token in tokens:
-            logits, state = model.step(torch.tensor([int(token)]), state)
-            out.append(logits[0].numpy())
-    return np.stack(out)
-
-
 def graph_logits(graph: Path, tokens: np.ndarray, threads: int) -> np.ndarray:
     import onnxruntime as ort
 
@@ -49,21 +35,9 @@ def graph_logits(graph: Path, tokens: np.ndarray, threads: int) -> np.ndarray:
     return np.stack(out)
 
 
-def rwkvcpp_logits(library: Path, model_file: Path, tokens: np.ndarray, threads: int) -> np.ndarray:
-    from rwkv_deploy.bench.rwkvcpp import RwkvCppModel
-
-    model = RwkvCppModel(library, model_file, threads)
-    state, nxt, out = model.fresh_state(), np.empty(model.state_len, np.float32), []
-    logits = np.empty(model.logits_len, np.float32)
-    for token in tokens:
-        model.eval(int(token), state, nxt, logits)
-        out.append(logits.copy())
-        state, nxt = nxt, state
-    return np.stack(out)
-
-
 def main(argv: list[str]) -> int:
     from rwkv_deploy.bench import fidelity
+    from rwkv_deploy.bench.engines import RwkvCppEngine, TorchReferenceEngine  # the streams bench measures
     from rwkv_deploy.export.quantize import QUANT_CONFIGS, QuantConfig, quantize_onnx_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,11 +60,12 @@ def main(argv: list[str]) -> int:
     vocab = next(t for t in onnx.load(str(args.graph), load_external_data=False).graph.initializer
                  if t.name.endswith("emb.weight")).dims[0]
     tokens = fidelity.token_stream(int(vocab), args.tokens, args.seed)
-    reference = reference_logits(args.checkpoint, tokens)
+    reference = TorchReferenceEngine(args.checkpoint, int(vocab), args.seed).stream_logits(tokens)
     if args.rwkvcpp is not None:
         if args.rwkvcpp_lib is None:
             parser.error("--rwkvcpp needs --rwkvcpp-lib")
-        logits = rwkvcpp_logits(args.rwkvcpp_lib, args.rwkvcpp, tokens, args.threads)
+        engine = RwkvCppEngine(args.rwkvcpp_lib, args.rwkvcpp, args.threads, int(vocab), args.seed)
+        logits = engine.stream_logits(tokens)
     else:
         if args.precision:
             config = QUANT_CONFIGS[args.precision]

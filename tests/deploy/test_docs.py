@@ -6,11 +6,11 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 from tests.deploy.jsutil import REPO
+from tests.helpers.ports import free_port
 
 DOC = REPO / "docs" / "deploy.md"
 
@@ -21,12 +21,6 @@ def section_blocks(title: str) -> list[str]:
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     assert match, f"{DOC}: no section '## {title}'"
     return re.findall(r"^```bash\n(.*?)^```", match.group(1), flags=re.M | re.S)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_blocks(blocks: list[str], timeout: float = 300) -> str:

@@ -18,16 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "triton_server.sh"
 VENDOR = REPO_ROOT.parent / "shared" / "vendor"
 STOP_TIMEOUT_S = 30  # the script's exit timeout is 5 s; this is the test's own limit
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def skip_reason() -> str | None:
