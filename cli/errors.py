@@ -4,7 +4,8 @@
 - OSError (read-only folder, no permission, disk full) and MemoryError: one line naming the file, exit 1.
 - SIGINT, SIGTERM and SIGHUP: raised as exceptions inside the command, so every `with`/`finally` that removes
   temporary files runs (staging folders of export, package, validate; the extracted copy of `generate
-  ARCHIVE`), then one line and exit 128 + the signal number. Further signals during that cleanup are ignored.
+  ARCHIVE`), then one line and exit 128 + the signal number. Further signals during that cleanup are ignored;
+  a signal whose exception a library swallowed still fails the command (rwkv_deploy.interrupts).
 """
 
 from __future__ import annotations
@@ -17,26 +18,11 @@ from typing import Callable, TypeVar
 
 import typer
 
+from rwkv_deploy import interrupts
 from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.interrupts import Interrupted
 
 F = TypeVar("F", bound=Callable)
-
-HANDLED_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
-
-
-class Interrupted(BaseException):
-    """A termination signal, raised where the command was so that its cleanup runs (like KeyboardInterrupt)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    for s in (*HANDLED_SIGNALS, signal.SIGINT):
-        signal.signal(s, signal.SIG_IGN)  # let the cleanup finish
-    raise Interrupted(signum)
-
 
 def _signal_name(signum: int) -> str:
     try:
@@ -54,29 +40,26 @@ def _os_error_line(exc: OSError) -> str:
 def one_line_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        installed = {}
-        if _main_thread():
-            installed = {s: signal.signal(s, _on_signal) for s in (*HANDLED_SIGNALS, signal.SIGINT)}
+        installed = interrupts.install() if _main_thread() else {}
         code, line = 0, None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            interrupts.raise_if_interrupted()  # its exception was swallowed on the way: still a failed run
+            return result
         except RwkvDeployError as exc:
             code, line = exc.exit_code, str(exc)
-        except ImportError as exc:
-            signum = _interrupting_signal(exc)  # a signal inside a native module's initialisation
-            if signum is None:
-                raise
-            code, line = 128 + signum, f"interrupted by {_signal_name(signum)}; temporary files were removed"
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            code, line = 128 + signum, f"interrupted by {_signal_name(signum)}; temporary files were removed"
+            code, line = 128 + signum, _interrupted_line(signum)
         except OSError as exc:
             code, line = 1, _os_error_line(exc)
         except MemoryError:
             code, line = 1, "out of memory (the input needs more memory than this machine has)"
         finally:
-            for s, handler in installed.items():
-                signal.signal(s, handler)
+            signum = interrupts.pending_signal()  # whatever the signal's exception turned into on the way (an
+            if signum is not None:                # ImportError inside a native module's initialisation, ...)
+                code, line = 128 + signum, _interrupted_line(signum)
+            interrupts.restore(installed)
             if line is not None:
                 print(f"error: {' '.join(line.splitlines())}", file=sys.stderr)
                 raise typer.Exit(code) from None
@@ -84,16 +67,8 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _interrupting_signal(exc: BaseException) -> int | None:
-    """The signal behind `exc` when it was raised while handling one (its context chain holds it)."""
-    seen = exc.__cause__ or exc.__context__
-    while seen is not None:
-        if isinstance(seen, Interrupted):
-            return seen.signum
-        if isinstance(seen, KeyboardInterrupt):
-            return int(signal.SIGINT)
-        seen = seen.__cause__ or seen.__context__
-    return None
+def _interrupted_line(signum: int) -> str:
+    return f"interrupted by {_signal_name(signum)}; temporary files were removed"
 
 
 def _main_thread() -> bool:

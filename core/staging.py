@@ -19,13 +19,13 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from rwkv_deploy import interrupts
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.fileio import (UnsafePathError, is_link, owned_leftover, remove_leftover_files,
                                 temporary_name_pattern)
@@ -142,31 +142,29 @@ def publish(staging: Path, target: Path, replace: bool) -> None:
         raise
 
 
-_DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
 @contextmanager
 def staged_directory(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory for `target` inside the `with` block; it is published when the block ends without
     an exception, and removed (never published) on any exception, KeyboardInterrupt and signals included.
 
     SIGINT/SIGTERM/SIGHUP are held back while the lock file and the staging folder are being created, so a
-    signal cannot land between creating one and being ready to remove it; they are delivered right after."""
+    signal cannot land between creating one and being ready to remove it; they are delivered right after.
+    A signal whose exception something inside the block swallowed still stops the publication."""
     target = Path(target)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-    try:
-        with target_lock(target):
-            clean_leftovers(target)
-            tmp = new_staging_dir(target)
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                yield tmp
-                publish(tmp, target, replace)
-            except BaseException:
+    with ExitStack() as held:
+        tmp = None
+        try:
+            with interrupts.deferred():
+                held.enter_context(target_lock(target))
+                clean_leftovers(target)
+                tmp = new_staging_dir(target)
+            yield tmp
+            interrupts.raise_if_interrupted()
+            publish(tmp, target, replace)
+        except BaseException:
+            if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            raise
 
 
 def staged_files(staging: Path) -> list[Path]:

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 
+from rwkv_deploy.cli.errors import one_line_errors
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.package.archive import create_archive
 from rwkv_deploy.package.verify import verify_package
@@ -101,3 +103,21 @@ def test_sigterm_during_generate_of_an_archive_removes_the_extracted_copy(shared
     assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-3000:]
     assert stderr.decode().strip().splitlines()[-1] == "error: interrupted by SIGTERM; temporary files were removed"
     assert [p.name for p in temp.iterdir() if p.name != ".ses"] == []  # onnxruntime keeps its own $TMPDIR/.ses
+
+
+def test_a_command_that_swallowed_its_signal_still_fails_with_128_plus_n(capsys):
+    @one_line_errors
+    def careless_command() -> str:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except BaseException:  # noqa: BLE001 - a library that swallows everything
+            pass
+        return "finished as if nothing happened"
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as exited:
+        careless_command()
+    assert exited.value.exit_code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "error: interrupted by SIGTERM; temporary files were removed\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are put back
