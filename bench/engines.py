@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .options import DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
-__all__ = ["DEPLOY", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
+__all__ = ["DEPLOY", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
            "RwkvPackageEngine", "RwkvCppEngine"]
 
 
@@ -54,13 +54,14 @@ class DeployEngine(Engine):
 
     name = DEPLOY
 
-    def __init__(self, package_dir: Path, backend: str, threads: int, vocab_size: int, seed: int) -> None:
+    def __init__(self, package_dir: Path, backend: str, threads: int, vocab_size: int, seed: int,
+                 spin_wait: bool = False) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
         from rwkv_deploy.runtime.backends import make_backend
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
-        options = {"threads": threads} if backend == "onnxruntime" else {}
+        options = {"threads": threads, "spin_wait": spin_wait} if backend == "onnxruntime" else {}
         self.backend = make_backend(backend, self.package, **options)
 
     def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:

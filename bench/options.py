@@ -10,6 +10,7 @@ from pathlib import Path
 from .shapes import ModelShape
 
 DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP = "rwkv-deploy", "torch-reference", "rwkv-package", "rwkv.cpp"
+DEPLOY_SPIN = "rwkv-deploy-spin"  # our packages with ONNX Runtime's spin-waiting threads (`spin_wait`)
 BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP)
 RWKVCPP_PRECISIONS = ("FP32", "FP16", "Q8_0", "Q5_1", "Q4_0")
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -34,6 +35,9 @@ class BenchOptions:
     rwkvcpp_lib: Path | None = None  # a built librwkv.so; None: built once into work_dir from rwkvcpp_source
     rwkvcpp_source: Path | None = None  # rwkv.cpp's source archive or tree; None: ../shared/vendor/rwkv.cpp
     backend: str = "onnxruntime"
+    # also measure the packages with spin-waiting ONNX Runtime threads (engine DEPLOY_SPIN, decode at batch 1, at
+    # each thread count above 1), the way rwkv.cpp's threads wait; the runtime's default does not spin
+    spin_wait: bool = False
     threads: tuple[int, ...] = field(default_factory=default_threads)  # each thread count measured in turn
     rounds: int = 3  # each measurement split over this many rounds; engine order reversed every round
     min_seconds: float = 3.0  # timed seconds per measurement, over all rounds

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 
 DECODE_VS_RWKV_PACKAGE = {"fp32": 1.7, "int8": 3.0, "int4": 4.0}
 BATCH16_VS_BATCH1 = 8.0
@@ -77,8 +77,12 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                 "decode tokens/s at batch 1, over the rwkv package's (cpu fp32)")
             counterpart = RWKVCPP_COUNTERPART.get(p)
             if counterpart:
-                add("decode_b1_vs_rwkvcpp", p, decode1, row(RWKVCPP, "decode", 1, 0, counterpart),
-                    DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1, over rwkv.cpp {counterpart}'s")
+                theirs = row(RWKVCPP, "decode", 1, 0, counterpart)
+                add("decode_b1_vs_rwkvcpp", p, decode1, theirs, DECODE_VS_RWKVCPP[p],
+                    f"decode tokens/s at batch 1, over rwkv.cpp {counterpart}'s")
+                add("decode_b1_spinning_vs_rwkvcpp", p, row(DEPLOY_SPIN, "decode", 1, 0, p), theirs,
+                    DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1 with spin-waiting threads (as rwkv.cpp's "
+                    f"wait), over rwkv.cpp {counterpart}'s")
                 for length in prefill_lengths:
                     add(f"prefill{length}_vs_rwkvcpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(RWKVCPP, "prefill", 1, length, counterpart), PREFILL_VS_RWKVCPP,

@@ -23,7 +23,7 @@ from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 from . import machine
 from .fidelity import FIELDS as FIDELITY_FIELDS
 from .fidelity import token_stream
-from .options import BASELINES, DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, BenchOptions
+from .options import BASELINES, DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, BenchOptions
 from .ratios import Ratio, compute_ratios
 
 __all__ = ["BASELINES", "BenchError", "BenchOptions", "BenchResult", "run_bench"]
@@ -79,9 +79,11 @@ def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
              "context_states": context_states} for p in packages]
     jobs += _baseline_jobs(options, checkpoint, version, common, notes, progress)
     fidelity = _fidelity(options, jobs, checkpoint, vocab, progress, notes)
+    jobs += _spinning_jobs(options, jobs, notes)
     rows = _measure(options, jobs, progress)
     for row in rows:
-        row.update(fidelity.get((row["engine"], row["precision"]), dict.fromkeys(FIDELITY_FIELDS)))
+        same_numbers = DEPLOY if row["engine"] == DEPLOY_SPIN else row["engine"]  # one graph, bit-identical logits
+        row.update(fidelity.get((same_numbers, row["precision"]), dict.fromkeys(FIDELITY_FIELDS)))
     progress("measuring the memory read bandwidth")
     bandwidth = {n: machine.memory_read_bandwidth(n) for n in options.threads}
     info = {**machine.describe(), "threads": list(options.threads),
@@ -189,6 +191,20 @@ def _rwkvcpp_jobs(options: BenchOptions, checkpoint: Path, common: dict[str, Any
              "batches": [1], "prefill_lengths": list(options.prefill_lengths)} for p, f in files.items()]
 
 
+def _spinning_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """Our packages again with spin-waiting ONNX Runtime threads, decode at batch 1 (`BenchOptions.spin_wait`)."""
+    if not options.spin_wait:
+        return []
+    if options.backend != "onnxruntime" or max(options.threads) < 2:
+        notes.append("rwkv-deploy-spin: skipped (spin-waiting applies to ONNX Runtime at 2 or more threads)")
+        return []
+    notes.append("rwkv-deploy-spin: the same packages with ONNX Runtime's worker threads spin-waiting between ops "
+                 "(the runtime's spin_wait=True, generate --spin-wait), as rwkv.cpp's threads do; measured at thread "
+                 "counts above 1 only; fidelity is the rwkv-deploy row's (same graph, same numbers)")
+    return [{**job, "engine": DEPLOY_SPIN, "batches": [1], "prefill_lengths": [], "context_states": {}}
+            for job in jobs if job["engine"] == DEPLOY]
+
+
 def _fidelity(options: BenchOptions, jobs: list[dict[str, Any]], checkpoint: Path | None, vocab: int,
               progress: Progress, notes: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
     """KL mean/max and top-1 of every engine against the fp32 PyTorch reference on one fixed token stream."""
@@ -222,6 +238,8 @@ def _measure(options: BenchOptions, jobs: list[dict[str, Any]], progress: Progre
     for threads in options.threads:
         for round_ in range(options.rounds):
             for job in (jobs if round_ % 2 == 0 else jobs[::-1]):
+                if job["engine"] == DEPLOY_SPIN and threads < 2:
+                    continue  # one thread has no worker to wait
                 progress(f"measuring {job['engine']} {job['precision']} at {threads} thread(s), "
                          f"round {round_ + 1}/{options.rounds}")
                 for row in _run_worker({**job, "threads": threads})["rows"]:

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from . import fidelity
-from .engines import (DEPLOY, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine, RwkvCppEngine,
+from .engines import (DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine, RwkvCppEngine,
                       RwkvPackageEngine, TorchReferenceEngine)
 
 
 def make_engine(job: dict[str, Any]) -> Engine:
-    if job["engine"] == DEPLOY:
-        return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"])
+    if job["engine"] in (DEPLOY, DEPLOY_SPIN):
+        return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"],
+                            spin_wait=job["engine"] == DEPLOY_SPIN)
     if job["engine"] == TORCH_REFERENCE:
         import torch
 

@@ -58,6 +58,10 @@ def bench_cmd(
                                                   help="rwkv.cpp's source archive or tree (default: "
                                                   "../shared/vendor/rwkv.cpp beside the repository)"),
     backend: str = typer.Option(DEFAULTS.backend, "--backend", help=" | ".join(BACKENDS)),
+    spin_wait: bool = typer.Option(DEFAULTS.spin_wait, "--spin-wait",
+                                   help="also measure the packages with spin-waiting ONNX Runtime threads at each "
+                                   "thread count above 1 (engine rwkv-deploy-spin, decode batch 1), as rwkv.cpp's "
+                                   "threads wait"),
     threads: Optional[str] = typer.Option(None, help="thread counts, each measured in turn (default: 1 and all "
                                           "cores)"),
     rounds: int = typer.Option(DEFAULTS.rounds, help="rounds per measurement, engine order reversed each round"),
@@ -87,7 +91,7 @@ def bench_cmd(
         precisions=_names(precisions), batches=_ints(batches, "--batches"),
         prefill_lengths=_ints(prefill, "--prefill"), contexts=_ints(contexts, "--contexts"),
         baselines=_names(baselines), rwkvcpp_precisions=_names(rwkvcpp_precisions), rwkvcpp_lib=rwkvcpp_lib,
-        rwkvcpp_source=rwkvcpp_source, backend=backend, rounds=rounds, min_seconds=min_seconds,
+        rwkvcpp_source=rwkvcpp_source, backend=backend, spin_wait=spin_wait, rounds=rounds, min_seconds=min_seconds,
         fidelity_tokens=fidelity_tokens, work_dir=work_dir, out=out,
         **({"threads": _ints(threads, "--threads")} if threads else {}))
     with stage_printer(enabled=not quiet) as progress:  # progress goes to stderr

@@ -88,6 +88,11 @@ def generate_cmd(
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend",
                                 help="onnxruntime, or tensorrt (needs `rwkv-deploy build-engine` first, TensorRT and a GPU)"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="tensorrt: replay each step as a captured CUDA graph"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime: intra-op threads (default: one "
+                                          "per core)"),
+    spin_wait: bool = typer.Option(False, "--spin-wait", help="onnxruntime: worker threads spin between ops instead "
+                                   "of sleeping: faster on cores given to the model, slower on shared ones "
+                                   "(docs/bench.md)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip hashing the package's files (a trusted local "
                                    "package); the path rules are always checked"),
 ) -> None:
@@ -106,7 +111,11 @@ def generate_cmd(
             raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
         if cuda_graphs and backend != "tensorrt":
             raise BackendOptionError("--cuda-graphs applies to --backend tensorrt only")
-        options = {"cuda_graphs": True} if cuda_graphs else {}
+        if (threads is not None or spin_wait) and backend != "onnxruntime":
+            raise BackendOptionError("--threads and --spin-wait apply to --backend onnxruntime only")
+        options: dict = {"cuda_graphs": True} if cuda_graphs else {}
+        if backend == "onnxruntime":
+            options = {"threads": threads, "spin_wait": spin_wait}
         generator = Generator(make_backend(backend, package, **options), package.tokenizer)
         result = generator.generate(
             text, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,

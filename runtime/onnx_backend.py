@@ -39,18 +39,23 @@ def default_providers() -> list[str]:
     return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """All graph optimizations; `threads` intra-op threads (None: ORT's default, one per core); no spinning.
+def session_options(threads: int | None, spin_wait: bool = False) -> ort.SessionOptions:
+    """All graph optimizations; `threads` intra-op threads (None: ORT's default, one per core); no spinning
+    unless `spin_wait`.
 
-    ORT's worker threads spin-wait between ops by default. A decode step is a thousand small ops, so
-    the spinning workers compete with the thread that runs them: on the 2-core development machine this
-    doubled the time per token (RWKV-7 0.1B shape, int4: 24 ms spinning, 13 ms not; fp32: 51 vs 28 ms)."""
+    ORT's worker threads spin-wait between ops by default. That buys a quiet machine about a fifth of the
+    step time at 2 threads (each parallel op otherwise wakes a sleeping worker, ~20 us, about 150 times per
+    step), and costs as much when the cores are shared: the spinning threads take the CPU the others need.
+    Measured (RWKV-7 0.1B shape, int8, 2 threads, 2-core machine; docs/bench.md "Spin-waiting threads"):
+    quiet 16.5 ms no-spin vs 13.6 ms spinning; beside one busy process 18.9 vs 23.5 ms. Servers share their
+    cores, so no spinning is the default; `spin_wait=True` is for a machine given to the model."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops per step: nothing to overlap
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if spin_wait else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if threads is not None:
         if threads < 1:
             raise BackendError(f"threads must be at least 1, got {threads}")
@@ -78,7 +83,7 @@ class OnnxStepBackend:
     """`step(tokens, state) -> (logits, new_state)` on a package's step graph; implements `StepBackend`."""
 
     def __init__(self, package: DeploymentPackage, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, spin_wait: bool = False) -> None:
         self.package = package
         providers = list(providers) if providers else default_providers()
         missing = [_provider_name(p) for p in providers if _provider_name(p) not in ort.get_available_providers()]
@@ -86,7 +91,8 @@ class OnnxStepBackend:
             raise BackendError(f"execution provider {missing[0]} is not available in this onnxruntime "
                                f"(available: {', '.join(ort.get_available_providers())})")
         try:
-            self.session = ort.InferenceSession(str(package.graph_path), session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(str(package.graph_path), session_options(threads, spin_wait),
+                                                providers=providers)
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably
             raise BackendError(f"{package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
@@ -95,7 +101,7 @@ class OnnxStepBackend:
         manifest = package.manifest
         self._entries = manifest.state
         self._outputs = [manifest.logits_output] + [e.output for e in manifest.state]
-        self._providers, self._threads = providers, threads
+        self._providers, self._threads, self._spin_wait = providers, threads, spin_wait
         self._prefill_session: ort.InferenceSession | None = None
 
     @property
@@ -149,7 +155,7 @@ class OnnxStepBackend:
                 raise BackendError(f"{self.package.directory}: the package has no prefill graph "
                                    f"(export it with `rwkv-deploy export --prefill`)")
             try:
-                self._prefill_session = ort.InferenceSession(str(path), session_options(self._threads),
+                self._prefill_session = ort.InferenceSession(str(path), session_options(self._threads, self._spin_wait),
                                                              providers=self.session.get_providers())
             except Exception as exc:  # ORT raises its own exception types
                 raise BackendError(f"{path}: onnxruntime cannot load the graph ({exc})") from None

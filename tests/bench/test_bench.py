@@ -44,7 +44,7 @@ def shape_run(tmp_path_factory) -> tuple[dict, Path]:
     about 30 s of the 2-core CI machine), at 1 and 2 threads, 2 rounds."""
     root = tmp_path_factory.mktemp("bench")
     result = runner.invoke(app, ["bench", "--shape", "7:2:64:256:16", "--precisions", "fp32,int8", *QUICK,
-                                 "--threads", "1,2", "--rounds", "2", "--fidelity-tokens", "24",
+                                 "--threads", "1,2", "--rounds", "2", "--fidelity-tokens", "24", "--spin-wait",
                                  "--work-dir", str(root / "cache"), "--out", str(root / "out"), "--json", "-q"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout), root
@@ -71,6 +71,21 @@ def test_json_has_a_row_per_engine_mode_batch_length_and_thread_count(shape_run)
             assert {("rwkv.cpp", precision, "decode", 1, 0, threads), ("rwkv.cpp", precision, "prefill", 1, 4, threads)} <= keys
             assert ("rwkv.cpp", precision, "decode", 2, 0, threads) not in keys
     assert all(v > 0 for v in data["machine"]["memory_read_bytes_per_s"].values())
+
+
+def test_spin_waiting_rows_are_decode_at_batch_1_above_one_thread_with_the_same_fidelity(shape_run):
+    data, _ = shape_run
+    rows = keyed(data)
+    spinning = {k: r for k, r in rows.items() if k[0] == "rwkv-deploy-spin"}
+    assert set(spinning) == {("rwkv-deploy-spin", p, "decode", 1, 0, 2) for p in ("fp32", "int8")}
+    for (_, precision, *_), row in spinning.items():
+        plain = rows[("rwkv-deploy", precision, "decode", 1, 0, 2)]
+        assert row["kl_mean"] == plain["kl_mean"] and row["top1"] == plain["top1"]
+    ratios = {(r["name"], r["precision"], r["threads"]): r for r in data["ratios"]}
+    q8 = rows[("rwkv.cpp", "Q8_0", "decode", 1, 0, 2)]["tokens_per_s"]
+    ratio = ratios[("decode_b1_spinning_vs_rwkvcpp", "int8", 2)]
+    assert ratio["value"] == pytest.approx(spinning[("rwkv-deploy-spin", "int8", "decode", 1, 0, 2)]["tokens_per_s"] / q8)
+    assert ("decode_b1_spinning_vs_rwkvcpp", "int8", 1) not in ratios
 
 
 def test_every_row_carries_its_fidelity_against_the_fp32_reference(shape_run):

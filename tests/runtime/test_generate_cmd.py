@@ -58,9 +58,24 @@ def test_stop_strings_end_the_output_before_them(package_dir):
     assert result.stdout == full[: full.find(stop_a)] + "\n"
 
 
+def test_threads_and_spin_wait_reach_onnx_runtime_and_change_no_token(package_dir, monkeypatch):
+    from rwkv_deploy.runtime import onnx_backend
+
+    asked = []
+    real = onnx_backend.session_options
+    monkeypatch.setattr(onnx_backend, "session_options", lambda *a: asked.append(a) or real(*a))
+    result = runner.invoke(app, ["generate", str(package_dir), "-p", "Hello", "-n", "12", "--greedy", "--threads", "2",
+                                 "--spin-wait"])
+    assert result.exit_code == 0, result.stderr
+    assert asked == [(2, True)]
+    assert result.stdout == library_text(package_dir, "Hello", max_tokens=12, temperature=0) + "\n"
+
+
 @pytest.mark.parametrize("args,message", [
     pytest.param(["--temperature", "-1"], "temperature must be a finite number >= 0", id="bad-temperature"),
     pytest.param(["--top-p", "0"], "top_p must be in", id="bad-top-p"),
+    pytest.param(["--backend", "tensorrt", "--spin-wait"], "--threads and --spin-wait apply to --backend onnxruntime",
+                 id="spin-wait-on-tensorrt"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(package_dir, args, message):
     result = runner.invoke(app, ["generate", str(package_dir), "--prompt", "x", *args])

@@ -116,6 +116,17 @@ def test_a_restarted_backend_continues_from_a_saved_state(exported, version, tmp
     np.testing.assert_array_equal(continued, uninterrupted[20:])
 
 
+def test_spin_waiting_threads_are_off_unless_asked_for_and_change_no_number(exported):
+    package = exported["7"].package
+    quiet, spinning = OnnxStepBackend(package, threads=2), OnnxStepBackend(package, threads=2, spin_wait=True)
+    for backend, expected in ((quiet, "0"), (spinning, "1")):
+        options = backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert options.intra_op_num_threads == 2
+    tokens = random_tokens(10, 2, seed=7)
+    np.testing.assert_array_equal(run_backend(spinning, tokens)[0], run_backend(quiet, tokens)[0])
+
+
 def test_step_leaves_the_given_state_untouched(exported):
     backend = OnnxStepBackend(exported["7"].package)
     _, state = run_backend(backend, random_tokens(5, 2, seed=6))
