@@ -30,7 +30,8 @@ def validate_cmd(
     greedy_tokens: int = typer.Option(DEFAULTS.greedy_tokens, help="tokens each side greedy-decodes on its own"),
     out: Optional[Path] = typer.Option(None, "--report-dir", "--out", "-o",
                                        help="report folder, written fresh (default: PACKAGE/validation)"),
-    threads: Optional[int] = typer.Option(None, help="PyTorch threads for the reference (default: PyTorch's own)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="threads for the PyTorch reference and for ONNX Runtime "
+                                          "(default: each library's own)"),
     skip_hash_check: bool = typer.Option(False, "--no-verify", "--skip-hash-check",
                                          help="skip hashing the package's files (never the path rules)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
@@ -49,7 +50,7 @@ def validate_cmd(
     report_dir = out or package / VALIDATION_DIR.rstrip("/")
     check_report_target(report_dir)  # before minutes of validation, not after
     options = ValidateOptions(steps=steps, batch=batch, seed=seed, greedy_tokens=greedy_tokens,
-                              check_hashes=not skip_hash_check, torch_threads=threads, backend=backend)
+                              check_hashes=not skip_hash_check, threads=threads, backend=backend)
     with stage_printer(enabled=not quiet) as progress:
         result = validate_package(package, checkpoint, options, progress=progress)
         progress("writing the report")

@@ -39,7 +39,7 @@ class ValidateOptions:
     greedy_tokens: int = 32
     prompt_length: int = 16
     check_hashes: bool = True
-    torch_threads: int | None = None  # None: leave PyTorch's setting alone
+    threads: int | None = None  # the PyTorch reference's and ONNX Runtime's threads; None: each library's own
     backend: str = DEFAULT_BACKEND  # the runtime backend that runs the artifact (runtime.backends.BACKENDS)
 
 

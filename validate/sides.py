@@ -81,9 +81,11 @@ class ArtifactSide:
         self.state_outputs = [e.output for e in manifest.state]
 
     @classmethod
-    def open(cls, backend: str, package: DeploymentPackage) -> "ArtifactSide":
-        """`backend` ("onnxruntime", "tensorrt") on `package`, built by the runtime's own factory."""
-        return cls(backends.make_backend(backend, package), backend, package.manifest)
+    def open(cls, backend: str, package: DeploymentPackage, threads: int | None = None) -> "ArtifactSide":
+        """`backend` ("onnxruntime", "tensorrt") on `package`, built by the runtime's own factory; `threads`
+        sets ONNX Runtime's intra-op threads (a GPU backend has none to set)."""
+        options = {"threads": threads} if backend == "onnxruntime" and threads is not None else {}
+        return cls(backends.make_backend(backend, package, **options), backend, package.manifest)
 
     def describe(self) -> str:
         """What runs the artifact, in words (for the report)."""

@@ -52,7 +52,7 @@ def validate_package(
     manifest = package.manifest
     thresholds = thresholds_for(manifest.graphs[STEP_GRAPH].precision)
     # Polygraphy logs every comparison (and errors for failing ones); the report says it all, once.
-    with _torch_threads(options.torch_threads), poly_log.verbosity(poly_log.CRITICAL):
+    with _torch_threads(options.threads), poly_log.verbosity(poly_log.CRITICAL):
         progress("loading the PyTorch reference")
         with _timed(timings, "load_reference"):
             eps = manifest.source.get("ln_x_eps")
@@ -61,7 +61,7 @@ def validate_package(
         streams = make_streams(manifest.model.vocab_size, package.tokenizer, options.steps, options.batch, options.seed)
         progress(f"opening the artifact ({options.backend})")
         with _timed(timings, "create_session"):
-            artifact = ArtifactSide.open(options.backend, package)
+            artifact = ArtifactSide.open(options.backend, package, options.threads)
         reference = ReferenceSide(model, manifest)
         results: list[StreamResult] = []
         for stream in streams:

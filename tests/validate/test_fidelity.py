@@ -35,7 +35,7 @@ def export_once(tmp_path_factory: pytest.TempPathFactory, version: str, precisio
 
 
 def validate(package: Path, checkpoint: Path, batch: int) -> ValidationResult:
-    return validate_package(package, checkpoint, ValidateOptions(steps=STEPS, batch=batch, torch_threads=1))
+    return validate_package(package, checkpoint, ValidateOptions(steps=STEPS, batch=batch, threads=1))
 
 
 @pytest.mark.parametrize("batch", [1, 3])

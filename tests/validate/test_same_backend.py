@@ -70,7 +70,7 @@ def package(shared_package) -> tuple[Path, Path]:
 
 
 def validate(package: tuple[Path, Path]):
-    return validate_package(*package, ValidateOptions(steps=STEPS, batch=BATCH, greedy_tokens=GREEDY, torch_threads=1))
+    return validate_package(*package, ValidateOptions(steps=STEPS, batch=BATCH, greedy_tokens=GREEDY, threads=1))
 
 
 def test_generate_and_validate_step_and_prefill_the_backend_make_backend_returns(package, monkeypatch):
@@ -109,3 +109,12 @@ def test_a_backend_without_prefill_is_reported_as_not_comparing_the_prefill_grap
     assert result.passed and "prefill" not in calls
     assert not [c for c in result.checks if c.scope == "prefill"]
     assert any("prefill graph was not compared" in note for note in result.notes)
+
+
+def test_the_thread_count_reaches_onnx_runtime_as_well_as_pytorch(package, monkeypatch):
+    asked = []
+    make = backends.make_backend
+    monkeypatch.setattr(backends, "make_backend", lambda name, pkg, **options: asked.append(options) or
+                        make(name, pkg, **options))
+    result = validate(package)  # threads=1
+    assert result.passed and asked == [{"threads": 1}]

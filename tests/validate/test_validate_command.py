@@ -147,7 +147,7 @@ def test_perturbed_weight_fails_with_exit_1_naming_logits_max_abs(made, tmp_path
 @pytest.mark.parametrize("delta,metric", [(1e-2, "state_max_rel"), (float("inf"), "nonfinite_values")])
 def test_a_corrupted_state_output_is_caught_even_though_that_steps_logits_are_exact(made, tmp_path, delta, metric):
     package = broken_copy(made.fp32, tmp_path / "pkg", offset_state_output("state_out.layer1.att_shift", delta))
-    result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, torch_threads=1))
+    result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, threads=1))
 
     assert not result.passed
     assert metric in {c.metric for c in result.failures}
@@ -161,7 +161,7 @@ def test_a_corrupted_state_output_is_caught_even_though_that_steps_logits_are_ex
 
 def test_fp16_thresholds_catch_an_fp16_export_bug_that_fp16_rounding_cannot_explain(made, tmp_path):
     package = broken_copy(made.fp16, tmp_path / "pkg", halve_last_ffn_output)
-    result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, torch_threads=1))
+    result = validate_package(package, made.checkpoint, ValidateOptions(steps=STEPS, batch=2, threads=1))
 
     assert result.thresholds.precision == "fp16"
     assert {"logits_max_abs", "kl_mean"} <= {c.metric for c in result.failures}
@@ -170,7 +170,7 @@ def test_fp16_thresholds_catch_an_fp16_export_bug_that_fp16_rounding_cannot_expl
 def test_fp16_weights_overflowed_to_inf_fail_and_the_report_stays_valid_json(made, tmp_path):
     package = broken_copy(made.fp16, tmp_path / "pkg", overflow_head_weights, fix_hash=False)
     result = validate_package(package, made.checkpoint,
-                              ValidateOptions(steps=STEPS, batch=2, check_hashes=False, torch_threads=1))
+                              ValidateOptions(steps=STEPS, batch=2, check_hashes=False, threads=1))
 
     assert not result.passed
     assert {"nonfinite_values", "logits_max_abs", "kl_mean"} <= {c.metric for c in result.failures}
