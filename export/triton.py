@@ -39,19 +39,17 @@ Triton server):
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
-
 from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry, read_manifest
 from rwkv_deploy.package.names import STEP_GRAPH
+from rwkv_deploy.staging import staged_directory, staged_files
 
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
@@ -359,7 +357,7 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
                      batching: BatchingOptions | None = None, force: bool = False,
                      instances: InstanceOptions | None = None) -> TritonRepository:
     """Write the Triton model repository of the verified package `package_dir` to `out`, atomically: a
-    temporary sibling folder renamed into place. `out` must be new or empty unless `force`."""
+    staging sibling renamed into place (`rwkv_deploy.staging`). `out` must be new or empty unless `force`."""
     from rwkv_deploy.package.verify import verify_package
 
     package_dir, out = Path(package_dir), Path(out)
@@ -376,10 +374,7 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
     manifest = read_manifest(package_dir)
     engine = _engine(package_dir, manifest)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    with staged_directory(out, replace=force) as tmp:  # lock, owner marker, signals, SIGKILL leftovers
         _write_onnx_model(package_dir, manifest, tmp / name,
                           model_config(manifest, name, batching=batching, instances=instances))
         models = [name]
@@ -390,17 +385,7 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
                                   instances=instances)
             _write_plan_model(package_dir, manifest, tmp / trt_name, config, plan)
             models.append(trt_name)
-        files = tuple(sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files = tuple(p.relative_to(tmp).as_posix() for p in staged_files(tmp))
     return TritonRepository(out, tuple(models), files)
 
 

@@ -26,6 +26,7 @@ from rwkv_deploy.export.triton import (BatchingOptions, InstanceOptions, TritonE
 from rwkv_deploy.package.manifest import StateEntry
 from rwkv_deploy.package.state_files import load_initial_arrays
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+from rwkv_deploy.staging import MARKER, TargetError, target_lock
 from tests.helpers.small_packages import v7_manifest
 
 runner = CliRunner()
@@ -406,6 +407,22 @@ def test_a_failure_while_writing_leaves_nothing_behind(packages: dict[str, Path]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
     assert sorted(p.name for p in out.iterdir()) == ["old"]  # the old repository is untouched
 
+
+
+def test_a_second_writer_is_refused_and_a_killed_writers_leftovers_are_cleaned(packages: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    with target_lock(out):  # another run holds the repository
+        with pytest.raises(TargetError, match="another rwkv-deploy run"):
+            write_repository(packages["4"], out, name="m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    killed = tmp_path / ".repo.tmp-999999999-x"  # what a SIGKILLed writer (a pid that no longer runs) left
+    killed.mkdir()
+    (killed / MARKER).write_text("{}")
+    (killed / "half.onnx").write_bytes(b"x")
+    repo = write_repository(packages["4"], out, name="m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    assert MARKER not in repo.files and all((out / f).is_file() for f in repo.files)
 
 # -- docs/deploy.md: the Triton section's examples, executed ----------------------------------------------------
 
