@@ -58,11 +58,10 @@ class DeployEngine(Engine):
                  spin_wait: bool = False) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
-        from rwkv_deploy.runtime.backends import make_backend
+        from rwkv_deploy.runtime.backends import make_backend, thread_options
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
-        options = {"threads": threads, "spin_wait": spin_wait} if backend == "onnxruntime" else {}
-        self.backend = make_backend(backend, self.package, **options)
+        self.backend = make_backend(backend, self.package, **thread_options(backend, threads, spin_wait))
 
     def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
         current = [state if state is not None else self.backend.fresh_state(batch)]

@@ -98,7 +98,7 @@ def generate_cmd(
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
     from rwkv_deploy.runtime import DeploymentPackage, Generator
-    from rwkv_deploy.runtime.backends import make_backend
+    from rwkv_deploy.runtime.backends import make_backend, thread_options
     from rwkv_deploy.runtime.package import package_directory
 
     text = read_prompt(prompt, prompt_file)
@@ -113,9 +113,7 @@ def generate_cmd(
             raise BackendOptionError("--cuda-graphs applies to --backend tensorrt only")
         if (threads is not None or spin_wait) and backend != "onnxruntime":
             raise BackendOptionError("--threads and --spin-wait apply to --backend onnxruntime only")
-        options: dict = {"cuda_graphs": True} if cuda_graphs else {}
-        if backend == "onnxruntime":
-            options = {"threads": threads, "spin_wait": spin_wait}
+        options = {"cuda_graphs": True} if cuda_graphs else thread_options(backend, threads, spin_wait)
         generator = Generator(make_backend(backend, package, **options), package.tokenizer)
         result = generator.generate(
             text, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,

@@ -5,8 +5,8 @@
     Generator(backend, package.tokenizer).generate(...)
 
 For command authors: offer `--backend` with the choices in `BACKENDS` (default "onnxruntime") and pass
-the value here; keyword options go to the backend's constructor (`providers=`, `threads=` for ONNX
-Runtime; `engine_path=`, `cuda_graphs=` for TensorRT). Each backend is imported only when chosen, so
+the value here; keyword options go to the backend's constructor (`providers=`, `threads=`, `spin_wait=` for
+ONNX Runtime, `thread_options` builds the thread ones; `engine_path=`, `cuda_graphs=` for TensorRT). Each backend is imported only when chosen, so
 ONNX Runtime users never need TensorRT and TensorRT users never load ONNX Runtime.
 """
 
@@ -25,6 +25,14 @@ DEFAULT_BACKEND = BACKENDS[0]
 
 class UnknownBackendError(RwkvDeployError, ValueError):
     exit_code = 2
+
+
+def thread_options(name: str, threads: int | None = None, spin_wait: bool = False) -> dict[str, Any]:
+    """The CPU thread settings to hand `make_backend(name, ...)`, only those given: ONNX Runtime's intra-op
+    `threads` (None: its default) and `spin_wait`; nothing for the TensorRT backend, whose work runs on the GPU."""
+    if name != "onnxruntime":
+        return {}
+    return {**({"threads": threads} if threads is not None else {}), **({"spin_wait": True} if spin_wait else {})}
 
 
 def make_backend(name: str, package: DeploymentPackage, **options: Any) -> StepBackend:

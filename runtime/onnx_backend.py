@@ -90,9 +90,9 @@ class OnnxStepBackend:
         if missing:
             raise BackendError(f"execution provider {missing[0]} is not available in this onnxruntime "
                                f"(available: {', '.join(ort.get_available_providers())})")
+        self._session_options = session_options(threads, spin_wait)  # the prefill graph's session gets the same
         try:
-            self.session = ort.InferenceSession(str(package.graph_path), session_options(threads, spin_wait),
-                                                providers=providers)
+            self.session = ort.InferenceSession(str(package.graph_path), self._session_options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably
             raise BackendError(f"{package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
@@ -101,7 +101,6 @@ class OnnxStepBackend:
         manifest = package.manifest
         self._entries = manifest.state
         self._outputs = [manifest.logits_output] + [e.output for e in manifest.state]
-        self._providers, self._threads, self._spin_wait = providers, threads, spin_wait
         self._prefill_session: ort.InferenceSession | None = None
 
     @property
@@ -155,7 +154,7 @@ class OnnxStepBackend:
                 raise BackendError(f"{self.package.directory}: the package has no prefill graph "
                                    f"(export it with `rwkv-deploy export --prefill`)")
             try:
-                self._prefill_session = ort.InferenceSession(str(path), session_options(self._threads, self._spin_wait),
+                self._prefill_session = ort.InferenceSession(str(path), self._session_options,
                                                              providers=self.session.get_providers())
             except Exception as exc:  # ORT raises its own exception types
                 raise BackendError(f"{path}: onnxruntime cannot load the graph ({exc})") from None

@@ -15,8 +15,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
+from ort_threading import zero_feeds  # this folder is on sys.path when a script here runs
+
+from rwkv_deploy.runtime.onnx_backend import session_options
 
 
 def main() -> None:
@@ -27,18 +29,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     manifest = json.loads((args.package / "manifest.json").read_text())
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(args.threads)  # the runtime's own settings
     options.enable_profiling = True
     session = ort.InferenceSession(str(args.package / manifest["graphs"]["step"]["path"]), options,
                                    providers=["CPUExecutionProvider"])
-    feeds = {}
-    for i in session.get_inputs():
-        shape = [d if isinstance(d, int) else args.batch for d in i.shape]
-        dtype = np.int64 if "int64" in i.type else np.int32 if "int32" in i.type else np.float32
-        feeds[i.name] = np.zeros(shape, dtype)
+    feeds = zero_feeds(session, args.batch)
     for _ in range(args.steps):
         session.run(None, feeds)
     trace = session.end_profiling()

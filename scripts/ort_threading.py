@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rwkv_deploy.runtime.onnx_backend import session_options
+
 CONFIGS = {  # name: (execution mode, intra-op threads, inter-op threads, spin-waiting)
     "1 thread": ("sequential", 1, 1, False),
     "2 threads, no spinning (runtime default)": ("sequential", 2, 1, False),
@@ -29,19 +31,18 @@ CONFIGS = {  # name: (execution mode, intra-op threads, inter-op threads, spin-w
 
 
 def session(graph: Path, mode: str, intra: int, inter: int, spin: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads, options.inter_op_num_threads = intra, inter
-    for pool in ("intra_op", "inter_op"):
-        options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spin else "0")
+    options = session_options(intra, spin)  # the runtime's own settings, then the parallel executor if asked
+    if mode == "parallel":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = inter
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
-def zero_feeds(s: ort.InferenceSession) -> dict[str, np.ndarray]:
+def zero_feeds(s: ort.InferenceSession, batch: int = 1) -> dict[str, np.ndarray]:
+    """Zero tokens and a zero state for a step graph's session, its dynamic (batch) axes at `batch`."""
     feeds = {}
     for i in s.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
         dtype = np.int64 if "int64" in i.type else np.int32 if "int32" in i.type else np.float32
         feeds[i.name] = np.zeros(shape, dtype)
     return feeds

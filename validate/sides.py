@@ -84,8 +84,8 @@ class ArtifactSide:
     def open(cls, backend: str, package: DeploymentPackage, threads: int | None = None) -> "ArtifactSide":
         """`backend` ("onnxruntime", "tensorrt") on `package`, built by the runtime's own factory; `threads`
         sets ONNX Runtime's intra-op threads (a GPU backend has none to set)."""
-        options = {"threads": threads} if backend == "onnxruntime" and threads is not None else {}
-        return cls(backends.make_backend(backend, package, **options), backend, package.manifest)
+        return cls(backends.make_backend(backend, package, **backends.thread_options(backend, threads)), backend,
+                   package.manifest)
 
     def describe(self) -> str:
         """What runs the artifact, in words (for the report)."""

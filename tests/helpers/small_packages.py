@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO
 
 import torch
 
 from rwkv_deploy.package.manifest import MANIFEST_NAME, GraphInfo, Manifest, ModelInfo, StateEntry, TokenizerInfo
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
+from rwkv_deploy.fileio import write_atomically
 from tests.helpers.across_workers import made_once
 from tests.helpers.random_checkpoints import make_checkpoint
 
 VOCAB = 256
 
 
-def small_checkpoint(path: Path, version: str, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
-                     vocab_size: int = VOCAB, **extra) -> Path:
-    """Save a small random RWKV-`version` checkpoint (head size 16 from v5 on) to `path`."""
+def small_checkpoint(path: Path | BinaryIO, version: str, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
+                     vocab_size: int = VOCAB, **extra) -> Path | BinaryIO:
+    """Save a small random RWKV-`version` checkpoint (head size 16 from v5 on) to `path` (or an open file)."""
     sizes = {} if version == "4" else {"head_size": 16}
     torch.save(make_checkpoint(version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, seed=seed,
                                **(sizes | extra)), path)
@@ -33,17 +34,11 @@ def export_small(root: Path, version: str, precision: str = "fp32", seed: int = 
     """Export a 2-layer, 64-wide random RWKV-`version` checkpoint (vocab 256, no tokenizer unless `options`
     say otherwise) to `root`; `options` are further ExportOptions fields (prefill=True, ...)."""
     checkpoint = small_checkpoint_path(root, version, seed)
-    made_once(checkpoint, lambda: _save_atomically(checkpoint, lambda path: small_checkpoint(path, version, seed)))
+    made_once(checkpoint, lambda: write_atomically(checkpoint, lambda f: small_checkpoint(f, version, seed)))
     suffix = "".join(f"-{k}-{v}" for k, v in sorted(options.items()))
     out = root / f"v{version}-{precision}-seed{seed}{suffix}"
     return made_once(out, lambda: export_package(
         checkpoint, out, ExportOptions(**{"precision": precision, "tokenizer": "none", **options})))
-
-
-def _save_atomically(path: Path, save: Callable[[Path], object]) -> None:
-    staging = path.with_name(f".staging-{path.name}")
-    save(staging)
-    staging.replace(path)
 
 
 def shared(shared_package, version: str, precision: str = "fp32", prefill: bool = True) -> Path:
