@@ -82,6 +82,8 @@ def generate_cmd(
     top_k: int = typer.Option(SAMPLING.top_k, "--top-k", help="keep only the k most likely tokens (0 = all)"),
     presence_penalty: float = typer.Option(SAMPLING.presence_penalty, "--presence-penalty", help="subtract once from generated tokens"),
     frequency_penalty: float = typer.Option(SAMPLING.frequency_penalty, "--frequency-penalty", help="subtract per occurrence"),
+    penalty_decay: float = typer.Option(SAMPLING.penalty_decay, "--penalty-decay", help="multiply the penalties' token "
+                                        "counts by this each step, in (0, 1] (RWKV's alpha_decay; 1 = no decay)"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, help="seed for reproducible sampling"),
     greedy: bool = typer.Option(False, "--greedy", help="always take the most likely token (temperature 0)"),
@@ -93,11 +95,15 @@ def generate_cmd(
     spin_wait: bool = typer.Option(False, "--spin-wait", help="onnxruntime: worker threads spin between ops instead "
                                    "of sleeping: faster on cores given to the model, slower on shared ones "
                                    "(docs/bench.md)"),
+    load_state: Optional[Path] = typer.Option(None, "--load-state", help="continue from this state file (written by "
+                                              "--save-state, or a server's return_state) instead of a fresh state"),
+    save_state: Optional[Path] = typer.Option(None, "--save-state", help="write the state after the prompt and the "
+                                              "generated tokens to this file (continue with --load-state)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip hashing the package's files (a trusted local "
                                    "package); the path rules are always checked"),
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
-    from rwkv_deploy.runtime import DeploymentPackage, Generator
+    from rwkv_deploy.runtime import DeploymentPackage, Generator, RecurrentState
     from rwkv_deploy.runtime.backends import make_backend, thread_options
     from rwkv_deploy.runtime.package import package_directory
 
@@ -114,11 +120,14 @@ def generate_cmd(
         if (threads is not None or spin_wait) and backend != "onnxruntime":
             raise BackendOptionError("--threads and --spin-wait apply to --backend onnxruntime only")
         options = {"cuda_graphs": True} if cuda_graphs else thread_options(backend, threads, spin_wait)
+        start = RecurrentState.load(load_state, package.manifest) if load_state is not None else None
         generator = Generator(make_backend(backend, package, **options), package.tokenizer)
         result = generator.generate(
             text, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),
-            seed=seed, on_token=_write)
+            seed=seed, on_token=_write, state=start, penalty_decay=penalty_decay)
+        if save_state is not None:
+            result.state.save(save_state)
     _write("\n")
     stats = result.stats
     print(f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tokens/s]", file=sys.stderr)

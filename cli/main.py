@@ -17,13 +17,14 @@ from .errors import one_line_errors
 from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra, require_modules
 from .generate_cmd import register as _register_generate
 from .package_cmd import register as _register_package
+from .serve_cmd import register as _register_serve
 from .tensorrt_cmd import register as _register_tensorrt
 from .validate_cmd import register as _register_validate
 
 DEFAULTS = ExportOptions()
 
 _COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt, _register_bench,
-                    _register_bench_triton)
+                    _register_bench_triton, _register_serve)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export RWKV checkpoints to ONNX / TensorRT and run them without PyTorch.")

@@ -24,7 +24,7 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .sampling import NonFiniteError, SamplingParams, sample_token
+from .sampling import NonFiniteError, SamplingParams, count_token, sample_token
 from .state import RecurrentState, host
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ class _Sequence:
     rng: np.random.Generator
     counts: np.ndarray | None
     stream: TextStream | None
+    decay: float = 1.0
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     state: RecurrentState | None = None
@@ -199,21 +200,23 @@ class Generator:
                  top_k: int = 0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  stop_tokens: Sequence[int] = (), stop_strings: Sequence[str] = (), seed: int | None = None,
                  on_token: Callable[[str], None] | None = None,
-                 state: RecurrentState | None = None) -> GenerationResult:
+                 state: RecurrentState | None = None, penalty_decay: float = 1.0) -> GenerationResult:
         """Continue `prompt` (text, or token ids) by up to `max_tokens` tokens; `on_token` receives the
         text as it becomes printable. temperature 0 is greedy. The tokenizer's end-of-text id always stops."""
         callback = None if on_token is None else (lambda _index, piece: on_token(piece))
         return self.generate_batch(
             [prompt], max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_tokens=stop_tokens,
-            stop_strings=stop_strings, seed=seed, on_token=callback, states=None if state is None else [state])[0]
+            stop_strings=stop_strings, seed=seed, on_token=callback, states=None if state is None else [state],
+            penalty_decay=penalty_decay)[0]
 
     def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int, temperature: float = 1.0,
                        top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0,
                        frequency_penalty: float = 0.0, stop_tokens: Sequence[int] = (),
                        stop_strings: Sequence[str] = (), seed: int | None = None,
                        on_token: Callable[[int, str], None] | None = None,
-                       states: Sequence[RecurrentState | None] | None = None) -> list[GenerationResult]:
+                       states: Sequence[RecurrentState | None] | None = None,
+                       penalty_decay: float = 1.0) -> list[GenerationResult]:
         """`generate` for several independent prompts in one batch; `on_token(index, text)`.
 
         Every sequence samples from its own generator seeded with `seed`, so with a seed each result
@@ -228,7 +231,7 @@ class Generator:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed <= MAX_SEED):
             raise GenerationError(f"seed must be a whole number in 0..2**64-1, got {seed!r}")
-        params = SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty)
+        params = SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay)
         token_prompts = [self._encode(p) for p in prompts]
         started = time.perf_counter()
         logits, state = self._prefill(token_prompts, states or [None] * len(prompts))
@@ -290,8 +293,7 @@ class Generator:
 
     def _accept(self, seq: _Sequence, token: int, index: int, on_token: Callable[[int, str], None]) -> None:
         seq.token_ids.append(token)
-        if seq.counts is not None:
-            seq.counts[token] += 1
+        count_token(seq.counts, token, seq.decay)
         if seq.stream:
             self._emit(on_token, index, seq.stream.push(self.tokenizer.decode_bytes([token])))
 
@@ -320,9 +322,9 @@ class Generator:
 
     def _new_sequence(self, prompt_tokens: int, params: SamplingParams, seed: int | None,
                       stop_strings: Sequence[str]) -> _Sequence:
-        counts = np.zeros(self.backend.vocab_size, np.int64) if params.uses_penalties else None
         stream = TextStream(stop_strings) if self.tokenizer is not None else None
-        return _Sequence(prompt_tokens, np.random.default_rng(seed), counts, stream)
+        return _Sequence(prompt_tokens, np.random.default_rng(seed), params.new_counts(self.backend.vocab_size), stream,
+                         params.penalty_decay)
 
 
 def check_finite_logits(logits: np.ndarray, state: RecurrentState, sequences: Sequence[int], when: str) -> None:

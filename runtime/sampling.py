@@ -1,6 +1,7 @@
 """Choosing the next token from logits: penalties, temperature, top-k, top-p. Pure numpy.
 
-Order (as in most servers): presence/frequency penalties on the raw logits, then greedy argmax when
+Order (as in most servers): presence/frequency penalties on the raw logits (the counts they use may decay
+each step, RWKV's `alpha_decay`: `penalty_decay` < 1 multiplies every count by it before a new token is counted), then greedy argmax when
 temperature is 0; otherwise divide by the temperature, keep the top k, keep the smallest set whose
 probability reaches top_p, and draw from what is left with a caller-seeded `numpy.random.Generator`.
 
@@ -36,13 +37,15 @@ MAX_PENALTY = 100.0  # |presence_penalty|, |frequency_penalty|: beyond this ever
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1 mean no cut; penalties apply to generated tokens."""
+    """temperature 0 means greedy; top_k 0 and top_p 1 mean no cut; penalties apply to generated tokens, whose
+    counts are multiplied by `penalty_decay` each step (1 = no decay, counts stay whole numbers)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    penalty_decay: float = 1.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -55,10 +58,28 @@ class SamplingParams:
             value = getattr(self, name)
             if not (math.isfinite(value) and abs(value) <= MAX_PENALTY):
                 raise SamplingError(f"{name} must be a finite number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}")
+        if not (math.isfinite(self.penalty_decay) and 0 < self.penalty_decay <= 1):
+            raise SamplingError(f"penalty_decay must be in (0, 1] (1 = no decay), got {self.penalty_decay}")
 
     @property
     def uses_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0
+
+    def new_counts(self, vocab_size: int) -> np.ndarray | None:
+        """The per-token counts `sample_token` takes for the penalties (None when there are none): whole numbers
+        without decay, float64 with it."""
+        if not self.uses_penalties:
+            return None
+        return np.zeros(vocab_size, np.int64 if self.penalty_decay == 1 else np.float64)
+
+
+def count_token(counts: np.ndarray | None, token: int, decay: float = 1.0) -> None:
+    """Record a generated token in `counts` (from `SamplingParams.new_counts`): earlier counts decay first."""
+    if counts is None:
+        return
+    if decay != 1:
+        counts *= decay
+    counts[token] += 1
 
 
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, presence: float, frequency: float) -> np.ndarray:

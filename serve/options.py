@@ -1,0 +1,50 @@
+"""The server's settings (`rwkv-deploy serve` options), one dataclass with the defaults in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.runtime.generation import PREFILL_CHUNK
+
+CHAT_TEMPLATES = ("world", "g1", "none")
+
+
+class ServeOptionError(RwkvDeployError, ValueError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """host 127.0.0.1 unless told otherwise; sizes bound every queue, cache and request body."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16  # live requests stepped together per model (prefilling or decoding)
+    max_queue: int = 64  # requests waiting for a slot per model; more get 429
+    max_prompt_tokens: int = 32768  # a longer prompt gets 413
+    max_body_mib: float = 16.0  # a larger request body gets 413 (a state travels in the body, base64)
+    state_cache_mib: float = 512.0  # prefix cache per model (LRU); 0 turns it off
+    max_sessions: int = 1024  # stored session states per model (LRU)
+    prefill_chunk: int = PREFILL_CHUNK  # tokens per prefill call; prefix-cache entries sit at multiples of it
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
+    chat_templates: dict[str, str] = field(default_factory=dict)  # model id -> template; missing: default_template
+    default_template: str = "world"
+    drain_seconds: float = 30.0  # after SIGTERM: how long streams in flight may take to finish
+    access_log: bool = False
+    verify: bool = True  # hash the packages' files at start (the trust boundary `generate` uses)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_sessions", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ServeOptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.port < 65536:
+            raise ServeOptionError(f"--port must be in 1..65535, got {self.port}")
+        if self.state_cache_mib < 0 or self.max_body_mib <= 0 or self.drain_seconds < 0:
+            raise ServeOptionError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib > 0")
+        for template in (self.default_template, *self.chat_templates.values()):
+            if template not in CHAT_TEMPLATES:
+                raise ServeOptionError(f"unknown chat template {template!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
+
+    def template_for(self, model_id: str) -> str:
+        return self.chat_templates.get(model_id, self.default_template)
