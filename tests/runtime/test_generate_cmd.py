@@ -97,3 +97,27 @@ def test_generate_runs_from_an_archive_too(package_dir, tmp_path):
     result = runner.invoke(app, ["generate", str(archive), "--prompt", "Hello", "--max-tokens", "12", "--greedy"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == library_text(package_dir, "Hello", max_tokens=12, temperature=0) + "\n"
+
+
+def test_penalty_decay_reaches_the_generator(package_dir):
+    args = ["generate", str(package_dir), "-p", "Hi", "-n", "20", "--greedy", "--frequency-penalty", "0.5",
+            "--penalty-decay", "0.8"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == library_text(package_dir, "Hi", max_tokens=20, temperature=0, frequency_penalty=0.5,
+                                         penalty_decay=0.8) + "\n"
+
+
+def test_save_state_then_load_state_continues_the_conversation(package_dir, tmp_path):
+    first = runner.invoke(app, ["generate", str(package_dir), "-p", "One.", "-n", "8", "--greedy",
+                                "--save-state", str(tmp_path / "s.npz")])
+    assert first.exit_code == 0, first.stderr
+    second = runner.invoke(app, ["generate", str(package_dir), "-p", " Two.", "-n", "8", "--greedy",
+                                 "--load-state", str(tmp_path / "s.npz")])
+    assert second.exit_code == 0, second.stderr
+    package = DeploymentPackage.open(package_dir)
+    generator = Generator(OnnxStepBackend(package), package.tokenizer)
+    state = generator.generate("One.", 8, temperature=0).state
+    assert second.stdout == generator.generate(" Two.", 8, temperature=0, state=state).text + "\n"
+    missing = runner.invoke(app, ["generate", str(package_dir), "-p", "x", "--load-state", str(tmp_path / "no.npz")])
+    assert missing.exit_code == 2 and "no.npz" in missing.stderr

@@ -115,3 +115,24 @@ def test_huge_penalties_still_give_a_token_of_the_vocabulary():
     params = SamplingParams(temperature=0.5, presence_penalty=100, frequency_penalty=100)
     tokens = {sample_token(logits, params, np.random.default_rng(seed), counts) for seed in range(20)}
     assert tokens == {4}
+
+
+def test_penalty_counts_decay_each_step_like_rwkvs_alpha_decay():
+    from rwkv_deploy.runtime.sampling import count_token
+
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=1.0, penalty_decay=0.5)
+    counts = params.new_counts(4)
+    for token in (1, 1, 2):
+        count_token(counts, token, params.penalty_decay)
+    np.testing.assert_allclose(counts, [0.0, 0.5 * 0.5 + 0.5, 1.0, 0.0])  # 1, decayed, +1, decayed: 0.75
+    assert SamplingParams(presence_penalty=0.5).new_counts(4).dtype == np.int64  # no decay: whole counts, as before
+    assert SamplingParams().new_counts(4) is None
+    logits = np.array([0.0, 1.0, 1.2, 0.9])
+    assert sample_token(logits, SamplingParams(temperature=0, frequency_penalty=1.0, penalty_decay=0.5),
+                        np.random.default_rng(0), counts) == 3  # 1 and 2 pushed below 3
+
+
+@pytest.mark.parametrize("decay", [0.0, -0.5, 1.5, float("nan")])
+def test_penalty_decay_outside_zero_to_one_is_refused(decay):
+    with pytest.raises(SamplingError, match="penalty_decay"):
+        SamplingParams(penalty_decay=decay)
