@@ -1,0 +1,38 @@
+"""`rwkv-deploy bench-serve` against a real `rwkv-deploy serve`: one JSON row per concurrency, every token
+counted, the shared prefix found in the server's prefix cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rwkv_deploy.cli.main import app
+from tests.helpers.serve_process import start_serve
+from tests.helpers.small_packages import shared
+
+
+@pytest.fixture(scope="module")
+def server(shared_package, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    process = start_serve([f"tiny={shared(shared_package, '7')}"], log, "--prefill-chunk", "16")
+    yield process
+    assert process.stop() == 0, process.log_tail()
+
+
+def test_bench_serve_reports_each_concurrency(server):
+    result = CliRunner().invoke(app, ["bench-serve", server.url, "--model", "tiny", "--streams", "1,3",
+                                      "--tokens", "8", "--prompt-tokens", "5", "--repeat-prefix", "40", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["streams"] for r in report["rounds"]] == [1, 3]
+    for row in report["rounds"]:
+        assert row["errors"] == 0 and row["generated_tokens"] == 8 * row["streams"]
+        assert row["cache_hit_rate"] == 1.0 and row["cached_prompt_tokens"] == 32 * row["streams"]
+        assert row["tokens_per_s"] > 0 and row["ttft_p50_s"] > 0
+
+
+def test_bench_serve_says_when_the_model_is_not_there(server):
+    result = CliRunner().invoke(app, ["bench-serve", server.url, "--model", "other", "--streams", "1"])
+    assert result.exit_code == 2 and "404" in result.stderr and "other" in result.stderr
