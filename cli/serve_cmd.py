@@ -60,6 +60,10 @@ def serve_cmd(
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="after SIGTERM, how long streams in flight "
                                         "may take to finish"),
     access_log: bool = typer.Option(False, "--access-log", help="log every request (off by default)"),
+    triton: Optional[str] = typer.Option(None, "--triton", help="HOST:PORT of a Triton server (gRPC) serving a "
+                                         "`package --triton` repository of PKG: be its front end, the state held "
+                                         "by Triton (needs the [triton] extra)"),
+    triton_model: Optional[str] = typer.Option(None, "--model", help="with --triton: the model's name there"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip hashing the packages' files (trusted local "
                                    "packages); the path rules are always checked"),
 ) -> None:
@@ -75,6 +79,6 @@ def serve_cmd(
                            state_cache_mib=state_cache_mib, max_sessions=max_sessions,
                            prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, chat_templates=per_model,
                            default_template=default, drain_seconds=drain_seconds, access_log=access_log,
-                           verify=not no_verify)
+                           verify=not no_verify, triton=triton, triton_model=triton_model)
     import rwkv_deploy.runtime.onnx_backend  # noqa: F401  (loaded before an archive is extracted, as generate does)
     run_server(packages, options)

@@ -43,6 +43,7 @@ class ServedModel:
     scheduler: Scheduler
     sessions: SessionStore
     cache: PrefixCache
+    state_is_remote: bool = False  # Triton front-end mode: no sessions, no state in or out
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -126,6 +127,10 @@ class _Call:
         if len(tokens) > options.max_prompt_tokens:
             raise too_large(f"the prompt has {len(tokens)} tokens, more than the limit of "
                             f"{options.max_prompt_tokens}", "prompt_too_long")
+        if served.state_is_remote and (req.session_id or req.state or req.return_state):
+            raise bad_request("session_id, state and return_state are not available when the state is held by "
+                              "Triton (serve --triton)", "session_id" if req.session_id else "state",
+                              "unsupported_value")
         if req.session_id is not None and req.state is not None:
             raise bad_request("give either session_id or state, not both", "state")
         start = None

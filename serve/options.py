@@ -33,6 +33,8 @@ class ServeOptions:
     drain_seconds: float = 30.0  # after SIGTERM: how long streams in flight may take to finish
     access_log: bool = False
     verify: bool = True  # hash the packages' files at start (the trust boundary `generate` uses)
+    triton: str | None = None  # HOST:PORT of a Triton server (gRPC): front-end mode, the state held by Triton
+    triton_model: str | None = None  # the model's name in that server
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_sessions", "prefill_chunk"):
@@ -42,6 +44,8 @@ class ServeOptions:
             raise ServeOptionError(f"--port must be in 1..65535, got {self.port}")
         if self.state_cache_mib < 0 or self.max_body_mib <= 0 or self.drain_seconds < 0:
             raise ServeOptionError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib > 0")
+        if (self.triton is None) != (self.triton_model is None):
+            raise ServeOptionError("--triton HOST:PORT and --model NAME go together")
         for template in (self.default_template, *self.chat_templates.values()):
             if template not in CHAT_TEMPLATES:
                 raise ServeOptionError(f"unknown chat template {template!r}; choose one of {', '.join(CHAT_TEMPLATES)}")

@@ -97,6 +97,7 @@ class _Slot:
     final_state: RecurrentState | None = None
     finish_reason: str | None = None
     last_token_at: float = 0.0
+    origin: RecurrentState | None = None  # the state it started from, for backends that `release` states
 
 
 class Scheduler:
@@ -107,6 +108,7 @@ class Scheduler:
         self.model_id, self.backend, self.tokenizer, self.metrics, self.cache = model_id, backend, tokenizer, metrics, cache
         self.max_batch, self.max_queue, self.chunk = max_batch, max_queue, prefill_chunk
         self.uses_prefill_graph = bool(getattr(backend, "has_prefill", False))
+        self._release = getattr(backend, "release", None)  # remote state (Triton): end it when a request leaves
         eos = tokenizer.eos_token_id if tokenizer is not None else None
         self._stop_tokens = frozenset() if eos is None else frozenset({eos})
         self._cond = threading.Condition()
@@ -211,7 +213,7 @@ class Scheduler:
                     self.metrics.add("cache_hit_tokens_total", hit.tokens, model=self.model_id)
             if state is None:
                 state = self.backend.fresh_state(1)
-        slot.state = state
+        slot.state = slot.origin = state
         if slot.pos == len(slot.feed):  # the whole prompt was cached
             self._prompt_done(slot)
         elif self.uses_prefill_graph:
@@ -389,6 +391,7 @@ class Scheduler:
             self._join(slot, slot.prompt_state, None)
 
     def _finish(self, slot: _Slot) -> None:
+        self._released(slot)
         job = slot.job
         state = slot.final_state if job.want_state else None
         job.emit(Finished(slot.finish_reason or "length", slot.stream.text if slot.stream else "",
@@ -409,10 +412,20 @@ class Scheduler:
                 self._pending.remove(job)
 
     def _cancelled(self, slot: _Slot) -> None:
+        self._released(slot)
         self.metrics.add("cancelled_total", model=self.model_id)
 
     def _fail(self, slot: _Slot, error: ApiError) -> None:
+        self._released(slot)
         slot.job.emit(Failed(error))
+
+    def _released(self, slot: _Slot) -> None:
+        if self._release is not None and slot.origin is not None:
+            origin, slot.origin = slot.origin, None
+            try:
+                self._release(origin)
+            except Exception:  # ending a remote sequence is best effort (it also times out on its own)
+                pass
 
     def _fail_everything(self, error: ApiError, admitted: list[Job]) -> None:
         for slot in list(self._prefilling) + list(self._group):

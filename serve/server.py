@@ -53,6 +53,8 @@ def model_id_for(spec: str) -> tuple[str, str]:
 def open_models(specs: Sequence[str], options: ServeOptions, metrics: Metrics) -> Iterator[dict[str, ServedModel]]:
     """The served models, their schedulers running; archives stay extracted until the block ends."""
     models: dict[str, ServedModel] = {}
+    if options.triton is not None and len(specs) != 1:
+        raise ServeError("--triton serves one model: give the one package its repository was written from")
     with contextlib.ExitStack() as stack:
         for spec in specs:
             model_id, path = model_id_for(spec)
@@ -62,12 +64,18 @@ def open_models(specs: Sequence[str], options: ServeOptions, metrics: Metrics) -
             package = DeploymentPackage.open(directory, verify=options.verify)
             if package.tokenizer is None:
                 raise ServeError(f"{path}: the package has no tokenizer; the server takes text prompts")
-            backend = make_backend("onnxruntime", package, **thread_options("onnxruntime", options.threads))
+            if options.triton is not None:
+                from .triton_backend import TritonSequenceBackend
+
+                backend = TritonSequenceBackend(options.triton, options.triton_model, package, options.max_batch)
+            else:
+                backend = make_backend("onnxruntime", package, **thread_options("onnxruntime", options.threads))
             cache = PrefixCache(int(options.state_cache_mib * MIB), options.prefill_chunk)
             scheduler = Scheduler(model_id, backend, package.tokenizer, metrics, cache, options.max_batch,
                                   options.max_queue, options.prefill_chunk)
             models[model_id] = ServedModel(model_id, package, options.template_for(model_id), scheduler,
-                                           SessionStore(options.max_sessions), cache)
+                                           SessionStore(options.max_sessions), cache,
+                                           state_is_remote=getattr(backend, "state_is_remote", False))
             stack.callback(scheduler.stop)
             scheduler.start()
         unknown = set(options.chat_templates) - set(models)
@@ -135,6 +143,8 @@ def run_server(specs: Sequence[str], options: ServeOptions) -> None:
         server = _server_class()(config)
         server.state = state
         names = ", ".join(f"{m.model_id} ({m.template} chat template)" for m in models.values())
+        if options.triton is not None:
+            names += f" through Triton at {options.triton} (model {options.triton_model})"
         print(f"serving {names} at http://{options.host}:{options.port}/v1", file=sys.stderr, flush=True)
         try:
             server.run()
