@@ -35,6 +35,9 @@ from .sessions import SessionStore
 from .state_codec import decode_state, encode_state
 
 
+DISCONNECT_POLL_S = 1.0  # how often a non-streaming request checks that its client is still there
+
+
 @dataclass
 class ServedModel:
     model_id: str
@@ -163,9 +166,25 @@ class _Call:
             self.served.scheduler.wake()
         self.release(None)
 
-    async def events_until_done(self) -> AsyncIterator[Token | Finished | Failed]:
+    async def events_until_done(self, request: Request | None = None) -> AsyncIterator[Token | Finished | Failed]:
+        """The job's events up to its end; with `request` (a non-streaming answer), a client that went away
+        cancels the job (looked at every second while waiting)."""
+        checked = time.monotonic()
         while True:
-            event = await self.events.get()
+            if request is None:
+                event = await self.events.get()
+            else:
+                try:
+                    event = await asyncio.wait_for(self.events.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        self.cancel()
+                        return
+                if event is None:
+                    continue
             yield event
             if isinstance(event, (Finished, Failed)):
                 return
@@ -236,7 +255,7 @@ def build_app(server: ServerState) -> Starlette:
 
             return _EventStream(_stream(call), closed)
         try:
-            async for event in call.events_until_done():
+            async for event in call.events_until_done(request):
                 if isinstance(event, Failed):
                     call.release(None)
                     count(endpoint, model_id, str(event.error.status))
@@ -247,10 +266,11 @@ def build_app(server: ServerState) -> Starlette:
                     count(endpoint, model_id, "ok")
                     return JSONResponse({**call.head(False), "choices": [call.choice(event.text, event.finish_reason, False)],
                                          "usage": call.usage(event), **await call.extras(event)})
+            count(endpoint, model_id, "cancelled")
+            return Response(status_code=499)  # nobody is listening any more
         finally:
             call.cancel()  # a no-op after Finished; frees the slot when the handler is cancelled
             server.in_flight -= 1
-        raise AssertionError("unreachable")
 
     async def _stream(call: _Call) -> AsyncIterator[str]:
         model_id, endpoint = call.served.model_id, call.req.endpoint

@@ -114,3 +114,15 @@ def test_streams_still_running_when_the_drain_time_is_up_end_with_503(serve_pkg,
     stream.thread.join(WAIT_S)
     assert stream.events[-1] == "[DONE]"
     assert json.loads(stream.events[-2])["error"]["code"] == "draining"
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_slot_too(one_slot):
+    cancelled = one_slot.metric("rwkv_serve_cancelled_total", model="tiny")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{one_slot.url}/v1/completions", timeout=1.5,
+                   json={"model": "tiny", "prompt": "Go on:", "max_tokens": ENDLESS, "temperature": 0})
+    wait_for(lambda: one_slot.metric("rwkv_serve_cancelled_total", model="tiny") == cancelled + 1,
+             "the scheduler to drop the abandoned request")
+    assert one_slot.metric("rwkv_serve_active_requests", model="tiny") == 0
+    ok = httpx.post(f"{one_slot.url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200
