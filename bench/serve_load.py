@@ -225,3 +225,114 @@ def table(result: ServeLoadResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+# -- soak: many requests, some clients leaving mid-stream ------------------------------------------------------
+@dataclass(frozen=True)
+class SoakResult:
+    """A soak's outcome: every request is accounted for as finished, left by its client on purpose, an error
+    (with the server's message), or hung (no answer within the timeout)."""
+
+    requests: int
+    concurrency: int
+    finished: int
+    disconnected: int
+    errors: dict[str, int]
+    hung: int
+    wall_s: float
+    server_rss_kib_first: int | None
+    server_rss_kib_warm: int | None  # the first sample after a tenth of the soak (caches, arenas filled)
+    server_rss_kib_last: int | None
+    server_rss_kib_max: int | None
+    server_active_after: float | None  # rwkv_serve_active_requests once the soak is over (0: every slot freed)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def _soak_one(options: ServeLoadOptions, prompt: list[int], leave_after: int | None) -> str:
+    """'finished', 'disconnected', 'hung' or an error message."""
+    body = json.dumps({"model": options.model, "prompt": prompt, "max_tokens": options.tokens, "temperature": 0,
+                       "stream": True})
+    connection = _connection(options.url, options.timeout_s)
+    try:
+        connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            return f"HTTP {response.status}: {response.read(300).decode(errors='replace')}"
+        chunks, outcome = 0, "no [DONE]"
+        for raw in response:
+            line = raw.decode().strip()
+            if line == "data: [DONE]":
+                return outcome if outcome != "no [DONE]" else "finished"
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                outcome = event["error"].get("message", "error")
+            chunks += 1
+            if leave_after is not None and chunks >= leave_after:
+                return "disconnected"  # close without reading on: the server must free the slot
+        return outcome
+    except TimeoutError:
+        return "hung"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+
+
+def run_soak(options: ServeLoadOptions, requests: int, concurrency: int, disconnect_fraction: float,
+             server_pid: int | None, progress: Callable[[str], None] = lambda _: None) -> SoakResult:
+    """`requests` streaming requests from `concurrency` client threads; each leaves after a random number of
+    chunks with probability `disconnect_fraction`. Samples the server's RSS when `server_pid` is given."""
+    from .server_process import RssSampler
+
+    if requests < 1 or concurrency < 1 or not 0 <= disconnect_fraction <= 1:
+        raise ServeLoadError("--soak-requests and --streams must be at least 1, --disconnect-fraction in [0, 1]")
+    rng = np.random.default_rng(options.seed)
+    plan = [(rng.integers(*PROMPT_ID_RANGE, size=options.prompt_tokens).tolist(),
+             int(rng.integers(1, options.tokens + 1)) if rng.random() < disconnect_fraction else None)
+            for _ in range(requests)]
+    outcomes: dict[str, int] = {}
+    lock, next_index = threading.Lock(), [0]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = next_index[0]
+                next_index[0] += 1
+            if index >= requests:
+                return
+            outcome = _soak_one(options, *plan[index])
+            with lock:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                if (index + 1) % 1000 == 0:
+                    progress(f"{index + 1} requests sent")
+
+    sampler = RssSampler(server_pid) if server_pid is not None else None
+    began = time.perf_counter()
+    with sampler if sampler is not None else _nothing():
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    wall = time.perf_counter() - began
+    time.sleep(0.5)  # let the scheduler drop the last abandoned slots
+    active = server_metric(options.url, "rwkv_serve_active_requests", options.model)
+    samples = sampler.samples if sampler is not None else []
+    rss = [kib for _, kib in samples]
+    warm = next((kib for t, kib in samples if t >= wall / 10), None)
+    errors = {k: v for k, v in outcomes.items() if k not in ("finished", "disconnected", "hung")}
+    return SoakResult(requests, concurrency, outcomes.get("finished", 0), outcomes.get("disconnected", 0), errors,
+                      outcomes.get("hung", 0), round(wall, 2), rss[0] if rss else None, warm, rss[-1] if rss else None,
+                      max(rss) if rss else None, active)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None

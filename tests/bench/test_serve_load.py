@@ -36,3 +36,13 @@ def test_bench_serve_reports_each_concurrency(server):
 def test_bench_serve_says_when_the_model_is_not_there(server):
     result = CliRunner().invoke(app, ["bench-serve", server.url, "--model", "other", "--streams", "1"])
     assert result.exit_code == 2 and "404" in result.stderr and "other" in result.stderr
+
+
+def test_a_soak_with_clients_that_leave_accounts_for_every_request(server):
+    result = CliRunner().invoke(app, ["bench-serve", server.url, "--model", "tiny", "--streams", "4", "--tokens", "6",
+                                      "--prompt-tokens", "3", "--soak-requests", "40", "--disconnect-fraction", "0.5"])
+    assert result.exit_code == 0, result.stderr
+    soak = json.loads(result.stdout)
+    assert soak["finished"] + soak["disconnected"] == 40 and soak["disconnected"] > 0
+    assert soak["errors"] == {} and soak["hung"] == 0 and soak["server_active_after"] == 0
+    assert soak["server_rss_kib_last"] > 0  # the server's RSS, found from the port
