@@ -10,6 +10,7 @@ cache hit rate comes from the server's /metrics. Only the standard library talks
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -312,7 +313,7 @@ def run_soak(options: ServeLoadOptions, requests: int, concurrency: int, disconn
 
     sampler = RssSampler(server_pid) if server_pid is not None else None
     began = time.perf_counter()
-    with sampler if sampler is not None else _nothing():
+    with sampler if sampler is not None else contextlib.nullcontext():
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
             t.start()
@@ -328,11 +329,3 @@ def run_soak(options: ServeLoadOptions, requests: int, concurrency: int, disconn
     return SoakResult(requests, concurrency, outcomes.get("finished", 0), outcomes.get("disconnected", 0), errors,
                       outcomes.get("hung", 0), round(wall, 2), rss[0] if rss else None, warm, rss[-1] if rss else None,
                       max(rss) if rss else None, active)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None

@@ -12,12 +12,15 @@ Layout: `options` (settings), `errors` (OpenAI-shaped errors), `request_fields` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .options import ServeOptions
 
 __all__ = ["ServeOptions", "run_server"]
 
 
-def run_server(packages, options: ServeOptions) -> None:  # imported lazily: options need no Starlette
+def run_server(packages: Sequence[str], options: ServeOptions) -> None:
+    """Serve `packages` (paths, or NAME=PATH) until SIGTERM; Starlette and uvicorn are imported only here."""
     from .server import run_server as run
 
     run(packages, options)
