@@ -8,6 +8,7 @@ exits 0. A second signal stops at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -140,6 +141,8 @@ def run_server(specs: Sequence[str], options: ServeOptions) -> None:
         config = uvicorn.Config(build_app(state), host=options.host, port=options.port, lifespan="off",
                                 access_log=options.access_log, log_level="warning",
                                 timeout_graceful_shutdown=5)
+        if options.access_log:  # uvicorn logs requests at INFO; everything else stays at WARNING
+            logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         server = _server_class()(config)
         server.state = state
         names = ", ".join(f"{m.model_id} ({m.template} chat template)" for m in models.values())

@@ -68,6 +68,7 @@ def test_health_and_metrics(one_slot):
                  "cache_misses_total", "time_to_first_token_seconds_count", "inter_token_latency_seconds_sum"):
         assert f"rwkv_serve_{name}" in text
     assert one_slot.metric("rwkv_serve_requests_total", endpoint="completions", model="tiny", outcome="ok") >= 1
+    assert "/v1/completions" not in one_slot.log.read_text()  # no access log unless --access-log
 
 
 def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(one_slot):

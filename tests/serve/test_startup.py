@@ -48,12 +48,14 @@ def test_model_ids_must_be_unique_and_templates_name_served_models(serve_pkg):
 def test_an_archive_is_served_under_its_name_next_to_a_folder(serve_pkg, tmp_path):
     archive = tmp_path / "tiny-archive.zip"
     create_archive(serve_pkg, archive)
-    server = start_serve([archive, f"folder={serve_pkg}"], tmp_path / "serve.log", "--chat-template", "tiny-archive=none")
+    server = start_serve([archive, f"folder={serve_pkg}"], tmp_path / "serve.log", "--chat-template", "tiny-archive=none",
+                         "--access-log")
     try:
         assert [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]] == ["tiny-archive", "folder"]
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
         refused = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "tiny-archive", **body})
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_chat_template"
         assert httpx.post(f"{server.url}/v1/chat/completions", json={"model": "folder", **body}).status_code == 200
+        assert '"POST /v1/chat/completions HTTP/1.1" 200' in server.log.read_text()  # --access-log
     finally:
         assert server.stop() == 0, server.log_tail()
