@@ -1,7 +1,8 @@
 """The thread that owns one model's backend and steps every live request together (continuous batching).
 
 Each turn of the loop: admit waiting requests while slots are free (`max_batch`), drop requests whose client
-went away, feed one prefill chunk of the oldest prefilling request (batch 1, through the prefill graph), then
+went away, feed one prefill chunk of one prefilling request (batch 1, through the prefill graph; the
+prefilling requests take turns, so a short prompt is not held up by a long one), then
 one decode step for all decoding requests at once through the step graph's batch axis. Requests join the
 decode batch when their prompt is consumed and leave it when they finish, between steps; a long prompt costs
 the streams in flight one chunk's time per step, never its whole prefill. A package without a prefill graph
@@ -223,7 +224,8 @@ class Scheduler:
 
     # -- prefill -----------------------------------------------------------------------------------------
     def _prefill_one(self) -> None:
-        """One chunk of the oldest prefilling request: tokens up to the next multiple of the chunk length."""
+        """One chunk of the next prefilling request (round robin): tokens up to the next multiple of the chunk
+        length."""
         slot = self._prefilling[0]
         end = min(len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk)
         chunk = np.asarray([slot.feed[slot.pos:end]], np.int64)
@@ -243,6 +245,7 @@ class Scheduler:
         if slot.phase == "prompt" and slot.from_fresh and end % self.chunk == 0:
             self.cache.put(slot.feed[:end], state, logits[0])
         if end < len(slot.feed):
+            self._prefilling.rotate(-1)  # round robin: a short prompt never waits for a long one's whole prefill
             return
         self._prefilling.popleft()
         if slot.phase == "tail":

@@ -74,3 +74,12 @@ def test_zero_max_tokens_gives_the_state_after_the_prompt(scheduler, serve_pkg):
     _, want = oracle(serve_pkg, prefill_chunk=8).prefill(list(range(1, 20)))
     for got, expected in zip(done.state.values, want.values):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_prefilling_requests_take_turns(scheduler):
+    recorder = Recorder()
+    scheduler.submit(recorder.job("long", list(range(1, 201)), 1))  # 25 chunks
+    scheduler.submit(recorder.job("short", [70, 71, 72], 1))  # one chunk
+    recorder.wait(lambda events: sum(isinstance(e, Finished) for _, e in events) == 2)
+    finished = [name for name, e in recorder.events if isinstance(e, Finished)]
+    assert finished == ["short", "long"]
