@@ -179,9 +179,7 @@ class Generator:
         prefill graph (the state carried between them), else T steps."""
         if block.shape[1] > 1 and getattr(self.backend, "has_prefill", False):
             for start in range(0, block.shape[1], self.prefill_chunk):
-                chunk = np.ascontiguousarray(block[:, start:start + self.prefill_chunk])
-                logits, state = (self.backend.prefill(chunk, state) if chunk.shape[1] > 1 else
-                                 self.backend.step(np.ascontiguousarray(chunk[:, 0]), state))
+                logits, state = feed_chunk(self.backend, block[:, start:start + self.prefill_chunk], state)
             return logits, state
         for column in block.T:
             logits, state = self.backend.step(np.ascontiguousarray(column), state)
@@ -299,9 +297,7 @@ class Generator:
 
     @staticmethod
     def _finished(seq: _Sequence, max_tokens: int) -> str | None:
-        if seq.stream is not None and seq.stream.stopped:
-            return "stop"
-        return "length" if len(seq.token_ids) >= max_tokens else None
+        return finish_reason(seq.stream, len(seq.token_ids), max_tokens)
 
     @staticmethod
     def _emit(on_token: Callable[[int, str], None], index: int, piece: str) -> None:
@@ -325,6 +321,23 @@ class Generator:
         stream = TextStream(stop_strings) if self.tokenizer is not None else None
         return _Sequence(prompt_tokens, np.random.default_rng(seed), params.new_counts(self.backend.vocab_size), stream,
                          params.penalty_decay)
+
+
+def feed_chunk(backend: StepBackend, chunk: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+    """Tokens [rows, T] in one prefill call (a backend with a prefill graph), or one step when T is 1: the
+    logits [rows, vocab] after the last token and the state after it."""
+    chunk = np.ascontiguousarray(chunk)
+    if chunk.shape[1] > 1:
+        return backend.prefill(chunk, state)
+    return backend.step(np.ascontiguousarray(chunk[:, 0]), state)
+
+
+def finish_reason(stream: TextStream | None, generated: int, max_tokens: int) -> str | None:
+    """Why a sequence ends after its latest fed token: "stop" (a stop string completed), "length" (max_tokens
+    generated), or None (it goes on). A stop token ends it before being fed (the caller's check)."""
+    if stream is not None and stream.stopped:
+        return "stop"
+    return "length" if generated >= max_tokens else None
 
 
 def check_finite_logits(logits: np.ndarray, state: RecurrentState, sequences: Sequence[int], when: str) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rwkv_deploy.runtime.generation import TextStream, check_finite_logits
+from rwkv_deploy.runtime.generation import TextStream, check_finite_logits, feed_chunk, finish_reason
 from rwkv_deploy.runtime.sampling import SamplingParams, count_token, sample_token
 from rwkv_deploy.runtime.state import RecurrentState
 
@@ -230,10 +230,7 @@ class Scheduler:
         end = min(len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk)
         chunk = np.asarray([slot.feed[slot.pos:end]], np.int64)
         try:
-            if chunk.shape[1] > 1:
-                logits, state = self.backend.prefill(chunk, slot.state)
-            else:
-                logits, state = self.backend.step(np.ascontiguousarray(chunk[:, 0]), slot.state)
+            logits, state = feed_chunk(self.backend, chunk, slot.state)
             check_finite_logits(logits, state, [0], f"after {end} prompt tokens")
         except Exception as exc:
             self._prefilling.popleft()
@@ -343,8 +340,7 @@ class Scheduler:
                     else:
                         kept.append(row)
             else:
-                reason = "stop" if slot.stream is not None and slot.stream.stopped else (
-                    "length" if len(slot.generated) >= slot.job.max_tokens else None)
+                reason = finish_reason(slot.stream, len(slot.generated), slot.job.max_tokens)
                 if reason is None:
                     kept.append(row)
                 else:
