@@ -1,9 +1,9 @@
 """The thread that owns one model's backend and steps every live request together (continuous batching).
 
 Each turn of the loop: admit waiting requests while slots are free (`max_batch`), drop requests whose client
-went away, feed one prefill chunk of one prefilling request (batch 1, through the prefill graph; the
-prefilling requests take turns, so a short prompt is not held up by a long one), then
-one decode step for all decoding requests at once through the step graph's batch axis. Requests join the
+went away, feed prefill chunks (batch 1, through the prefill graph) up to one chunk length of tokens, the
+prefilling requests taking turns so that a short prompt is not held up by a long one, then one decode step for
+all decoding requests at once through the step graph's batch axis. Requests join the
 decode batch when their prompt is consumed and leave it when they finish, between steps; a long prompt costs
 the streams in flight one chunk's time per step, never its whole prefill. A package without a prefill graph
 feeds prompt tokens as rows of the same decode steps instead.
@@ -181,7 +181,7 @@ class Scheduler:
                     self._admit(job)
                 self._drop_cancelled()
                 if self._prefilling:
-                    self._prefill_one()
+                    self._prefill_turn()
                 if self._group:
                     self._decode_step()
             except Exception as exc:  # a bug or a backend failure: fail what is in flight, keep serving
@@ -223,11 +223,22 @@ class Scheduler:
             self._join(slot, state, None)
 
     # -- prefill -----------------------------------------------------------------------------------------
-    def _prefill_one(self) -> None:
-        """One chunk of the next prefilling request (round robin): tokens up to the next multiple of the chunk
-        length."""
-        slot = self._prefilling[0]
-        end = min(len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk)
+    def _prefill_turn(self) -> None:
+        """Prefill chunks, taking turns between the prefilling requests, until one chunk length of tokens has
+        been fed this turn (always at least one chunk): many short prompts start in one turn, a long one costs
+        the decode steps one chunk per turn."""
+        budget = self.chunk
+        while self._prefilling:
+            slot = self._prefilling[0]
+            end = min(len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk)
+            if end - slot.pos > budget and budget < self.chunk:
+                return
+            budget -= end - slot.pos
+            self._prefill_one(slot, end)
+
+    def _prefill_one(self, slot: _Slot, end: int) -> None:
+        """The next chunk of the request at the head of the prefilling queue: its tokens up to `end` (the next
+        multiple of the chunk length, or the end of its prompt)."""
         chunk = np.asarray([slot.feed[slot.pos:end]], np.int64)
         try:
             logits, state = feed_chunk(self.backend, chunk, slot.state)
