@@ -190,7 +190,8 @@ def run_round(options: ServeLoadOptions, streams: int, round_index: int) -> tupl
     row = RoundResult(
         streams=streams, requests=streams, errors=streams - len(ok), generated_tokens=tokens, wall_s=round(wall, 3),
         tokens_per_s=round(tokens / wall, 2), per_stream_tokens_per_s=round(tokens / wall / streams, 2),
-        ttft_p50_s=_round4(percentile(ttfts, 50)), ttft_p99_s=_round4(percentile(ttfts, 99)), itl_p50_ms=ms(percentile(gaps, 50)),
+        ttft_p50_s=_round4(percentile(ttfts, 50)), ttft_p99_s=_round4(percentile(ttfts, 99)),
+        itl_p50_ms=ms(percentile(gaps, 50)),
         itl_p99_ms=ms(percentile(gaps, 99)), cached_prompt_tokens=sum(r.cached_tokens for r in ok),
         cache_hit_rate=round(hits / (hits + misses), 3) if hits + misses else None)
     return row, [r.error for r in done if r.error]
@@ -217,11 +218,13 @@ def run_serve_load(options: ServeLoadOptions, progress: Callable[[str], None] = 
 
 def table(result: ServeLoadResult) -> str:
     """The rounds as a Markdown table."""
-    lines = ["| streams | tokens/s | per stream | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | cache hits | errors |",
+    lines = ["| streams | tokens/s | per stream | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | cache hits "
+             "| errors |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result.rounds:
         hit = "-" if r.cache_hit_rate is None else f"{r.cache_hit_rate:.0%}"
-        lines.append(f"| {r.streams} | {r.tokens_per_s:.1f} | {r.per_stream_tokens_per_s:.1f} | {r.ttft_p50_s or 0:.3f} "
+        lines.append(f"| {r.streams} | {r.tokens_per_s:.1f} | {r.per_stream_tokens_per_s:.1f} "
+                     f"| {r.ttft_p50_s or 0:.3f} "
                      f"| {r.ttft_p99_s or 0:.3f} | {r.itl_p50_ms} | {r.itl_p99_ms} | {hit} | {r.errors} |")
     return "\n".join(lines) + "\n"
 

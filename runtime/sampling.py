@@ -1,8 +1,8 @@
 """Choosing the next token from logits: penalties, temperature, top-k, top-p. Pure numpy.
 
 Order (as in most servers): presence/frequency penalties on the raw logits (the counts they use may decay
-each step, RWKV's `alpha_decay`: `penalty_decay` < 1 multiplies every count by it before a new token is counted), then greedy argmax when
-temperature is 0; otherwise divide by the temperature, keep the top k, keep the smallest set whose
+each step, RWKV's `alpha_decay`: `penalty_decay` < 1 multiplies every count by it before a new token is
+counted), then greedy argmax when temperature is 0; otherwise divide by the temperature, keep the top k, keep the smallest set whose
 probability reaches top_p, and draw from what is left with a caller-seeded `numpy.random.Generator`.
 
 Every setting must be a finite number in its range, and logits must be finite: a NaN or infinite logit is

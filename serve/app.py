@@ -196,7 +196,10 @@ class _Call:
                 "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
 
     def head(self, chunk: bool) -> dict[str, Any]:
-        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.req.endpoint == "chat" else "text_completion"
+        if self.req.endpoint == "chat":
+            kind = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            kind = "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.served.model_id}
 
     def choice(self, text: str | None, finish_reason: str | None, chunk: bool, first: bool = False) -> dict[str, Any]:
@@ -264,8 +267,9 @@ def build_app(server: ServerState) -> Starlette:
                     call.release(event.state)
                     metrics.add("prompt_tokens_total", event.prompt_tokens, model=model_id)
                     count(endpoint, model_id, "ok")
-                    return JSONResponse({**call.head(False), "choices": [call.choice(event.text, event.finish_reason, False)],
-                                         "usage": call.usage(event), **await call.extras(event)})
+                    choice = call.choice(event.text, event.finish_reason, False)
+                    return JSONResponse({**call.head(False), "choices": [choice], "usage": call.usage(event),
+                                         **await call.extras(event)})
             count(endpoint, model_id, "cancelled")
             return Response(status_code=499)  # nobody is listening any more
         finally:

@@ -106,7 +106,8 @@ class Scheduler:
 
     def __init__(self, model_id: str, backend: "StepBackend", tokenizer: "Tokenizer | None", metrics: Metrics,
                  cache: PrefixCache, max_batch: int, max_queue: int, prefill_chunk: int) -> None:
-        self.model_id, self.backend, self.tokenizer, self.metrics, self.cache = model_id, backend, tokenizer, metrics, cache
+        self.model_id, self.backend, self.tokenizer = model_id, backend, tokenizer
+        self.metrics, self.cache = metrics, cache
         self.max_batch, self.max_queue, self.chunk = max_batch, max_queue, prefill_chunk
         self.uses_prefill_graph = bool(getattr(backend, "has_prefill", False))
         self._release = getattr(backend, "release", None)  # remote state (Triton): end it when a request leaves

@@ -46,3 +46,14 @@ def test_a_soak_with_clients_that_leave_accounts_for_every_request(server):
     assert soak["finished"] + soak["disconnected"] == 40 and soak["disconnected"] > 0
     assert soak["errors"] == {} and soak["hung"] == 0 and soak["server_active_after"] == 0
     assert soak["server_rss_kib_last"] > 0  # the server's RSS, found from the port
+
+
+def test_the_table_has_one_row_per_round():
+    from rwkv_deploy.bench.serve_load import RoundResult, ServeLoadResult, table
+
+    row = RoundResult(streams=4, requests=4, errors=0, generated_tokens=64, wall_s=2.0, tokens_per_s=32.0,
+                      per_stream_tokens_per_s=8.0, ttft_p50_s=0.1, ttft_p99_s=0.2, itl_p50_ms=50.0, itl_p99_ms=90.0,
+                      cached_prompt_tokens=0, cache_hit_rate=0.5)
+    lines = table(ServeLoadResult("http://x", "m", 16, 8, 0, [row], [])).splitlines()
+    assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|") == 10
+    assert lines[2] == "| 4 | 32.0 | 8.0 | 0.100 | 0.200 | 50.0 | 90.0 | 50% | 0 |"
