@@ -116,7 +116,7 @@ class _Call:
         else:
             text = req.prompt
         if isinstance(text, str):
-            if len(text) > 8 * options.max_prompt_tokens + 64:  # cheaper than tokenizing to find out
+            if len(text) > 32 * options.max_prompt_tokens + 64:  # surely too long: no tokenizing needed
                 raise too_large(f"the prompt is longer than {options.max_prompt_tokens} tokens", "prompt_too_long")
             tokens = await anyio.to_thread.run_sync(tokenizer.encode, text)
         else:
