@@ -65,3 +65,10 @@ def test_commands_that_need_pytorch_say_which_extra_to_install(runtime_bin: Path
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "rwkv-deploy[export]"' in lines[0] and command[0] in lines[0]
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_serve_without_the_serve_extra_says_which_extra_to_install(runtime_bin: Path, shared_package) -> None:
+    done = _run(runtime_bin / "rwkv-deploy", "serve", str(shared_package("7", tokenizer="bytes", prefill=True)))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "rwkv-deploy[serve]"' in lines[0]
