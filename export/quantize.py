@@ -173,18 +173,30 @@ def pack_low_first(values: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4), dtype=np.uint8)
 
 
+QUANTIZE_CHUNK_VALUES = 1 << 22  # weights quantized per pass: bounds the temporaries of the range search
+
+
 def quantize_matmul_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool,
                            range_search: tuple[float, ...] = (1.0,)) -> dict[str, np.ndarray]:
-    """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points."""
+    """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points.
+
+    Output rows (N) are independent, so they are quantized a few at a time: the memory beyond W itself stays
+    at a few times `QUANTIZE_CHUNK_VALUES` floats whatever W's size (a 7B model's head is 1 GiB in fp32)."""
     k, n = w.shape
     k_blocks = -(-k // block_size)
-    padded = np.zeros((k_blocks * block_size, n), np.float32)
-    padded[:k] = w
-    blocks = padded.T.reshape(n, k_blocks, block_size)
-    q, scale, zero = block_quantize(blocks, bits, symmetric, range_search)
-    out = {"B": pack_low_first(q, bits), "scales": scale.reshape(-1)}
+    rows = max(1, QUANTIZE_CHUNK_VALUES // (k_blocks * block_size))
+    parts: dict[str, list[np.ndarray]] = {"B": [], "scales": [], "zero_points": []}
+    for start in range(0, n, rows):
+        cols = w[:, start:start + rows]
+        blocks = np.zeros((cols.shape[1], k_blocks * block_size), np.float32)
+        blocks[:, :k] = cols.T
+        q, scale, zero = block_quantize(blocks.reshape(-1, k_blocks, block_size), bits, symmetric, range_search)
+        parts["B"].append(pack_low_first(q, bits))
+        parts["scales"].append(scale)
+        parts["zero_points"].append(pack_low_first(zero, bits))
+    out = {"B": np.concatenate(parts["B"]), "scales": np.concatenate(parts["scales"]).reshape(-1)}
     if not symmetric:
-        out["zero_points"] = pack_low_first(zero, bits).reshape(-1)
+        out["zero_points"] = np.concatenate(parts["zero_points"]).reshape(-1)
     return out
 
 
