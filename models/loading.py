@@ -129,15 +129,34 @@ def check_plausible(tensors: dict[str, torch.Tensor], path: Path, max_params: in
 def load_checkpoint(path: str | os.PathLike, max_params: int | None = None, **overrides: Any) -> Checkpoint:
     """Read and check a checkpoint; `overrides` set ModelConfig fields (e.g. ln_x_eps=1e-5); `max_params`
     raises the plausibility cap (`check_plausible`) for real giant models."""
+    source = read_source(path, max_params)
+    config, tensors = canonicalize(source.tensors, source.path, **(source.settings | overrides))
+    return Checkpoint(source.path, config, tensors, source.stored_dtype, source.format)
+
+
+@dataclass
+class SourceTensors:
+    """A checkpoint as read: tensors under BlinkDL names in their stored dtypes and shapes (before any load-time
+    transform), the ModelConfig settings its format fixes (HF config.json), and the format's name."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    settings: dict[str, Any]
+    format: str
+    stored_dtype: str
+
+
+def read_source(path: str | os.PathLike, max_params: int | None = None) -> SourceTensors:
+    """Read any supported checkpoint and name its tensors as BlinkDL does (what `convert` writes from)."""
     p = Path(path)
     raw = read_tensors(p)
     check_plausible(raw, p, max_params)
     if p.is_dir():  # a Hugging Face folder: its layout by key names, settings from its config.json
         layout = hf_folder_layout(p, raw)
-        config, tensors = canonicalize(layout.tensors, p, **(layout.settings | overrides))
-        return Checkpoint(p, config, tensors, _dtype_summary(raw), layout.format)
-    config, tensors = canonicalize(raw, p, **overrides)
-    return Checkpoint(p, config, tensors, _dtype_summary(raw), _source_format(p, raw))
+        return SourceTensors(p, layout.tensors, layout.settings, layout.format, _dtype_summary(raw))
+    family = weights_family(raw)
+    tensors = to_blinkdl_names(raw, family) if family else raw
+    return SourceTensors(p, tensors, {}, _source_format(p, raw), _dtype_summary(raw))
 
 
 def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0: bool = True) -> RWKVModel:
