@@ -26,6 +26,9 @@ _TOP_LEVEL = {"model.embeddings.weight": "emb.weight", "lm_head.weight": "head.w
 _FLA_LAYER = re.compile(r"model\.layers\.(\d+)\.(pre_norm|attn_norm|ffn_norm|attn|ffn)\.(.+)")
 _OLD_LAYER = re.compile(r"model\.layers\.(\d+)\.(ln1|ln2|attention|feed_forward)\.(.+)")
 _STACKED = re.compile(r"model\.layers\.(\d+)\.(?:attn|attention)\.x_x")
+_TOP_LEVEL_BACK = {v: k for k, v in _TOP_LEVEL.items()}
+_FLA_ATTENTION_BACK = {v: k for k, v in _FLA_ATTENTION.items()}
+_LORA_PARTS_BACK = {v: k for k, v in _LORA_PARTS.items()}
 
 
 def is_fla_rwkv7(keys: Iterable[str]) -> bool:
@@ -123,9 +126,8 @@ def _tied(out: dict[str, T], tie_word_embeddings: bool) -> dict[str, T]:
 
 def blinkdl_to_fla_key(key: str) -> tuple[str, bool]:
     """The fla / rwkv7-hf name of one BlinkDL key and whether its tensor must be transposed."""
-    reverse_top = {v: k for k, v in _TOP_LEVEL.items()}
-    if key in reverse_top:
-        return reverse_top[key], False
+    if key in _TOP_LEVEL_BACK:
+        return _TOP_LEVEL_BACK[key], False
     if key.startswith("ln_out."):
         return "model.norm." + key[len("ln_out."):], False
     m = re.fullmatch(r"blocks\.(\d+)\.(ln0|ln1|ln2|att|ffn)\.(.+)", key)
@@ -139,10 +141,9 @@ def blinkdl_to_fla_key(key: str) -> tuple[str, bool]:
         return prefix + "ffn." + rest, False
     lora = re.fullmatch(r"([wavg])([012])", rest)
     if lora:
-        part_name = {v: k for k, v in _LORA_PARTS.items()}[lora.group(2)]
+        part_name = _LORA_PARTS_BACK[lora.group(2)]
         return f"{prefix}attn.{lora.group(1)}_lora.{part_name}", lora.group(2) != "0"
     module, _, tail = rest.partition(".")
-    reverse = {v: k for k, v in _FLA_ATTENTION.items()}
-    if module in reverse and tail:
-        return f"{prefix}attn.{reverse[module]}.{tail}", False
+    if module in _FLA_ATTENTION_BACK and tail:
+        return f"{prefix}attn.{_FLA_ATTENTION_BACK[module]}.{tail}", False
     return prefix + "attn." + rest, False

@@ -170,3 +170,17 @@ def test_export_of_the_folder_matches_export_of_the_pth(hs16, tmp_path):
     diff = float(np.abs(logits[0] - logits[1]).max())
     print(f"export of HF RWKV-7 folder vs export of its .pth (ONNX Runtime): max |logit diff| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+def test_the_key_maps_read_no_values(hs16, tmp_path):
+    """The lazy-loading contract: a layout is found and mapped from names and shapes alone (meta tensors hold
+    no data), giving the same names and shapes as the eager load."""
+    from rwkv_deploy.models.checkpoint.hf_folder import hf_folder_layout
+
+    _, folder = hs16
+    for source in (folder, restack_x_x(folder, tmp_path / "x_x")):
+        meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_folder_tensors(source).items()}
+        eager = hf_folder_layout(source, read_folder_tensors(source))
+        lazy = hf_folder_layout(source, meta)
+        assert {k: v.shape for k, v in lazy.tensors.items()} == {k: v.shape for k, v in eager.tensors.items()}
+        assert (lazy.format, lazy.settings) == (eager.format, eager.settings)
