@@ -164,9 +164,9 @@ def _read_back(path: Path, out: Path, config: ModelConfig, canonical: dict[str, 
         raise ConvertError(f"{out}: read back with a different {differ[0]} ({b[differ[0]]!r}, expected "
                            f"{a[differ[0]]!r}); nothing was written")
     wrong = [k for k in canonical if k not in got or not torch.equal(canonical[k], got[k])]
-    if wrong or got.keys() != canonical.keys():
-        raise ConvertError(f"{out}: read back with different tensors ({(wrong or sorted(got.keys() ^ canonical.keys()))[0]}); "
-                           "nothing was written")
+    wrong += sorted(got.keys() - canonical.keys())
+    if wrong:
+        raise ConvertError(f"{out}: read back with a different {wrong[0]}; nothing was written")
 
 
 # -- .pth ------------------------------------------------------------------------------------------------

@@ -110,3 +110,20 @@ def test_the_command(tmp_path):
     assert again.exit_code == 2 and "exists (use --force to replace it)" in again.stderr
     forced = runner.invoke(app, ["convert", str(pth), "--to", "hf", str(tmp_path / "hf"), "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def test_a_wrong_write_is_caught_by_the_read_back_and_not_published(tmp_path, monkeypatch):
+    import rwkv_deploy.models.convert as convert
+
+    pth = save_checkpoint(make_checkpoint("7", n_layer=1, n_embd=32, head_size=16, vocab_size=97), tmp_path / "m.pth")
+    mapped = convert._fla_tensors
+
+    def swapped_lora(state):  # a map bug: w1 written untransposed (square when C equals the rank)
+        out = mapped(state)
+        out["model.layers.0.attn.w_lora.lora.0.weight"] = state["blocks.0.att.w1"].contiguous()
+        return out
+
+    monkeypatch.setattr(convert, "_fla_tensors", swapped_lora)
+    with pytest.raises(ConvertError, match=re.escape("read back with a different blocks.0.att.w1")):
+        convert_checkpoint(pth, "hf", tmp_path / "hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
