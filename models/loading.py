@@ -22,7 +22,7 @@ import torch
 from rwkv_deploy import limits
 from rwkv_deploy.errors import CheckpointError
 
-from .checkpoint.hf_rwkv4 import hf_rwkv4_to_blinkdl, is_hf_rwkv4
+from .checkpoint.hf_folder import hf_folder_layout, to_blinkdl_names, weights_family
 from .checkpoint.lazy import LazyTensor, TensorLike, as_lazy
 from .checkpoint.readers import read_tensors
 from .config import ModelConfig
@@ -93,9 +93,8 @@ def _dtype_summary(tensors: dict[str, TensorLike]) -> str:
 
 
 def _source_format(path: Path, raw: dict[str, TensorLike]) -> str:
-    if path.is_dir():
-        return "huggingface"
-    if is_hf_rwkv4(raw):
+    """The format of a single checkpoint file (folders are named by `hf_folder_layout`)."""
+    if weights_family(raw):
         return "huggingface-weights"
     from .checkpoint.rwkvcpp import is_rwkvcpp_file
 
@@ -135,8 +134,10 @@ def canonicalize_lazy(
     raw: dict[str, LazyTensor], path: Path, **overrides: Any
 ) -> tuple[ModelConfig, dict[str, LazyTensor]]:
     """`canonicalize` on lazy tensors: names, config and shapes checked now; values converted when loaded."""
-    if is_hf_rwkv4(raw):
-        raw = hf_rwkv4_to_blinkdl(raw)
+    family = weights_family(raw)
+    if family:
+        raw = to_blinkdl_names(raw, family)
+    raw = as_lazy(raw)  # a map may add tensors made in memory (a fresh LayerNorm)
     version = detect_version(raw, path)
     non_float = [k for k, t in raw.items() if not t.is_floating_point()]
     if non_float:
@@ -166,16 +167,40 @@ def check_plausible(tensors: dict[str, TensorLike], path: Path, max_params: int 
 def open_checkpoint(path: str | os.PathLike, max_params: int | None = None, **overrides: Any) -> LazyCheckpoint:
     """Open and check a checkpoint without reading its weights; `overrides` set ModelConfig fields (e.g.
     ln_x_eps=1e-5); `max_params` raises the plausibility cap (`check_plausible`) for real giant models."""
-    p = Path(path)
-    raw = read_tensors(p)
-    check_plausible(raw, p, max_params)
-    config, tensors = canonicalize_lazy(raw, p, **overrides)
-    return LazyCheckpoint(p, config, tensors, _dtype_summary(raw), _source_format(p, raw))
+    source = read_source(path, max_params)
+    config, tensors = canonicalize_lazy(source.tensors, source.path, **(source.settings | overrides))
+    return LazyCheckpoint(source.path, config, tensors, source.stored_dtype, source.format)
 
 
 def load_checkpoint(path: str | os.PathLike, max_params: int | None = None, **overrides: Any) -> Checkpoint:
     """`open_checkpoint`, then every tensor read as fp32 and checked finite."""
     return open_checkpoint(path, max_params, **overrides).materialize()
+
+
+@dataclass
+class SourceTensors:
+    """A checkpoint as read: lazy tensors under BlinkDL names in their stored dtypes and shapes (before any
+    load-time transform), the ModelConfig settings its format fixes (HF config.json), and the format's name."""
+
+    path: Path
+    tensors: dict[str, LazyTensor]
+    settings: dict[str, Any]
+    format: str
+    stored_dtype: str
+
+
+def read_source(path: str | os.PathLike, max_params: int | None = None) -> SourceTensors:
+    """Open any supported checkpoint (headers only) and name its tensors as BlinkDL does (what `convert` writes
+    from and `open_checkpoint` canonicalizes)."""
+    p = Path(path)
+    raw = read_tensors(p)
+    check_plausible(raw, p, max_params)
+    if p.is_dir():  # a Hugging Face folder: its layout by key names, settings from its config.json
+        layout = hf_folder_layout(p, raw)
+        return SourceTensors(p, layout.tensors, layout.settings, layout.format, _dtype_summary(raw))
+    family = weights_family(raw)
+    tensors = to_blinkdl_names(raw, family) if family else raw
+    return SourceTensors(p, tensors, {}, _source_format(p, raw), _dtype_summary(raw))
 
 
 def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0: bool = True) -> RWKVModel:
