@@ -50,6 +50,15 @@ def _dtype_summary(tensors: dict[str, torch.Tensor]) -> str:
     return "mixed (" + ", ".join(f"{name} {n}" for name, n in counts.most_common()) + ")"
 
 
+def _stored_dtype(path: Path, raw: dict[str, torch.Tensor]) -> str:
+    """How the file stores its weights: a GGUF file's own types (the tensors were dequantized on load)."""
+    from .checkpoint.gguf import is_gguf_file, read_gguf_table, type_summary
+
+    if is_gguf_file(path):
+        return type_summary(read_gguf_table(path))
+    return _dtype_summary(raw)
+
+
 def _source_format(path: Path, raw: dict[str, torch.Tensor]) -> str:
     if path.is_dir():
         return "huggingface"
@@ -59,6 +68,10 @@ def _source_format(path: Path, raw: dict[str, torch.Tensor]) -> str:
 
     if is_rwkvcpp_file(path):
         return "rwkv.cpp"
+    from .checkpoint.gguf import is_gguf_file
+
+    if is_gguf_file(path):
+        return "gguf"
     return "safetensors" if path.suffix == ".safetensors" else "pytorch"
 
 
@@ -133,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike, max_params: int | None = None, **ov
     raw = read_tensors(p)
     check_plausible(raw, p, max_params)
     config, tensors = canonicalize(raw, p, **overrides)
-    return Checkpoint(p, config, tensors, _dtype_summary(raw), _source_format(p, raw))
+    return Checkpoint(p, config, tensors, _stored_dtype(p, raw), _source_format(p, raw))
 
 
 def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0: bool = True) -> RWKVModel:
