@@ -128,6 +128,7 @@ def export_package(
     kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
     model = build_model(cfg, ckpt.tensors)
     source_sha = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
+    source_format = ckpt.source_format
     del ckpt
 
     # Built in a staging sibling, renamed into place at the end; one writer per --out (staging.py).
@@ -157,7 +158,8 @@ def export_package(
             graphs=graphs,
             state=state, tokenizer=tokenizer, files=files, token_input=TOKEN_INPUT, logits_output=LOGITS_OUTPUT,
             producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
-            source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},
+            source={"checkpoint": Path(checkpoint).name, "format": source_format, "sha256": source_sha,
+                    "ln_x_eps": cfg.ln_x_eps},
         )
         create_new_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
         check_target(out_dir, [checkpoint, *tokenizer_file], options.force)  # still true after minutes of work?

@@ -17,7 +17,7 @@ import torch
 from rwkv_deploy import limits
 from rwkv_deploy.errors import CheckpointError
 
-from .checkpoint.hf_rwkv4 import hf_rwkv4_to_blinkdl, is_hf_rwkv4
+from .checkpoint.hf_folder import hf_folder_layout, to_blinkdl_names, weights_family
 from .checkpoint.readers import read_tensors
 from .config import ModelConfig
 from .detect import detect_version
@@ -60,9 +60,8 @@ def _stored_dtype(path: Path, raw: dict[str, torch.Tensor]) -> str:
 
 
 def _source_format(path: Path, raw: dict[str, torch.Tensor]) -> str:
-    if path.is_dir():
-        return "huggingface"
-    if is_hf_rwkv4(raw):
+    """The format of a single checkpoint file (folders are named by `hf_folder_layout`)."""
+    if weights_family(raw):
         return "huggingface-weights"
     from .checkpoint.rwkvcpp import is_rwkvcpp_file
 
@@ -103,8 +102,9 @@ def canonicalize(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Raw tensors (BlinkDL or HF names, any float dtype) -> (config, checked fp32 model tensors)."""
     path = Path(path)
-    if is_hf_rwkv4(raw):
-        raw = hf_rwkv4_to_blinkdl(raw)
+    family = weights_family(raw)
+    if family:
+        raw = to_blinkdl_names(raw, family)
     version = detect_version(raw, path)
     non_float = [k for k, t in raw.items() if not t.is_floating_point()]
     if non_float:
@@ -145,6 +145,10 @@ def load_checkpoint(path: str | os.PathLike, max_params: int | None = None, **ov
     p = Path(path)
     raw = read_tensors(p)
     check_plausible(raw, p, max_params)
+    if p.is_dir():  # a Hugging Face folder: its layout by key names, settings from its config.json
+        layout = hf_folder_layout(p, raw)
+        config, tensors = canonicalize(layout.tensors, p, **(layout.settings | overrides))
+        return Checkpoint(p, config, tensors, _dtype_summary(raw), layout.format)
     config, tensors = canonicalize(raw, p, **overrides)
     return Checkpoint(p, config, tensors, _stored_dtype(p, raw), _source_format(p, raw))
 

@@ -18,10 +18,6 @@ _BLOCK_RENAMES = (
 )
 
 
-def is_hf_rwkv4(tensors: dict[str, torch.Tensor]) -> bool:
-    return "rwkv.embeddings.weight" in tensors
-
-
 def hf_key_to_blinkdl(key: str) -> str:
     if key == "rwkv.embeddings.weight":
         return "emb.weight"
