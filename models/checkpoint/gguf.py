@@ -126,7 +126,7 @@ class _Cursor:
     def string(self, what: str) -> str:
         length = self.u64(f"the length of {what}")
         if length > self.file_size - self.pos:
-            raise CheckpointError(self.path, f"{what} declares {length:,} bytes, beyond the end of the file")
+            raise CheckpointError(self.path, f"truncated GGUF file: {what} declares {length:,} bytes, beyond its end")
         return bytes(self.take(length, what)).decode("utf-8", errors="replace")
 
     def value(self, code: int, what: str) -> Any:
