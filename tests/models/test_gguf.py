@@ -26,8 +26,8 @@ pytest.importorskip("rwkv7_hf")
 
 from rwkv_deploy.errors import CheckpointError  # noqa: E402
 from rwkv_deploy.models import load_checkpoint, load_model  # noqa: E402
-from rwkv_deploy.models.checkpoint.gguf import (check_vocabulary, load_gguf_tensor, read_gguf_table,  # noqa: E402
-                                                world_token_texts)
+from rwkv_deploy.models.checkpoint.gguf import (check_vocabulary, gguf_to_blinkdl, load_gguf_tensor,  # noqa: E402
+                                                model_info, read_gguf_table, world_token_texts)
 from rwkv_deploy.models.checkpoint.readers import read_tensors  # noqa: E402
 from rwkv_deploy.models.inspection import summarize_checkpoint  # noqa: E402
 from rwkv_deploy.tokenization import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE  # noqa: E402
@@ -92,6 +92,18 @@ def test_f32_gguf_is_exactly_the_pth(files: dict[str, Path], version: str) -> No
     diff = (logits(files[f"{version}-f32"]) - logits(files[f"{version}.pth"])).abs().max().item()
     print(f"{version} F32 GGUF vs .pth: max |logit diff| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("version", ["v7", "v6"])
+def test_key_map_runs_on_shapes_alone(files: dict[str, Path], version: str) -> None:
+    """For lazily loaded tensors: the map runs on meta tensors (no data) and gives the `.pth`'s names and shapes
+    (less layer 0's v0/v1/v2, which no reference reads and GGUF files carry only as dummies)."""
+    table = read_gguf_table(files[f"{version}-q8_0"])
+    meta = {name: torch.empty(entry.shape, device="meta") for name, entry in table.tensors.items()}
+    mapped = gguf_to_blinkdl(meta, model_info(table), table.path)
+    unused = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    pth = {k: tuple(t.shape) for k, t in torch.load(files[f"{version}.pth"], mmap=True).items() if k not in unused}
+    assert {k: tuple(t.shape) for k, t in mapped.items()} == pth
 
 
 def test_rwkv6_rescale_is_baked_into_the_file_and_undone_on_load(files: dict[str, Path]) -> None:
