@@ -159,11 +159,13 @@ def _quant_types() -> dict[int, tuple[str, int, int]]:
     return {int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in readable if t in GGML_QUANT_SIZES}
 
 
-def _tensor_entry(cur: _Cursor, index: int, types: dict[int, tuple[str, int, int]]) -> tuple[str, tuple[int, ...], int, int]:
+def _tensor_entry(cur: _Cursor, index: int,
+                  types: dict[int, tuple[str, int, int]]) -> tuple[str, tuple[int, ...], int, int]:
     name = cur.string(f"the name of tensor #{index}")
     n_dims = cur.u32(f"the dimension count of tensor {name!r}")
     if not 1 <= n_dims <= MAX_DIMS:
-        raise CheckpointError(cur.path, f"GGUF tensor {name!r} declares {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
+        raise CheckpointError(cur.path, f"GGUF tensor {name!r} declares {n_dims} dimensions "
+                                        f"(GGUF allows 1 to {MAX_DIMS})")
     ne = [cur.u64(f"the dims of tensor {name!r}") for _ in range(n_dims)]
     if any(not 0 < d < MAX_DIM for d in ne):
         raise CheckpointError(cur.path, f"GGUF tensor {name!r} has absurd dims {ne}")
@@ -191,7 +193,8 @@ def read_gguf_table(path: str | os.PathLike[str]) -> GGUFTable:
             n_tensors, n_kv = cur.u64("the tensor count"), cur.u64("the metadata count")
             if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
                 raise CheckpointError(path, f"GGUF header declares {n_tensors:,} tensors and {n_kv:,} metadata "
-                                            f"entries (at most {MAX_TENSORS:,} and {MAX_KV:,}); not a model file we read")
+                                            f"entries (at most {MAX_TENSORS:,} and {MAX_KV:,}); not a model file "
+                                            "we read")
             metadata: dict[str, Any] = {}
             for i in range(n_kv):
                 key = cur.string(f"metadata key #{i}")
@@ -340,8 +343,9 @@ def gguf_to_blinkdl(tensors: Mapping[str, T], info: GGUFModelInfo, path: str | o
         blk = f"blocks.{layer}."
         if suffix in _COMMON:
             key = blk + _COMMON[suffix]
-            scale = 2.0 ** (layer // info.rescale_every) if info.rescale_every else 1.0
-            out[key] = t * scale if scale != 1.0 and suffix in ("time_mix_output.weight", "channel_mix_value.weight") else t
+            rescaled = info.rescale_every and suffix in ("time_mix_output.weight", "channel_mix_value.weight")
+            scale = 2.0 ** (layer // info.rescale_every) if rescaled else 1.0
+            out[key] = t * scale if scale != 1.0 else t
         elif suffix == "time_mix_lerp_fused.weight":
             order = V7_LERP_ORDER if info.architecture == "rwkv7" else V6_LERP_ORDER
             if t.shape[0] != len(order):
@@ -381,7 +385,8 @@ def _map_v6(out: dict, blk: str, suffix: str, t: Any, c: int, n: int, name: str,
     elif suffix == "time_mix_w2.weight":
         # stored [5, C, D] (each slice transposed); BlinkDL keeps [5, D, C]: out[i, d, c] = t[i, c, d]
         five, width, rank = t.shape
-        out[blk + "att.time_maa_w2"] = t.transpose(0, 1).reshape(width, five * rank).transpose(0, 1).reshape(five, rank, width)
+        by_width = t.transpose(0, 1).reshape(width, five * rank)  # [C, 5D]: row c holds t[i, c, d] at i*D + d
+        out[blk + "att.time_maa_w2"] = by_width.transpose(0, 1).reshape(five, rank, width)
     elif suffix == "time_mix_first.weight":
         out[blk + "att.time_faaaa"] = t.reshape(c // n, n)
     else:
@@ -415,7 +420,8 @@ def check_vocabulary(table: GGUFTable) -> str | None:
     expected = world_token_texts()
     pads = [f"[PAD{i}]" for i in range(len(expected), len(tokens))]
     if tokens != expected + pads:
-        first = next((i for i, (a, b) in enumerate(zip(tokens, expected + pads)) if a != b), min(len(tokens), len(expected)))
+        first = next((i for i, (a, b) in enumerate(zip(tokens, expected + pads)) if a != b),
+                     min(len(tokens), len(expected)))
         raise CheckpointError(table.path, f"GGUF World vocabulary differs from rwkv_vocab_v20230424 (first at token "
                                           f"{first}); not the tokenizer we package")
     return "world"

@@ -84,7 +84,8 @@ def logits(path: Path) -> torch.Tensor:
 def test_f32_gguf_is_exactly_the_pth(files: dict[str, Path], version: str) -> None:
     """Every converter step undone: the lerp fusing, LoRA orientation, layer 0's dummies, r_k, RWKV-6's rescale."""
     pth, gguf = load_checkpoint(files[f"{version}.pth"]), load_checkpoint(files[f"{version}-f32"])
-    assert gguf.source_format == "gguf" and gguf.stored_dtype == f"GGUF F32 (F32 {len(read_gguf_table(files[f'{version}-f32']).tensors)} tensors)"
+    n_tensors = len(read_gguf_table(files[f"{version}-f32"]).tensors)
+    assert gguf.source_format == "gguf" and gguf.stored_dtype == f"GGUF F32 (F32 {n_tensors} tensors)"
     assert gguf.config == pth.config
     assert gguf.tensors.keys() == pth.tensors.keys()
     unequal = [k for k in pth.tensors if not torch.equal(gguf.tensors[k], pth.tensors[k])]
@@ -274,7 +275,8 @@ def _bad_cases(data: bytes, layout: dict) -> dict[str, tuple[object, str]]:
         "truncated data": (lambda d: d[:len(data) - 1000], "lies outside the file"),
         "not rwkv": (lambda d: d[:arch] + b"llama" + d[arch + 5:],
                      "GGUF architecture llama is not an RWKV model we read; rwkv6 and rwkv7 are"),
-        "offset beyond file": (lambda d: _put(d, last_offset, "<Q", 1 << 40), f"GGUF tensor {last_name!r} lies outside"),
+        "offset beyond file": (lambda d: _put(d, last_offset, "<Q", 1 << 40),
+                               f"GGUF tensor {last_name!r} lies outside"),
         "absurd n_dims": (lambda d: _put(d, first, "<I", 4000), f"GGUF tensor {first_name!r} declares 4000 dimensions"),
         "absurd dims": (lambda d: _put(d, first + 4, "<Q", 1 << 62), f"GGUF tensor {first_name!r} has absurd dims"),
         "huge array": (lambda d: _put(d, tokens_count, "<Q", 1 << 50), "more than the file can hold"),
