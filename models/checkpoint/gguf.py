@@ -352,7 +352,7 @@ def gguf_to_blinkdl(tensors: Mapping[str, T], info: GGUFModelInfo, path: str | o
                 raise CheckpointError(path, f"GGUF tensor {name!r} has shape {list(t.shape)}; expected "
                                             f"{len(order)} stacked token-shift vectors")
             prefix = "att.x_" if info.architecture == "rwkv7" else "att.time_maa_"
-            out.update({blk + prefix + m: t[i].reshape(1, 1, c) for i, m in enumerate(order)})
+            out.update({blk + prefix + m: _reshape(t[i], (1, 1, c), name, path) for i, m in enumerate(order)})
         elif info.architecture == "rwkv7":
             _map_v7(out, blk, layer, suffix, t, c, n, name, path)
         else:
@@ -364,15 +364,29 @@ def _unknown(path: str | os.PathLike[str], name: str, arch: str) -> CheckpointEr
     return CheckpointError(path, f"GGUF tensor {name!r} is not part of an {arch} model")
 
 
+def _reshape(t: Any, shape: tuple[int, ...], name: str, path: Any) -> Any:
+    """A reshape the metadata's sizes ask for; a tensor of another size is a bad file, not a torch error."""
+    if math.prod(t.shape) != math.prod(shape):
+        raise CheckpointError(path, f"GGUF tensor {name!r} has shape {list(t.shape)}, not the "
+                                    f"{math.prod(shape):,} values the metadata's sizes give")
+    return t.reshape(*shape)
+
+
+def _matrix(t: Any, dims: int, name: str, path: Any) -> Any:
+    if t.dim() != dims:
+        raise CheckpointError(path, f"GGUF tensor {name!r} has shape {list(t.shape)}; expected {dims} dimensions")
+    return t
+
+
 def _map_v7(out: dict, blk: str, layer: int, suffix: str, t: Any, c: int, n: int, name: str, path: Any) -> None:
     if layer == 0 and suffix in ("time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight"):
         return  # the converter's dummies (copies of time_mix_a*): layer 0's value is v_first itself
     if suffix in _V7_VECTORS:
-        out[blk + _V7_VECTORS[suffix]] = t.reshape(1, 1, c)
+        out[blk + _V7_VECTORS[suffix]] = _reshape(t, (1, 1, c), name, path)
     elif suffix in _V7_LORA:
-        out[blk + _V7_LORA[suffix]] = t.transpose(0, 1)  # GGUF [out, in] -> BlinkDL [in, out]
+        out[blk + _V7_LORA[suffix]] = _matrix(t, 2, name, path).transpose(0, 1)  # [out, in] -> BlinkDL [in, out]
     elif suffix == "time_mix_r_k.weight":
-        out[blk + "att.r_k"] = t.reshape(c // n, n)
+        out[blk + "att.r_k"] = _reshape(t, (c // n, n), name, path)
     else:
         raise _unknown(path, name, "rwkv7")
 
@@ -381,14 +395,14 @@ def _map_v6(out: dict, blk: str, suffix: str, t: Any, c: int, n: int, name: str,
     if suffix in _V6_VECTORS:
         out[blk + _V6_VECTORS[suffix]] = t.reshape(1, 1, -1)
     elif suffix in _V6_LORA:
-        out[blk + _V6_LORA[suffix]] = t.transpose(0, 1)
+        out[blk + _V6_LORA[suffix]] = _matrix(t, 2, name, path).transpose(0, 1)
     elif suffix == "time_mix_w2.weight":
         # stored [5, C, D] (each slice transposed); BlinkDL keeps [5, D, C]: out[i, d, c] = t[i, c, d]
-        five, width, rank = t.shape
+        five, width, rank = _matrix(t, 3, name, path).shape
         by_width = t.transpose(0, 1).reshape(width, five * rank)  # [C, 5D]: row c holds t[i, c, d] at i*D + d
         out[blk + "att.time_maa_w2"] = by_width.transpose(0, 1).reshape(five, rank, width)
     elif suffix == "time_mix_first.weight":
-        out[blk + "att.time_faaaa"] = t.reshape(c // n, n)
+        out[blk + "att.time_faaaa"] = _reshape(t, (c // n, n), name, path)
     else:
         raise _unknown(path, name, "rwkv6")
 

@@ -256,6 +256,7 @@ def q8_layout(files: dict[str, Path]) -> dict[str, object]:
         return int(reader.fields[key].offset) + 8 + len(key) + 4
 
     return {"arch": value_at("general.architecture") + 8, "tokens": value_at("tokenizer.ggml.tokens") + 4,
+            "width": value_at("rwkv7.embedding_length"),
             "first": entry(0), "last": entry(-1)}
 
 
@@ -282,13 +283,15 @@ def _bad_cases(data: bytes, layout: dict) -> dict[str, tuple[object, str]]:
         "huge array": (lambda d: _put(d, tokens_count, "<Q", 1 << 50), "more than the file can hold"),
         "other vocabulary": (lambda d: d.replace(b"[PAD65535]", b"[PAD99999]"),
                              "GGUF World vocabulary differs from rwkv_vocab_v20230424 (first at token 65535)"),
+        "wrong width": (lambda d: _put(d, layout["width"], "<I", 64),
+                        "has shape [128], not the 64 values the metadata's sizes give"),
         "unknown tensor": (lambda d: d.replace(b"blk.1.time_mix_k_k.weight", b"blk.1.time_mix_q_q.weight"),
                            "GGUF tensor 'blk.1.time_mix_q_q.weight' is not part of an rwkv7 model"),
     }
 
 
 BAD = ["wrong magic", "version", "truncated header", "truncated data", "not rwkv", "offset beyond file",
-       "absurd n_dims", "absurd dims", "huge array", "other vocabulary", "unknown tensor"]
+       "absurd n_dims", "absurd dims", "huge array", "other vocabulary", "wrong width", "unknown tensor"]
 
 
 @pytest.mark.parametrize("case", BAD)
