@@ -428,9 +428,11 @@ def check_vocabulary(table: GGUFTable) -> str | None:
     tokens = table.metadata.get("tokenizer.ggml.tokens")
     if model is None and tokens is None:
         return None
-    if model != "rwkv" or not isinstance(tokens, list):
+    if model != "rwkv":
         raise CheckpointError(table.path, f"GGUF tokenizer {str(model)[:40]!r} is not the RWKV World vocabulary; "
                                           "we read RWKV GGUF files with the World tokenizer only")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(table.path, "GGUF tokenizer 'rwkv' without a list of tokens (tokenizer.ggml.tokens)")
     expected = world_token_texts()
     pads = [f"[PAD{i}]" for i in range(len(expected), len(tokens))]
     if tokens != expected + pads:

@@ -9,6 +9,7 @@ insists on the World vocabulary, so the models have 65,536 tokens (at width 128 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+@functools.cache  # each file's logits once per module (the .pth's are compared with every GGUF)
 def logits(path: Path) -> torch.Tensor:
     model = load_model(path)
     with torch.no_grad():
