@@ -19,6 +19,7 @@ length it is given in Python: a hostile count would hang it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -412,13 +413,14 @@ def _map_v6(out: dict, blk: str, suffix: str, t: Any, c: int, n: int, name: str,
 # --------------------------------------------------------------------------------------------------
 
 
-def world_token_texts() -> list[str]:
+@functools.cache  # parsed once per process: 65,529 lines
+def world_token_texts() -> tuple[str, ...]:
     """The token list llama.cpp's converter writes for the World vocab v20230424: `<s>`, then each token as the
     text of its Python bytes literal without `b'...'`, then `[PAD<i>]` up to the model's vocabulary size."""
     from rwkv_deploy.tokenization.world import WORLD_VOCAB_FILE, read_world_vocab
 
     vocab = read_world_vocab(WORLD_VOCAB_FILE)
-    return ["<s>", *(repr(vocab[i])[2:-1] for i in range(1, max(vocab) + 1))]
+    return ("<s>", *(repr(vocab[i])[2:-1] for i in range(1, max(vocab) + 1)))
 
 
 def check_vocabulary(table: GGUFTable) -> str | None:
@@ -433,7 +435,7 @@ def check_vocabulary(table: GGUFTable) -> str | None:
                                           "we read RWKV GGUF files with the World tokenizer only")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise CheckpointError(table.path, "GGUF tokenizer 'rwkv' without a list of tokens (tokenizer.ggml.tokens)")
-    expected = world_token_texts()
+    expected = list(world_token_texts())
     pads = [f"[PAD{i}]" for i in range(len(expected), len(tokens))]
     if tokens != expected + pads:
         first = next((i for i, (a, b) in enumerate(zip(tokens, expected + pads)) if a != b),
