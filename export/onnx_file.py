@@ -24,7 +24,10 @@ _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 _LENGTH_DELIMITED = 2
 _CHUNK = 16 << 20
-TWO_GB = 2 * 1024**3  # protobuf's message size limit: larger models keep their weights as external data
+TWO_GB = 2 * 1024**3  # protobuf's message size limit
+# weights above this go to external data even unasked: every reader parses a single-file graph whole (the onnx
+# checker, verify, ONNX Runtime), holding about twice its size, where external data is read tensor by tensor
+INLINE_WEIGHTS_MAX = 1 << 30
 
 
 def _varint(n: int) -> bytes:

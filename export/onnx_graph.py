@@ -26,7 +26,7 @@ from rwkv_deploy.models.state import StateSpec
 from rwkv_deploy.package.names import (BATCH_AXIS, LOGITS_OUTPUT, MAX_BATCH, PREFILL_TOKENS_INPUT, TIME_AXIS, TOKEN_INPUT,
                                        state_input, state_output)
 
-from .onnx_file import TWO_GB, inline_external_data
+from .onnx_file import INLINE_WEIGHTS_MAX, inline_external_data
 from .options import DEFAULT_OPSET
 from .weight_streaming import attach_weights, fold_weight_transposes, optimize, save_streaming
 
@@ -82,7 +82,7 @@ def export_step_graph(
 
     `model` is a reference model with its weights, or (for models larger than memory) its structure on the
     meta device with `weights` naming a lazy tensor per parameter (`models.streaming`). External data is used
-    when asked, or automatically when the weights exceed protobuf's 2 GB limit. `check` runs on the staged
+    when asked, or automatically from 1 GiB of weights (`INLINE_WEIGHTS_MAX`). `check` runs on the staged
     graph while its weights are still external, so checking needs no memory for the weights.
     """
     example_batch = 2
@@ -133,7 +133,7 @@ def _export(
 ) -> str | None:
     wrapper, weights = _on_meta(wrapper.eval(), weights)
     if external_data is None:
-        external_data = weight_bytes(wrapper) >= TWO_GB
+        external_data = weight_bytes(wrapper) >= INLINE_WEIGHTS_MAX
     # the exporter logs unrelated notes (torchvision absent; torch.export's "always_classified is unsupported")
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
     levels = [log.level for log in loggers]

@@ -37,7 +37,7 @@ from onnx.external_data_helper import uses_external_data
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 
-from .onnx_file import TWO_GB, TensorReader, inline_external_data, subgraphs, tensor_nbytes
+from .onnx_file import INLINE_WEIGHTS_MAX, TensorReader, inline_external_data, subgraphs, tensor_nbytes
 
 MS_DOMAIN = "com.microsoft"
 _ALIGN = 64  # byte alignment of every tensor in the staged data file
@@ -471,9 +471,9 @@ def _load_fp32_graph(src: Path) -> onnx.ModelProto:
 def _save(model: onnx.ModelProto, staging: Path, staged_data: Path, dst: Path, data_name: str,
           location: str, external: bool | None) -> bool:
     """Write the rewritten model to `dst`: with its weights in `data_name` beside it, or (when `external` is
-    false, or None and under 2 GB) as one self-contained file. Returns whether the weights are external."""
+    false, or None and under INLINE_WEIGHTS_MAX (1 GiB)) as one self-contained file. Returns whether the weights are external."""
     if external is None:
-        external = staged_data.stat().st_size + model.ByteSize() >= TWO_GB
+        external = staged_data.stat().st_size + model.ByteSize() >= INLINE_WEIGHTS_MAX
     if external and location != data_name:
         _relocate(model, location, data_name)
     onnx.save(model, str(staging))
@@ -494,7 +494,7 @@ def quantize_onnx_file(
 
     `precision` picks QUANT_CONFIGS[precision] unless `config` is given. The result keeps its weights as
     ONNX external data (`<dst name>.data`, next to `dst`) when `external_data` is true, or, when it is None,
-    when they exceed protobuf's 2 GB limit; otherwise `dst` is one self-contained file. The returned dict
+    from INLINE_WEIGHTS_MAX (1 GiB) of weights; otherwise `dst` is one self-contained file. The returned dict
     has "external_data" (the data file's name or None) plus the settings and counts written to the
     manifest's `graphs.<name>.quantization`.
     """

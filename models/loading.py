@@ -92,6 +92,15 @@ def _dtype_summary(tensors: dict[str, TensorLike]) -> str:
     return "mixed (" + ", ".join(f"{name} {n}" for name, n in counts.most_common()) + ")"
 
 
+def _stored_dtype(path: Path, raw: dict[str, TensorLike]) -> str:
+    """How the file stores its weights: a GGUF file's own types (the tensors were dequantized on load)."""
+    from .checkpoint.gguf import is_gguf_file, read_gguf_table, type_summary
+
+    if is_gguf_file(path):
+        return type_summary(read_gguf_table(path))
+    return _dtype_summary(raw)
+
+
 def _source_format(path: Path, raw: dict[str, TensorLike]) -> str:
     """The format of a single checkpoint file (folders are named by `hf_folder_layout`)."""
     if weights_family(raw):
@@ -100,6 +109,10 @@ def _source_format(path: Path, raw: dict[str, TensorLike]) -> str:
 
     if is_rwkvcpp_file(path):
         return "rwkv.cpp"
+    from .checkpoint.gguf import is_gguf_file
+
+    if is_gguf_file(path):
+        return "gguf"
     return "safetensors" if path.suffix == ".safetensors" else "pytorch"
 
 
@@ -200,7 +213,7 @@ def read_source(path: str | os.PathLike, max_params: int | None = None) -> Sourc
         return SourceTensors(p, layout.tensors, layout.settings, layout.format, _dtype_summary(raw))
     family = weights_family(raw)
     tensors = to_blinkdl_names(raw, family) if family else raw
-    return SourceTensors(p, tensors, {}, _source_format(p, raw), _dtype_summary(raw))
+    return SourceTensors(p, tensors, {}, _source_format(p, raw), _stored_dtype(p, raw))
 
 
 def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], fold_ln0: bool = True) -> RWKVModel:

@@ -253,10 +253,13 @@ def read_tensors(path: str | os.PathLike) -> LazyDict:
         return read_hf_directory(p)
     if p.stat().st_size == 0:
         raise CheckpointError(p, "empty file")
+    from .gguf import is_gguf_file, read_gguf
     from .rwkvcpp import is_rwkvcpp_file, read_rwkvcpp
 
     if is_rwkvcpp_file(p):
         return as_lazy(read_rwkvcpp(p))
+    if is_gguf_file(p):
+        return read_gguf(p)
     if p.suffix == ".safetensors":
         return read_safetensors(p)
     return read_pth(p)
