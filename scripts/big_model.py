@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp16,int8,int4")
     parser.add_argument("--validate", default="", help="precisions whose package is also validated")
     parser.add_argument("--package", action="store_true", help="also archive (package) and verify each export")
+    parser.add_argument("--verify", action="store_true", help="verify each package directory (hashes, graph I/O)")
     parser.add_argument("--prefill", action="store_true", help="export the prefill graph too")
     parser.add_argument("--keep", action="store_true", help="keep each package (default: removed once measured, "
                         "so a 7B run needs the disk of one package at a time)")
@@ -74,6 +75,9 @@ def main() -> None:
             row = run_measured([*cli, "validate", str(out), "-c", str(checkpoint), "--steps", "16",
                                 "--batch", "1", "--greedy-tokens", "8"])
             print(json.dumps({"stage": "validate", "precision": precision, **row}), flush=True)
+        if args.verify:
+            row = run_measured([*cli, "verify", str(out)])
+            print(json.dumps({"stage": "verify directory", "precision": precision, **row}), flush=True)
         if args.package:
             archive = args.work / f"pkg-{precision}.zip"
             row = run_measured([*cli, "package", str(out), "-o", str(archive), "--force"])

@@ -219,7 +219,7 @@ def test_metadata_carries_our_world_vocabulary(files: dict[str, Path]) -> None:
 
 def test_export_of_the_gguf_matches_export_of_the_pth(files: dict[str, Path], tmp_path: Path) -> None:
     """Both packages computed by ONNX Runtime; the GGUF's package carries the World tokenizer."""
-    import onnxruntime as ort
+    from tests.helpers.onnx_compare import package_logits
 
     from rwkv_deploy.export.package_builder import ExportOptions, export_package
 
@@ -227,15 +227,7 @@ def test_export_of_the_gguf_matches_export_of_the_pth(files: dict[str, Path], tm
     for source in (files["v7.pth"], files["v7-f32"]):
         package = tmp_path / source.name
         manifest = export_package(source, package, ExportOptions())
-        session = ort.InferenceSession(str(package / manifest.graphs["step"].path), providers=["CPUExecutionProvider"])
-        state = {e.input: np.full([1, *e.shape[1:]], e.init, dtype=np.float32) for e in manifest.state}
-        out = []
-        for token in SEQUENCES[0].tolist():
-            result = dict(zip([o.name for o in session.get_outputs()],
-                              session.run(None, {"token": np.array([token], dtype=np.int64), **state})))
-            state = {e.input: result[e.output] for e in manifest.state}
-            out.append(result["logits"])
-        results.append((manifest, np.concatenate(out)))
+        results.append((manifest, package_logits(package, SEQUENCES[0])))
     (_, from_pth), (manifest, from_gguf) = results
     assert manifest.source["format"] == "gguf"
     assert manifest.tokenizer.kind == "world" and manifest.tokenizer.files == ["tokenizer/rwkv_vocab_v20230424.txt"]

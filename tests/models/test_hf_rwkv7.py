@@ -148,7 +148,7 @@ def test_layer_norm_epsilon_comes_from_config(hs16, tmp_path):
 def test_export_of_the_folder_matches_export_of_the_pth(hs16, tmp_path):
     """The package built from the folder computes the same logits in ONNX Runtime as the one built from the .pth."""
     import numpy as np
-    import onnxruntime as ort
+    from tests.helpers.onnx_compare import package_logits
 
     from rwkv_deploy.export.package_builder import ExportOptions, export_package
 
@@ -157,16 +157,7 @@ def test_export_of_the_folder_matches_export_of_the_pth(hs16, tmp_path):
     for source in (pth, folder):
         manifest = export_package(source, tmp_path / source.name, ExportOptions())
         assert manifest.source["format"] == load_checkpoint(source).source_format
-        package = tmp_path / source.name
-        session = ort.InferenceSession(str(package / manifest.graphs["step"].path), providers=["CPUExecutionProvider"])
-        state = {e.input: np.full([1, *e.shape[1:]], e.init, dtype=np.float32) for e in manifest.state}
-        out = []
-        for token in SEQUENCES[0].tolist():
-            result = dict(zip([o.name for o in session.get_outputs()],
-                              session.run(None, {"token": np.array([token], dtype=np.int64), **state})))
-            state = {e.input: result[e.output] for e in manifest.state}
-            out.append(result["logits"])
-        logits.append(np.concatenate(out))
+        logits.append(package_logits(tmp_path / source.name, SEQUENCES[0]))
     diff = float(np.abs(logits[0] - logits[1]).max())
     print(f"export of HF RWKV-7 folder vs export of its .pth (ONNX Runtime): max |logit diff| = {diff:.2e}")
     assert diff <= 1e-5
