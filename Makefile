@@ -16,12 +16,14 @@ NODE_DEPS := deploy/node/node_modules/.installed deploy/web/node_modules/.instal
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 RUNTIME_VENV ?= .venv-runtime
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+LLAMA_CPP_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 
 .PHONY: setup setup-python demo test clean
 
 # demo needs Python only; the tests also need the Node.js side, Chromium and a runtime-only install.
 setup-python: $(VENV)/.installed
-setup: setup-python $(RUNTIME_VENV)/.installed $(NODE_DEPS) $(CHROMIUM)
+setup: setup-python $(RUNTIME_VENV)/.installed $(NODE_DEPS) $(CHROMIUM) $(LLAMA_CPP_SDIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,12 @@ deploy/%/node_modules/.installed: deploy/%/package.json deploy/%/package-lock.js
 $(CHROMIUM):
 	$(APT_GET) update -q
 	$(APT_GET) install -y -q --no-install-recommends chromium
+
+# llama.cpp's own HF -> GGUF converter, vendored in the llama-cpp-python sdist (the GGUF tests run it offline;
+# scripts/llama_cpp_oracle.py builds llama.cpp from it). Fetched once from PyPI into an ignored cache folder.
+$(LLAMA_CPP_SDIST): | $(VENV)/.installed
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+		"llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)" -d .cache
 
 BUNDLED := models/bundled/rwkv7-pystdlib-tiny.pth
 

@@ -10,7 +10,6 @@ holds at most one chunk of weights. The result is deterministic.
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -25,7 +24,10 @@ _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 _LENGTH_DELIMITED = 2
 _CHUNK = 16 << 20
-TWO_GB = 2 * 1024**3  # protobuf's message size limit: larger models keep their weights as external data
+TWO_GB = 2 * 1024**3  # protobuf's message size limit
+# weights above this go to external data even unasked: every reader parses a single-file graph whole (the onnx
+# checker, verify, ONNX Runtime), holding about twice its size, where external data is read tensor by tensor
+INLINE_WEIGHTS_MAX = 1 << 30
 
 
 def _varint(n: int) -> bytes:
@@ -69,25 +71,30 @@ def tensor_nbytes(tensor: TensorProto) -> int:
 
 
 class TensorReader:
-    """The values of a graph's initializers, inline or external; external files are memory-mapped once each,
-    so a rewrite holds one tensor's bytes at a time (`with TensorReader(folder) as reader: ...`)."""
+    """The values of a graph's initializers, inline or external; external tensors are read with plain file reads
+    (not a memory map, whose touched pages would count as this process's memory until it closes), so a rewrite
+    holds one tensor's bytes at a time (`with TensorReader(folder) as reader: ...`)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self._maps: dict[str, tuple[BinaryIO, mmap.mmap]] = {}
+        self._files: dict[str, BinaryIO] = {}
 
-    def raw(self, tensor: TensorProto) -> bytes | memoryview:
+    def raw(self, tensor: TensorProto) -> bytes | bytearray:
         if not uses_external_data(tensor):
             return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
         location, offset, length = external_location(tensor)
-        if location not in self._maps:
-            f = open(self.base / location, "rb")
-            self._maps[location] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        view = memoryview(self._maps[location][1])
-        end = len(view) if length is None else offset + length
-        if end > len(view):
+        if location not in self._files:
+            self._files[location] = open(self.base / location, "rb")
+        f = self._files[location]
+        size = os.fstat(f.fileno()).st_size
+        end = size if length is None else offset + length
+        if end > size or offset > end:
             raise OSError(f"{self.base / location}: external data ends before tensor {tensor.name!r} does")
-        return view[offset:end]
+        buffer = bytearray(end - offset)
+        f.seek(offset)
+        if f.readinto(buffer) != len(buffer):
+            raise OSError(f"{self.base / location}: external data ends before tensor {tensor.name!r} does")
+        return buffer
 
     def array(self, tensor: TensorProto) -> np.ndarray:
         if uses_external_data(tensor) or tensor.HasField("raw_data"):
@@ -96,10 +103,9 @@ class TensorReader:
         return numpy_helper.to_array(tensor)
 
     def close(self) -> None:
-        for f, mapped in self._maps.values():
-            mapped.close()
+        for f in self._files.values():
             f.close()
-        self._maps.clear()
+        self._files.clear()
 
     def __enter__(self) -> "TensorReader":
         return self

@@ -1,11 +1,16 @@
 """Trace a reference model to ONNX with named state inputs/outputs and a dynamic batch: the single-step
-graph, and the optional time-parallel prefill graph (dynamic T)."""
+graph, and the optional time-parallel prefill graph (dynamic T).
+
+Tracing always runs on the meta device and the weights are streamed into the file afterwards
+(`weight_streaming.py`), so exporting needs the memory of one tensor, whatever the model's size."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from rwkv_deploy.models.checkpoint.lazy import LazyTensor
 from rwkv_deploy.models.reference import ops
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.state import StateSpec
@@ -20,9 +26,11 @@ from rwkv_deploy.models.state import StateSpec
 from rwkv_deploy.package.names import (BATCH_AXIS, LOGITS_OUTPUT, MAX_BATCH, PREFILL_TOKENS_INPUT, TIME_AXIS, TOKEN_INPUT,
                                        state_input, state_output)
 
-from .onnx_file import TWO_GB, inline_external_data
+from .onnx_file import INLINE_WEIGHTS_MAX, inline_external_data
 from .options import DEFAULT_OPSET
+from .weight_streaming import attach_weights, fold_weight_transposes, optimize, save_streaming
 
+Weights = Mapping[str, LazyTensor]
 
 
 class StepGraph(nn.Module):
@@ -60,28 +68,35 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _example_state(model: RWKVModel, batch: int) -> tuple[torch.Tensor, ...]:
+    """State tensors of the right shapes and dtypes for tracing (on the meta device: values play no part)."""
+    return tuple(torch.zeros(spec.concrete_shape(batch), dtype=getattr(torch, spec.dtype), device="meta")
+                 for spec in model.state_spec())
+
+
 def export_step_graph(
     model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
-    check: Callable[[Path], None] | None = None,
+    check: Callable[[Path], None] | None = None, weights: Weights | None = None,
 ) -> str | None:
     """Write the step graph to `path`; returns the external-data file name, or None for one self-contained file.
 
-    External data is used when asked, or automatically when the weights exceed protobuf's 2 GB limit.
-    `check` runs on the staged graph while its weights are still external, so checking needs no memory
-    for the weights.
+    `model` is a reference model with its weights, or (for models larger than memory) its structure on the
+    meta device with `weights` naming a lazy tensor per parameter (`models.streaming`). External data is used
+    when asked, or automatically from 1 GiB of weights (`INLINE_WEIGHTS_MAX`). `check` runs on the staged
+    graph while its weights are still external, so checking needs no memory for the weights.
     """
     example_batch = 2
-    token = torch.zeros(example_batch, dtype=torch.long)
-    state = tuple(model.init_state(example_batch))
+    token = torch.zeros(example_batch, dtype=torch.long, device="meta")
+    state = _example_state(model, example_batch)
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)
     inputs, outputs = io_names(model.state_spec())
     return _export(StepGraph(model), (token, state), ({0: batch}, tuple({0: batch} for _ in state)),
-                   inputs, outputs, Path(path), opset, external_data, check)
+                   inputs, outputs, Path(path), opset, external_data, check, weights)
 
 
 def export_prefill_graph(
     model: RWKVModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
-    check: Callable[[Path], None] | None = None, all_logits: bool = False,
+    check: Callable[[Path], None] | None = None, all_logits: bool = False, weights: Weights | None = None,
 ) -> str | None:
     """Write the prefill graph (tokens [batch, T], any T >= 1, + state -> logits + state) to `path`.
 
@@ -90,8 +105,8 @@ def export_prefill_graph(
     [batch, vocab] for the last position, or [batch, T, vocab] with `all_logits`. Arguments and return
     value as `export_step_graph`."""
     example_batch, example_t = 2, 37  # more than two chunks of a chunked recurrence (one would specialize)
-    tokens = torch.zeros(example_batch, example_t, dtype=torch.long)
-    state = tuple(model.init_state(example_batch))
+    tokens = torch.zeros(example_batch, example_t, dtype=torch.long, device="meta")
+    state = _example_state(model, example_batch)
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)
     length = torch.export.Dim(TIME_AXIS, min=1, max=1 << 20)
     spec = model.state_spec()
@@ -100,16 +115,25 @@ def export_prefill_graph(
     with ops.recurrence_as_scan():
         return _export(PrefillGraph(model, all_logits), (tokens, state),
                        ({0: batch, 1: length}, tuple({0: batch} for _ in state)),
-                       inputs, outputs, Path(path), opset, external_data, check)
+                       inputs, outputs, Path(path), opset, external_data, check, weights)
+
+
+def _on_meta(wrapper: nn.Module, weights: Weights | None) -> tuple[nn.Module, Weights]:
+    """The wrapper with every parameter on the meta device, and the weights to stream: the given ones, or the
+    wrapper's own (a model in memory: exported through the same path as one that is not)."""
+    if weights is not None:
+        return wrapper, weights
+    own = {name.removeprefix("model."): LazyTensor.of(p.detach()) for name, p in wrapper.state_dict().items()}
+    return copy.deepcopy(wrapper).to(device="meta"), own
 
 
 def _export(
     wrapper: nn.Module, args: tuple, dynamic_shapes: tuple, inputs: list[str], outputs: list[str], path: Path,
-    opset: int, external_data: bool | None, check: Callable[[Path], None] | None,
+    opset: int, external_data: bool | None, check: Callable[[Path], None] | None, weights: Weights | None,
 ) -> str | None:
-    wrapper = wrapper.eval()
+    wrapper, weights = _on_meta(wrapper.eval(), weights)
     if external_data is None:
-        external_data = weight_bytes(wrapper) >= TWO_GB
+        external_data = weight_bytes(wrapper) >= INLINE_WEIGHTS_MAX
     # the exporter logs unrelated notes (torchvision absent; torch.export's "always_classified is unsupported")
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
     levels = [log.level for log in loggers]
@@ -119,17 +143,22 @@ def _export(
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, args, None, input_names=inputs, output_names=outputs, opset_version=opset,
-            dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            dynamo=True, dynamic_shapes=dynamic_shapes, optimize=False, verbose=False,
         )
+        graph = program.model
+        del program
+        attach_weights(graph, weights)
+        fold_weight_transposes(graph)
+        optimize(graph)
     for log, level in zip(loggers, levels):
         log.setLevel(level)
-    # Always save with external data (the exporter then streams tensors to disk); a single file is
-    # assembled from it without a second in-memory copy of the weights.
+    # Always save with external data (each weight read and written in turn); a single file is assembled from
+    # it without a second in-memory copy of the weights.
     staging = path.with_name(f".staging-{path.name}")
-    program.save(str(staging), external_data=True, include_initializers=True)
-    del program
     staged_data = staging.with_name(staging.name + ".data")
     try:
+        save_streaming(graph, staging)
+        del graph
         if check is not None:
             check(staging)
         if external_data:

@@ -19,8 +19,10 @@ import torch
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.fileio import create_new_file, is_link
-from rwkv_deploy.models import build_model, load_checkpoint
+from rwkv_deploy.models.checkpoint.lazy import LazyTensor
+from rwkv_deploy.models.loading import open_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
+from rwkv_deploy.models.streaming import graph_weights, meta_model, streamed_model
 from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
 from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS,
                                        PREFILL_LOGITS_ALL, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
@@ -43,8 +45,8 @@ class ExportError(RwkvDeployError):
 
 
 def _write_graph(
-    kind: str, export: Callable[..., str | None], model: RWKVModel, path: Path, options: ExportOptions,
-    progress: Callable[[str], None],
+    kind: str, export: Callable[..., str | None], model: RWKVModel, weights: dict[str, LazyTensor], path: Path,
+    options: ExportOptions, progress: Callable[[str], None],
 ) -> GraphInfo:
     """Trace one graph of the package to `path` (checked), quantized for int8/int4; its manifest entry."""
     progress(f"tracing the {kind} graph to ONNX and checking it")
@@ -55,7 +57,8 @@ def _write_graph(
         check_onnx_file(graph)
         check_opset(graph, options.opset)
 
-    external = export(model, traced, options.opset, True if quantized else options.external_data, check=check)
+    external = export(model, traced, options.opset, True if quantized else options.external_data, check=check,
+                      weights=weights)
     quantization = None
     if quantized:  # int8/int4: quantize the traced fp32 graph into the final file, drop the fp32 one
         progress(f"quantizing the {kind} graph to {options.precision}")
@@ -121,26 +124,29 @@ def export_package(
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
     tokenizer_file = [Path(options.tokenizer)] if options.tokenizer not in (None, "world", "bytes", "none") else []
     check_target(out_dir, [checkpoint, *tokenizer_file], options.force)
-    progress("loading checkpoint")
+    progress("opening checkpoint")
     overrides = {"ln_x_eps": options.ln_x_eps} if options.ln_x_eps is not None else {}
-    ckpt = load_checkpoint(checkpoint, max_params=options.max_params, **overrides)
+    # the weights stay on disk: each is read when the graph file is written (models/streaming.py)
+    ckpt = open_checkpoint(checkpoint, max_params=options.max_params, **overrides)
     cfg = ckpt.config
     kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
-    model = build_model(cfg, ckpt.tensors)
+    weights = graph_weights(ckpt)
+    model = streamed_model(cfg, weights)  # computes with one matrix in memory at a time
     source_sha = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
-    del ckpt
+    source_format = ckpt.source_format
 
     # Built in a staging sibling, renamed into place at the end; one writer per --out (staging.py).
     with staged_directory(out_dir, replace=options.force) as tmp:
         progress(f"preparing {options.precision} weights")
-        graph_model = apply_precision(model, options.precision)
+        graph_model = apply_precision(meta_model(cfg), options.precision, calibration_model=model)
         name = options.name or Path(checkpoint).stem
         graph_file = f"{name}.onnx"
-        graphs = {STEP_GRAPH: _write_graph(STEP_GRAPH, export_step_graph, graph_model, tmp / graph_file, options, progress)}
+        graphs = {STEP_GRAPH: _write_graph(STEP_GRAPH, export_step_graph, graph_model, weights, tmp / graph_file,
+                                           options, progress)}
         if options.prefill:
             prefill = partial(export_prefill_graph, all_logits=options.prefill_logits == PREFILL_LOGITS_ALL)
-            graphs[PREFILL_GRAPH] = _write_graph(PREFILL_GRAPH, prefill, graph_model, tmp / f"{name}.prefill.onnx",
-                                                 options, progress)
+            graphs[PREFILL_GRAPH] = _write_graph(PREFILL_GRAPH, prefill, graph_model, weights,
+                                                 tmp / f"{name}.prefill.onnx", options, progress)
             progress("storing the weights once for both graphs")
             data_name = f"{graph_file}.data"
             share_weights([tmp / g.path for g in graphs.values()], data_name)
@@ -157,7 +163,8 @@ def export_package(
             graphs=graphs,
             state=state, tokenizer=tokenizer, files=files, token_input=TOKEN_INPUT, logits_output=LOGITS_OUTPUT,
             producer={"name": "rwkv-deploy", "version": __version__, "torch": torch.__version__.split("+")[0]},
-            source={"checkpoint": Path(checkpoint).name, "sha256": source_sha, "ln_x_eps": cfg.ln_x_eps},
+            source={"checkpoint": Path(checkpoint).name, "format": source_format, "sha256": source_sha,
+                    "ln_x_eps": cfg.ln_x_eps},
         )
         create_new_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
         check_target(out_dir, [checkpoint, *tokenizer_file], options.force)  # still true after minutes of work?

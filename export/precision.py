@@ -79,11 +79,15 @@ def calibration_tokens(vocab_size: int, batch: int = 4, length: int = 64, seed: 
     return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def to_fp16(model: RWKVModel, calibration: torch.Tensor | None = None) -> RWKVModel:
-    """A copy of `model` with fp16 weights and matrix products, fp32 elsewhere (see module docstring)."""
+def to_fp16(model: RWKVModel, calibration: torch.Tensor | None = None,
+            calibration_model: RWKVModel | None = None) -> RWKVModel:
+    """A copy of `model` with fp16 weights and matrix products, fp32 elsewhere (see module docstring).
+
+    The activation ranges are measured on `calibration_model` when given: the same model computing with real
+    weights while `model` is only its structure (the meta device, for export of models larger than memory)."""
     if calibration is None:
         calibration = calibration_tokens(model.config.vocab_size)
-    ranges = measure_linear_ranges(model, calibration)
+    ranges = measure_linear_ranges(calibration_model or model, calibration)
     fp16 = copy.deepcopy(model)
     for name, module in list(fp16.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -95,10 +99,12 @@ def to_fp16(model: RWKVModel, calibration: torch.Tensor | None = None) -> RWKVMo
     return fp16
 
 
-def apply_precision(model: RWKVModel, precision: str) -> RWKVModel:
+def apply_precision(model: RWKVModel, precision: str, calibration_model: RWKVModel | None = None) -> RWKVModel:
+    """`model` as traced at `precision` (int8/int4 are quantized from the fp32 graph afterwards);
+    `calibration_model` as in `to_fp16`."""
     if precision == "fp32" or precision in QUANTIZED_PRECISIONS:
         return model
     if precision == "fp16":
-        return to_fp16(model)
+        return to_fp16(model, calibration_model=calibration_model)
     raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 

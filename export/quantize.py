@@ -37,7 +37,7 @@ from onnx.external_data_helper import uses_external_data
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 
-from .onnx_file import TWO_GB, TensorReader, inline_external_data, subgraphs, tensor_nbytes
+from .onnx_file import INLINE_WEIGHTS_MAX, TensorReader, inline_external_data, subgraphs, tensor_nbytes
 
 MS_DOMAIN = "com.microsoft"
 _ALIGN = 64  # byte alignment of every tensor in the staged data file
@@ -173,18 +173,30 @@ def pack_low_first(values: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4), dtype=np.uint8)
 
 
+QUANTIZE_CHUNK_VALUES = 1 << 22  # weights quantized per pass: bounds the temporaries of the range search
+
+
 def quantize_matmul_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool,
                            range_search: tuple[float, ...] = (1.0,)) -> dict[str, np.ndarray]:
-    """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points."""
+    """W [K, N] -> MatMulNBits' B [N, k_blocks, block_size*bits/8], scales [N*k_blocks], zero points.
+
+    Output rows (N) are independent, so they are quantized a few at a time: the memory beyond W itself stays
+    at a few times `QUANTIZE_CHUNK_VALUES` floats whatever W's size (a 7B model's head is 1 GiB in fp32)."""
     k, n = w.shape
     k_blocks = -(-k // block_size)
-    padded = np.zeros((k_blocks * block_size, n), np.float32)
-    padded[:k] = w
-    blocks = padded.T.reshape(n, k_blocks, block_size)
-    q, scale, zero = block_quantize(blocks, bits, symmetric, range_search)
-    out = {"B": pack_low_first(q, bits), "scales": scale.reshape(-1)}
+    rows = max(1, QUANTIZE_CHUNK_VALUES // (k_blocks * block_size))
+    parts: dict[str, list[np.ndarray]] = {"B": [], "scales": [], "zero_points": []}
+    for start in range(0, n, rows):
+        cols = w[:, start:start + rows]
+        blocks = np.zeros((cols.shape[1], k_blocks * block_size), np.float32)
+        blocks[:, :k] = cols.T
+        q, scale, zero = block_quantize(blocks.reshape(-1, k_blocks, block_size), bits, symmetric, range_search)
+        parts["B"].append(pack_low_first(q, bits))
+        parts["scales"].append(scale)
+        parts["zero_points"].append(pack_low_first(zero, bits))
+    out = {"B": np.concatenate(parts["B"]), "scales": np.concatenate(parts["scales"]).reshape(-1)}
     if not symmetric:
-        out["zero_points"] = pack_low_first(zero, bits).reshape(-1)
+        out["zero_points"] = np.concatenate(parts["zero_points"]).reshape(-1)
     return out
 
 
@@ -459,9 +471,9 @@ def _load_fp32_graph(src: Path) -> onnx.ModelProto:
 def _save(model: onnx.ModelProto, staging: Path, staged_data: Path, dst: Path, data_name: str,
           location: str, external: bool | None) -> bool:
     """Write the rewritten model to `dst`: with its weights in `data_name` beside it, or (when `external` is
-    false, or None and under 2 GB) as one self-contained file. Returns whether the weights are external."""
+    false, or None and under INLINE_WEIGHTS_MAX (1 GiB)) as one self-contained file. Returns whether the weights are external."""
     if external is None:
-        external = staged_data.stat().st_size + model.ByteSize() >= TWO_GB
+        external = staged_data.stat().st_size + model.ByteSize() >= INLINE_WEIGHTS_MAX
     if external and location != data_name:
         _relocate(model, location, data_name)
     onnx.save(model, str(staging))
@@ -482,7 +494,7 @@ def quantize_onnx_file(
 
     `precision` picks QUANT_CONFIGS[precision] unless `config` is given. The result keeps its weights as
     ONNX external data (`<dst name>.data`, next to `dst`) when `external_data` is true, or, when it is None,
-    when they exceed protobuf's 2 GB limit; otherwise `dst` is one self-contained file. The returned dict
+    from INLINE_WEIGHTS_MAX (1 GiB) of weights; otherwise `dst` is one self-contained file. The returned dict
     has "external_data" (the data file's name or None) plus the settings and counts written to the
     manifest's `graphs.<name>.quantization`.
     """

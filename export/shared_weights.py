@@ -75,7 +75,6 @@ def share_weights(graph_paths: list[Path], data_name: str) -> int:
                         payload = reader.raw(tensor)
                         if len(payload) > INLINE_MAX:
                             writer.place(tensor, payload)
-                        del payload  # a view into the reader's map: released before the map closes
             staged = path.with_name(f".staging-{path.name}")
             onnx.save(model, str(staged))
             staged_graphs.append((staged, path))

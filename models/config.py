@@ -16,6 +16,8 @@ class ModelConfig:
     `n_head`/`head_size` are None for RWKV-4, whose recurrence is per channel, not per head.
     `lora` holds the low-rank sizes read from the weights: v6 {"mix", "decay"}, v7 {"w", "a", "v", "g"}.
     `ln_x_eps` is the per-head GroupNorm epsilon of v5+: BlinkDL uses 64e-5; rwkv.cpp's v5 uses 1e-5.
+    `has_ln0` is False only for Hugging Face RWKV-7 folders built without layer 0's `pre_norm` (fla's
+    `norm_first: false`): the embedding then enters layer 0 un-normalised.
     """
 
     version: str
@@ -30,6 +32,7 @@ class ModelConfig:
     ln_eps: float = 1e-5
     ln_x_eps: float = 64e-5
     has_time_state: bool = False
+    has_ln0: bool = True
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:

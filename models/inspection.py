@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .config import ModelConfig
-from .loading import load_checkpoint
+from .loading import open_checkpoint
 from .state import StateSpec
 from .registry import model_class
 
@@ -42,7 +42,10 @@ def _state_spec(cfg: ModelConfig) -> StateSpec:
 
 
 def summarize_checkpoint(path: str | os.PathLike, **overrides) -> CheckpointSummary:
-    ckpt = load_checkpoint(path, **overrides)
+    """Sizes from the headers; every tensor is then read once, one at a time, to refuse NaN or infinity, so a
+    model larger than memory can be inspected."""
+    ckpt = open_checkpoint(path, **overrides)
+    ckpt.check_finite()
     cfg = ckpt.config
     spec = _state_spec(cfg)
     return CheckpointSummary(

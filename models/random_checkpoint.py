@@ -13,10 +13,11 @@ seed fully determines the checkpoint and every layer gets its own values.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -119,13 +120,48 @@ def make_checkpoint(
     """
     spec = _resolve_spec(version, n_layer, n_embd, head_size, vocab_size, ffn_size, lora, time_state)
     rng = Rng(seed)
-    c = spec.n_embd
-    sd: Tensors = {"emb.weight": rng.normal((spec.vocab_size, c), 1.0)}
-    for i in range(spec.n_layer):
-        sd.update(_block(rng, spec, i))
-    sd.update(_prefixed("ln_out.", rng.layer_norm(c)))
-    sd["head.weight"] = rng.linear(spec.vocab_size, c)
+    sd: Tensors = dict(_tensors_in_order(rng, spec))
     return _with_time_state(rng, spec, sd) if spec.time_state else sd
+
+
+def _tensors_in_order(rng: Rng, spec: Spec) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors in key order, one block at a time (a model larger than memory never is whole)."""
+    c = spec.n_embd
+    yield "emb.weight", rng.normal((spec.vocab_size, c), 1.0)
+    for i in range(spec.n_layer):
+        yield from _block(rng, spec, i).items()
+    yield from _prefixed("ln_out.", rng.layer_norm(c)).items()
+    yield "head.weight", rng.linear(spec.vocab_size, c)
+
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+HEADER_RESERVE = 1 << 20  # bytes kept for the safetensors header, written last (padded with spaces)
+
+
+def write_safetensors_checkpoint(path: str | Path, version: str, *, n_layer: int, n_embd: int, head_size: int = 64,
+                                 vocab_size: int, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                                 ffn_size: int | None = None, lora: dict[str, int] | None = None) -> Path:
+    """`make_checkpoint`'s tensors (same seed, same values before rounding to `dtype`) written to a safetensors
+    file one block at a time: a 7B model is written in the memory of one layer. The header (offsets of what
+    was written) goes last, into space reserved at the start."""
+    spec = _resolve_spec(version, n_layer, n_embd, head_size, vocab_size, ffn_size, lora, False)
+    path = Path(path)
+    header: dict[str, dict] = {}
+    offset = 0
+    with open(path, "wb") as f:
+        f.seek(8 + HEADER_RESERVE)
+        for key, tensor in _tensors_in_order(Rng(seed), spec):
+            data = tensor.to(dtype).contiguous().view(torch.uint8).numpy().tobytes()
+            header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(tensor.shape),
+                           "data_offsets": [offset, offset + len(data)]}
+            f.write(data)
+            offset += len(data)
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > HEADER_RESERVE:
+            raise ValueError(f"safetensors header of {len(text)} bytes does not fit the {HEADER_RESERVE} reserved")
+        f.seek(0)
+        f.write(HEADER_RESERVE.to_bytes(8, "little") + text + b" " * (HEADER_RESERVE - len(text)))
+    return path
 
 
 def save_checkpoint(sd: Tensors, path: str | Path) -> Path:

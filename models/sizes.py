@@ -66,12 +66,16 @@ def heads(n_head: int, att_size: int, path: str | os.PathLike) -> dict:
     return {"n_head": n_head, "head_size": att_size // n_head}
 
 
-def map_suffix(tensors: dict[str, torch.Tensor], suffix: str, fn, new_suffix: str | None = None) -> dict[str, torch.Tensor]:
-    """Apply `fn` (in float64, result fp32) to every tensor whose key ends with `suffix`, optionally renaming it."""
+def map_suffix(tensors: dict, suffix: str, fn, new_suffix: str | None = None) -> dict:
+    """Apply `fn` (in float64, result fp32) to every tensor whose key ends with `suffix`, optionally renaming it;
+    on lazy tensors (`checkpoint/lazy.py`) when their values are read."""
+    def transform(t: torch.Tensor) -> torch.Tensor:
+        return fn(t.double()).float()
+
     out = {}
     for k, v in tensors.items():
         if k.endswith(suffix):
-            out[k[: -len(suffix)] + (new_suffix or suffix)] = fn(v.double()).float()
+            out[k[: -len(suffix)] + (new_suffix or suffix)] = v.apply(transform) if hasattr(v, "apply") else transform(v)
         else:
             out[k] = v
     return out

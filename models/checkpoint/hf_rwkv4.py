@@ -18,10 +18,6 @@ _BLOCK_RENAMES = (
 )
 
 
-def is_hf_rwkv4(tensors: dict[str, torch.Tensor]) -> bool:
-    return "rwkv.embeddings.weight" in tensors
-
-
 def hf_key_to_blinkdl(key: str) -> str:
     if key == "rwkv.embeddings.weight":
         return "emb.weight"
@@ -40,3 +36,20 @@ def hf_key_to_blinkdl(key: str) -> str:
 
 def hf_rwkv4_to_blinkdl(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {hf_key_to_blinkdl(k): v for k, v in tensors.items()}
+
+
+def blinkdl_to_hf_rwkv4_key(key: str) -> str:
+    """The transformers RWKV-4 name of one BlinkDL key (what transformers' converter writes)."""
+    if key == "emb.weight":
+        return "rwkv.embeddings.weight"
+    if key.startswith("ln_out."):
+        return "rwkv." + key
+    m = re.match(r"blocks\.(\d+)\.(.*)", key)
+    if not m:
+        return key  # head.weight
+    rest = m.group(2)
+    for hf, blinkdl in _BLOCK_RENAMES:
+        if rest.startswith(blinkdl):
+            rest = hf + rest[len(blinkdl):]
+            break
+    return f"rwkv.blocks.{m.group(1)}.{rest}"

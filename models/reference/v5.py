@@ -103,7 +103,7 @@ class Block5(RWKVBlock):
         super().__init__()
         c = config.n_embd
         self.config = config
-        self.ln0 = LayerNorm(c, config.ln_eps) if layer == 0 else None
+        self.ln0 = LayerNorm(c, config.ln_eps) if layer == 0 and config.has_ln0 else None
         self.ln1 = LayerNorm(c, config.ln_eps)
         self.ln2 = LayerNorm(c, config.ln_eps)
         self.att = self.time_mix_class(config)

@@ -190,7 +190,7 @@ class Block7(RWKVBlock):
         super().__init__()
         c = config.n_embd
         self.config = config
-        self.ln0 = LayerNorm(c, config.ln_eps) if layer == 0 else None
+        self.ln0 = LayerNorm(c, config.ln_eps) if layer == 0 and config.has_ln0 else None
         self.ln1 = LayerNorm(c, config.ln_eps)
         self.ln2 = LayerNorm(c, config.ln_eps)
         self.att = TimeMix7(config, layer)

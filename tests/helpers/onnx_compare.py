@@ -34,3 +34,17 @@ def run_both(ckpt: Path, package: Path, batch: int, steps: int = STEPS, seed: in
         result = dict(zip(names, outputs))
         art_state = {e["input"]: result[e["output"]] for e in manifest["state"]}
         yield ref.numpy(), result["logits"]
+
+
+def package_logits(package: Path, tokens: list[int] | np.ndarray) -> np.ndarray:
+    """The step graph's logits [T, vocab] for one sequence fed `tokens` one at a time from a fresh state."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    session = ort.InferenceSession(str(package / manifest["graphs"]["step"]["path"]), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    state = {e["input"]: np.full([1, *e["shape"][1:]], e["init"], dtype=np.float32) for e in manifest["state"]}
+    out = []
+    for token in np.asarray(tokens).tolist():
+        result = dict(zip(names, session.run(None, {"token": np.array([token], dtype=np.int64), **state})))
+        state = {e["input"]: result[e["output"]] for e in manifest["state"]}
+        out.append(result["logits"])
+    return np.concatenate(out)

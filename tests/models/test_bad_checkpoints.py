@@ -39,6 +39,40 @@ def write_corrupt_safetensors(path):
     return path
 
 
+def _rewrite_safetensors_header(path, edit):
+    """A real safetensors file whose header is edited by `edit(header) -> header` (data left as it was)."""
+    import json
+
+    save_file({k: v.contiguous() for k, v in v7().items()}, path)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(edit(json.loads(data[8:8 + n]))).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + n:])
+    return path
+
+
+def write_safetensors_beyond_file(path):
+    def edit(header):
+        header["emb.weight"]["data_offsets"][1] += 10**9
+        return header
+    return _rewrite_safetensors_header(path, edit)
+
+
+def write_safetensors_wrong_size(path):
+    def edit(header):
+        header["head.weight"]["shape"] = [97, 65]
+        return header
+    return _rewrite_safetensors_header(path, edit)
+
+
+def write_safetensors_huge_header(path):
+    save_file({k: v.contiguous() for k, v in v7().items()}, path)
+    data = bytearray(path.read_bytes())
+    data[:8] = (10**12).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_not_rwkv(path):
     torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, path)
     return path
@@ -89,6 +123,9 @@ CASES = {
     "text file": ("m.pth", write_text, "not a PyTorch checkpoint"),
     "truncated": ("m.pth", write_truncated, "truncated or corrupt"),
     "corrupt safetensors": ("m.safetensors", write_corrupt_safetensors, "corrupt safetensors"),
+    "safetensors beyond file": ("m.safetensors", write_safetensors_beyond_file, "emb.weight lies outside the file"),
+    "safetensors wrong size": ("m.safetensors", write_safetensors_wrong_size, "head.weight stores"),
+    "safetensors huge header": ("m.safetensors", write_safetensors_huge_header, "header of 1,000,000,000,000 bytes"),
     "not rwkv": ("m.pth", write_not_rwkv, "not an RWKV checkpoint: missing keys emb.weight"),
     "inconsistent layers": ("m.pth", write_inconsistent, "blocks.1.att.key.weight has shape [64, 32], expected [64, 64]"),
     "missing key": ("m.pth", write_missing_layer_key, "missing keys blocks.1.ffn.value.weight"),

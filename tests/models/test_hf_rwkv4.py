@@ -39,7 +39,7 @@ def test_hf_directory_matches_transformers(shard, tmp_path):
 
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.config.version == "4"
-    assert ckpt.source_format == "huggingface"
+    assert ckpt.source_format == "huggingface-rwkv4 (transformers)"
     assert (ckpt.config.n_layer, ckpt.config.n_embd, ckpt.config.vocab_size) == (3, 64, 97)
 
     tokens = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
