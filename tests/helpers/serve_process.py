@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -79,3 +81,11 @@ def start_serve(packages: list[str | Path], log: Path, *options: str) -> ServePr
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
     raise AssertionError(f"rwkv-deploy serve did not answer /health within {START_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+@contextmanager
+def serving(tmp_path_factory, packages: list[str | Path], *options: str) -> Iterator[ServeProcess]:
+    """A server for a test module: its log in a fresh folder, stopped with SIGTERM at the end, which must exit 0."""
+    process = start_serve(packages, tmp_path_factory.mktemp("serve") / "serve.log", *options)
+    yield process
+    assert process.stop() == 0, process.log_tail()

@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers.serve_process import start_serve
+from tests.helpers.serve_process import serving
 from tests.serve.conftest import oracle
 
 PROMPTS = [f"Request {i}: " + "lorem ipsum dolor " * (i % 5) + "sit amet" * (i % 3) for i in range(16)]
@@ -21,11 +21,9 @@ def served(request, shared_package, tmp_path_factory):
     from tests.helpers.small_packages import shared
 
     package = shared(shared_package, "7", prefill=request.param == "prefill-graph")
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     # chunks of 8 tokens: the longer prompts take several prefill calls, interleaved with the decode steps
-    process = start_serve([f"tiny={package}"], log, "--max-batch", "16", "--prefill-chunk", "8")
-    yield package, process
-    assert process.stop() == 0, process.log_tail()
+    with serving(tmp_path_factory, [f"tiny={package}"], "--max-batch", "16", "--prefill-chunk", "8") as process:
+        yield package, process
 
 
 def _body(prompt: str, stream: bool) -> dict:

@@ -11,7 +11,7 @@ import pytest
 
 from rwkv_deploy.serve import chat_template
 from rwkv_deploy.serve.chat_template import Message
-from tests.helpers.serve_process import start_serve
+from tests.helpers.serve_process import serving
 from tests.serve.conftest import oracle
 
 MODEL = "tiny"
@@ -19,10 +19,9 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def server(serve_pkg, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve([f"{MODEL}={serve_pkg}"], log, "--max-prompt-tokens", "300", "--max-body-mib", "0.25")
-    yield process
-    assert process.stop() == 0, process.log_tail()
+    options = ("--max-prompt-tokens", "300", "--max-body-mib", "0.25")
+    with serving(tmp_path_factory, [f"{MODEL}={serve_pkg}"], *options) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

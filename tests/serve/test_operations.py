@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers.serve_process import start_serve
+from tests.helpers.serve_process import serving, start_serve
 
 ENDLESS = 1_000_000  # max_tokens of a stream that only ends when its client or the server ends it
 WAIT_S = 60  # how long a test waits for a state it expects (a bound, never a timing assertion)
@@ -20,10 +20,8 @@ WAIT_S = 60  # how long a test waits for a state it expects (a bound, never a ti
 @pytest.fixture(scope="module")
 def one_slot(serve_pkg, tmp_path_factory):
     """A server with one slot and a queue of one: easy to fill."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve([f"tiny={serve_pkg}"], log, "--max-batch", "1", "--max-queue", "1")
-    yield process
-    assert process.stop() == 0, process.log_tail()
+    with serving(tmp_path_factory, [f"tiny={serve_pkg}"], "--max-batch", "1", "--max-queue", "1") as process:
+        yield process
 
 
 def wait_for(condition, what: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from rwkv_deploy.runtime import DeploymentPackage, RecurrentState
 from rwkv_deploy.serve import chat_template
 from rwkv_deploy.serve.chat_template import Message
-from tests.helpers.serve_process import start_serve
+from tests.helpers.serve_process import serving
 from tests.serve.conftest import oracle
 
 CHUNK = 16
@@ -21,10 +21,8 @@ CHUNK = 16
 
 @pytest.fixture(scope="module")
 def server(serve_pkg, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve([f"tiny={serve_pkg}"], log, "--prefill-chunk", str(CHUNK))
-    yield process
-    assert process.stop() == 0, process.log_tail()
+    with serving(tmp_path_factory, [f"tiny={serve_pkg}"], "--prefill-chunk", str(CHUNK)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers.serve_process import start_serve
+from tests.helpers.serve_process import serving, start_serve
 from tests.serve.conftest import oracle
 
 
@@ -18,11 +18,9 @@ def front_end(shared_package, triton_server, tmp_path_factory):
 
     package = shared(shared_package, "7", prefill=False)  # Triton runs the step graph only
     name = triton_server.serve(package, "serve_front_end")
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process = start_serve([f"tiny={package}"], log, "--triton", triton_server.url, "--model", name,
-                          "--max-batch", "4")
-    yield package, process
-    assert process.stop() == 0, process.log_tail()
+    with serving(tmp_path_factory, [f"tiny={package}"], "--triton", triton_server.url, "--model", name,
+                          "--max-batch", "4") as process:
+        yield package, process
 
 
 def test_concurrent_requests_through_triton_equal_the_runtime(front_end):
