@@ -131,7 +131,8 @@ def export_package(
     cfg = ckpt.config
     kind, tok_source = choose_tokenizer(cfg.vocab_size, options.tokenizer)
     weights = graph_weights(ckpt)
-    model = streamed_model(cfg, weights)  # computes with one matrix in memory at a time
+    # fp16 calibration and a tuned initial state need values: a model that reads one matrix at a time
+    model = streamed_model(cfg, weights) if options.precision == "fp16" or cfg.has_time_state else meta_model(cfg)
     source_sha = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
     source_format = ckpt.source_format
 
