@@ -66,7 +66,7 @@ class LazyCheckpoint:
 
     def load(self, key: str) -> torch.Tensor:
         """The fp32 values of one canonical tensor; CheckpointError if they hold NaN or infinity."""
-        return check_finite(key, self.tensors[key].load(), self.path)
+        return finite_weight(key, self.tensors[key].load(), self.path)
 
     def check_finite(self) -> None:
         """Read every tensor once, one at a time, and refuse NaN or infinity (bounded memory)."""
@@ -78,7 +78,8 @@ class LazyCheckpoint:
         return Checkpoint(self.path, self.config, tensors, self.stored_dtype, self.source_format)
 
 
-def check_finite(key: str, tensor: torch.Tensor, path: Path) -> torch.Tensor:
+def finite_weight(key: str, tensor: torch.Tensor, path: Path) -> torch.Tensor:
+    """`tensor` itself, or a CheckpointError naming `key` when it holds NaN or infinity."""
     # a sum is one vectorised pass without a temporary; only a non-finite sum needs the exact check
     if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
         raise CheckpointError(path, f"{key} contains NaN or infinite values")
@@ -140,7 +141,7 @@ def canonicalize(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Raw tensors (BlinkDL or HF names, any float dtype) -> (config, checked fp32 model tensors)."""
     config, tensors = canonicalize_lazy(as_lazy(raw), Path(path), **overrides)
-    return config, {key: check_finite(key, t.load(), Path(path)) for key, t in tensors.items()}
+    return config, {key: finite_weight(key, t.load(), Path(path)) for key, t in tensors.items()}
 
 
 def canonicalize_lazy(
