@@ -5,7 +5,7 @@ never reads a whole checkpoint: readers give one `LazyTensor` per stored tensor 
 file's header, a function that reads its bytes), key maps and load-time transforms derive new lazy tensors
 from them, and export reads each weight once, writes it to the ONNX external data and drops it.
 
-The derived forms (`reshape`, `transpose`, `t`, `[i]`, `float`, `to`, `double`, `* scalar`, `apply`) compute
+The derived forms (`reshape`, `transpose`, `t`, `[i]`, `float`, `to`, `* scalar`, `apply`) compute
 their result shape by running the same operation on an empty "meta" tensor, so a shape error surfaces when
 the map is built, not when a weight is finally read.
 """
@@ -46,13 +46,6 @@ class LazyTensor:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel() * self.element_size()
-
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
@@ -78,16 +71,11 @@ class LazyTensor:
     def float(self) -> "LazyTensor":
         return self if self.dtype == torch.float32 else self.to(torch.float32)
 
-    def double(self) -> "LazyTensor":
-        return self.to(torch.float64)
-
     def to(self, dtype: torch.dtype) -> "LazyTensor":
         return self.apply(lambda t: t.to(dtype))
 
     def __mul__(self, factor: float) -> "LazyTensor":
         return self.apply(lambda t: t * factor)
-
-    __rmul__ = __mul__
 
     def __repr__(self) -> str:
         return f"LazyTensor(shape={list(self.shape)}, dtype={self.dtype})"
