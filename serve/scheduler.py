@@ -30,7 +30,7 @@ from rwkv_deploy.runtime.state import RecurrentState
 
 from .errors import ApiError, draining, internal, queue_full
 from .metrics import Metrics
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, SeenPrefixes, prefix_keys
 
 if TYPE_CHECKING:
     from rwkv_deploy.runtime.generation import StepBackend
@@ -88,7 +88,9 @@ class _Slot:
     state: RecurrentState | None = None  # batch 1, while prefilling through the prefill graph
     logits: np.ndarray | None = None
     pos: int = 0  # tokens of `feed` consumed
-    from_fresh: bool = False  # the prompt started from a fresh state: its chunk boundaries may be cached
+    from_fresh: bool = False  # the prompt started from a fresh state: its cut points may be cached
+    keys: list[bytes] = field(default_factory=list)  # the prompt's prefix keys, when it may use the cache
+    cuts: tuple[int, ...] = ()  # cut points between the chunk boundaries where the state is cached
     cached_tokens: int = 0
     rng: np.random.Generator | None = None
     counts: np.ndarray | None = None
@@ -108,6 +110,7 @@ class Scheduler:
                  cache: PrefixCache, max_batch: int, max_queue: int, prefill_chunk: int) -> None:
         self.model_id, self.backend, self.tokenizer = model_id, backend, tokenizer
         self.metrics, self.cache = metrics, cache
+        self.seen = SeenPrefixes()  # the scheduler thread's own
         self.max_batch, self.max_queue, self.chunk = max_batch, max_queue, prefill_chunk
         self.uses_prefill_graph = bool(getattr(backend, "has_prefill", False))
         self._release = getattr(backend, "release", None)  # remote state (Triton): end it when a request leaves
@@ -207,12 +210,7 @@ class Scheduler:
         if state is None:
             slot.from_fresh = True
             if self.uses_prefill_graph and self.cache.enabled:
-                hit = self.cache.longest(job.prompt)
-                self.metrics.add("cache_hits_total" if hit else "cache_misses_total", model=self.model_id)
-                if hit:
-                    slot.cached_tokens = slot.pos = hit.tokens
-                    state, slot.logits = hit.state, hit.logits
-                    self.metrics.add("cache_hit_tokens_total", hit.tokens, model=self.model_id)
+                state = self._from_cache(slot)
             if state is None:
                 state = self.backend.fresh_state(1)
         slot.state = slot.origin = state
@@ -223,6 +221,30 @@ class Scheduler:
         else:
             self._join(slot, state, None)
 
+    def _from_cache(self, slot: _Slot) -> RecurrentState | None:
+        """The cached state after the longest cached prefix of the prompt (None: none), and the cut points this
+        prompt adds to the cache: where it stops agreeing with the prompts seen before, and its end."""
+        prompt, granule = slot.feed, self.cache.granule
+        slot.keys = prefix_keys(prompt, granule)
+
+        def usable(tokens: int) -> bool:  # never a one-token last call where an uncached run has a longer one:
+            # a call of one token takes another code path (its last bits differ)
+            return len(prompt) - tokens != 1 or tokens % self.chunk == 0
+
+        hit = self.cache.longest(slot.keys, usable)
+        self.metrics.add("cache_hits_total" if hit else "cache_misses_total", model=self.model_id)
+        start = hit.tokens if hit else 0
+        shared = self.seen.shared_length(slot.keys) * granule
+        end = len(prompt) // granule * granule
+        slot.cuts = tuple(sorted({p for p in (shared, end) if p > start and p % self.chunk and usable(p)}))
+        self.seen.remember(slot.keys)
+        if hit is None:
+            return None
+        slot.cached_tokens = slot.pos = hit.tokens
+        slot.logits = hit.logits
+        self.metrics.add("cache_hit_tokens_total", hit.tokens, model=self.model_id)
+        return hit.state
+
     # -- prefill -----------------------------------------------------------------------------------------
     def _prefill_turn(self) -> None:
         """Prefill chunks, taking turns between the prefilling requests, until one chunk length of tokens has
@@ -231,15 +253,21 @@ class Scheduler:
         budget = self.chunk
         while self._prefilling:
             slot = self._prefilling[0]
-            end = min(len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk)
+            end = self._chunk_end(slot)
             if end - slot.pos > budget and budget < self.chunk:
                 return
             budget -= end - slot.pos
             self._prefill_one(slot, end)
 
+    def _chunk_end(self, slot: _Slot) -> int:
+        """Where the slot's next prefill call ends: the next multiple of the chunk length, cut point, or the end of
+        its prompt."""
+        ends = [len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk]
+        return min(ends + [p for p in slot.cuts if p > slot.pos])
+
     def _prefill_one(self, slot: _Slot, end: int) -> None:
         """The next chunk of the request at the head of the prefilling queue: its tokens up to `end` (the next
-        multiple of the chunk length, or the end of its prompt)."""
+        multiple of the chunk length, a cut point, or the end of its prompt)."""
         chunk = np.asarray([slot.feed[slot.pos:end]], np.int64)
         try:
             logits, state = feed_chunk(self.backend, chunk, slot.state)
@@ -251,8 +279,8 @@ class Scheduler:
         if slot.phase == "prompt":
             self.metrics.add("prefilled_tokens_total", end - slot.pos, model=self.model_id)
         slot.pos, slot.state, slot.logits = end, state, logits[0]
-        if slot.phase == "prompt" and slot.from_fresh and end % self.chunk == 0:
-            self.cache.put(slot.feed[:end], state, logits[0])
+        if slot.phase == "prompt" and slot.keys and (end % self.chunk == 0 or end in slot.cuts):
+            self.cache.put(slot.keys, end, state, logits[0])
         if end < len(slot.feed):
             self._prefilling.rotate(-1)  # round robin: a short prompt never waits for a long one's whole prefill
             return
@@ -395,6 +423,7 @@ class Scheduler:
             self._finish(slot)
             return
         slot.phase, slot.feed, slot.pos = "tail", slot.job.tail(slot.stream.text if slot.stream else ""), 0
+        slot.cuts = ()
         if self.uses_prefill_graph:
             slot.state = slot.prompt_state
             self._prefilling.append(slot)

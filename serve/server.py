@@ -25,7 +25,7 @@ from .app import ServedModel, ServerState, build_app
 from .errors import draining
 from .metrics import Metrics
 from .options import ServeOptions
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, cut_granule
 from .scheduler import Scheduler
 from .sessions import SessionStore
 
@@ -71,7 +71,7 @@ def open_models(specs: Sequence[str], options: ServeOptions, metrics: Metrics) -
                 backend = TritonSequenceBackend(options.triton, options.triton_model, package, options.max_batch)
             else:
                 backend = make_backend("onnxruntime", package, **thread_options("onnxruntime", options.threads))
-            cache = PrefixCache(int(options.state_cache_mib * MIB), options.prefill_chunk)
+            cache = PrefixCache(int(options.state_cache_mib * MIB), cut_granule(options.prefill_chunk))
             scheduler = Scheduler(model_id, backend, package.tokenizer, metrics, cache, options.max_batch,
                                   options.max_queue, options.prefill_chunk)
             models[model_id] = ServedModel(model_id, package, options.template_for(model_id), scheduler,

@@ -58,6 +58,19 @@ def test_a_repeated_system_prompt_is_not_prefilled_again(server, generator):
         assert body["choices"][0]["text"] == generator.generate(system + question, 20, temperature=0).text
 
 
+def test_a_shared_prefix_off_the_chunk_boundaries_is_cached_where_prompts_diverge(serve_pkg, tmp_path_factory):
+    """Chunks of 64: the second prompt sharing the system prompt stores the state where the two part (112, the
+    last multiple of 16 in the shared 116 bytes), and later ones start there; all equal uncached runs."""
+    system = "You are a careful assistant. " * 4
+    questions = ("Question one?", "Another question?", "A third question?", "And a fourth?")
+    with serving(tmp_path_factory, [f"tiny={serve_pkg}"], "--prefill-chunk", "64") as process:
+        bodies = [complete(process, prompt=system + question, max_tokens=12) for question in questions]
+    assert [b["usage"]["prompt_tokens_details"]["cached_tokens"] for b in bodies] == [0, 64, 112, 112]
+    generator = oracle(serve_pkg, prefill_chunk=64)
+    for body, question in zip(bodies, questions):
+        assert body["choices"][0]["text"] == generator.generate(system + question, 12, temperature=0).text
+
+
 def test_a_growing_chat_reuses_its_history(server, generator):
     history = [Message("system", "Answer in one line."), Message("user", "What is RWKV and why is it fast?")]
     first = chat(server, [m.__dict__ for m in history], max_tokens=24)
