@@ -16,6 +16,7 @@ NODE_DEPS := deploy/node/node_modules/.installed deploy/web/node_modules/.instal
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 RUNTIME_VENV ?= .venv-runtime
+TARGETS_VENV ?= .venv-targets
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
 LLAMA_CPP_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 
@@ -23,7 +24,7 @@ LLAMA_CPP_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 
 # demo needs Python only; the tests also need the Node.js side, Chromium and a runtime-only install.
 setup-python: $(VENV)/.installed
-setup: setup-python $(RUNTIME_VENV)/.installed $(NODE_DEPS) $(CHROMIUM) $(LLAMA_CPP_SDIST)
+setup: setup-python $(RUNTIME_VENV)/.installed $(TARGETS_VENV)/.installed $(NODE_DEPS) $(CHROMIUM) $(LLAMA_CPP_SDIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,12 @@ $(VENV)/.installed: pyproject.toml
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+# What `pip install "rwkv-deploy[targets]"` gives: check-trt, build-engine and package --triton without PyTorch.
+$(TARGETS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TARGETS_VENV)
+	$(TARGETS_VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[targets]"
 	touch $@
 
 # Node.js side (deploy/node, deploy/web) and Debian's Chromium for the browser test. onnxruntime-node uses the
@@ -80,4 +87,4 @@ test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules
+	rm -rf $(VENV) $(RUNTIME_VENV) $(TARGETS_VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules

@@ -1,5 +1,6 @@
-"""Which commands need the `[export]` extra: a plain `pip install rwkv-deploy` is the runtime only, so the
-commands that load checkpoints or ONNX protobufs say in one line what to install instead of a traceback."""
+"""Which commands need an extra: a plain `pip install rwkv-deploy` is the runtime only, so the commands that
+load checkpoints (`[export]`) or read ONNX protobufs to build deployment targets (`[targets]`, no PyTorch) say
+in one line what to install instead of a traceback."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ class MissingExtraError(RwkvDeployError):
     exit_code = 2
 
 
-def require_modules(command: str, *modules: str) -> None:
-    """Raise MissingExtraError naming `command` and the `[export]` extra when any of `modules` is missing."""
+def require_modules(command: str, *modules: str, extra: str = "export") -> None:
+    """Raise MissingExtraError naming `command` and the extra to install when any of `modules` is missing."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         hint = f"; {TORCH_HINT}" if "torch" in missing else ""
         raise MissingExtraError(f"`rwkv-deploy {command}` needs {' and '.join(missing)}, which this install lacks: "
-                                f'pip install "rwkv-deploy[export]"{hint}')
+                                f'pip install "rwkv-deploy[{extra}]"{hint}')
+
+
+def require_targets_extra(command: str) -> None:
+    """For commands that turn a finished package into a deployment artifact (no PyTorch needed)."""
+    require_modules(command, "onnx", extra="targets")
 
 
 def require_export_extra(command: str) -> None:

@@ -11,7 +11,7 @@ import typer
 from rwkv_deploy.errors import RwkvDeployError
 
 from .errors import one_line_errors
-from .extras import require_modules
+from .extras import require_targets_extra
 
 
 class PackageUsageError(RwkvDeployError):
@@ -82,8 +82,8 @@ def package_cmd(
             raise PackageUsageError(f"{stray[0]}: a Triton option, given without --triton DIR")
     batching = instance_options = None
     if triton is not None:
-        require_modules("package --triton", "onnx")  # before anything is written
-        from rwkv_deploy.export.triton import BatchingOptions, InstanceOptions
+        require_targets_extra("package --triton")  # before anything is written
+        from rwkv_deploy.targets.triton import BatchingOptions, InstanceOptions
 
         batching = BatchingOptions(**_given(
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_sequences=max_sequences,
@@ -98,7 +98,7 @@ def package_cmd(
         total = sum(m.size for m in members)
         typer.echo(f"wrote {out} ({len(members)} files and the PACKAGE.json index, {total / 2**20:.1f} MiB)")
     if triton is not None:
-        from rwkv_deploy.export.triton import write_repository
+        from rwkv_deploy.targets.triton import write_repository
 
         repo = write_repository(package_dir, triton, name=triton_name, batching=batching, force=force,
                                 instances=instance_options)

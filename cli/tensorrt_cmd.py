@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import one_line_errors
-from .extras import require_modules
+from .extras import require_targets_extra
 
 TRT_HELP = "auto (full TensorRT when installed, else TensorRT for RTX), tensorrt or rtx"
 
@@ -31,8 +31,8 @@ def check_trt_cmd(
 ) -> None:
     """Lint every graph of the package for TensorRT's ONNX parser and builder, and for rwkv-deploy's numerics
     policy; exits 1 on any error- or policy-level finding."""
-    require_modules("check-trt", "onnx")
-    from rwkv_deploy.export.tensorrt.lint import format_report, lint_package
+    require_targets_extra("check-trt")
+    from rwkv_deploy.targets.tensorrt.lint import format_report, lint_package
     from rwkv_deploy.runtime.package import package_directory
 
     flavour = _lint_flavour(trt)
@@ -56,7 +56,7 @@ def _lint_flavour(choice: str) -> str:
 
 
 def _targets_for_lint(texts: list[str]) -> tuple[str, ...]:
-    from rwkv_deploy.export.tensorrt.targets import parse_capability
+    from rwkv_deploy.targets.tensorrt.targets import parse_capability
 
     return tuple(dict.fromkeys(parse_capability(t) for t in texts))
 
@@ -84,10 +84,10 @@ def build_engine_cmd(
 ) -> None:
     """Build strongly typed TensorRT engines from the package's graphs: writes engines/<graph>.plan and .json
     into the package and lists them in manifest.json. Exit 2 without a usable TensorRT."""
-    require_modules("build-engine", "onnx")
-    from rwkv_deploy.export.tensorrt.build_config import make_build_configs
-    from rwkv_deploy.export.tensorrt.builder import build_engines
-    from rwkv_deploy.export.tensorrt.targets import rtx_targets
+    require_targets_extra("build-engine")
+    from rwkv_deploy.targets.tensorrt.build_config import make_build_configs
+    from rwkv_deploy.targets.tensorrt.builder import build_engines
+    from rwkv_deploy.targets.tensorrt.targets import rtx_targets
     from rwkv_deploy.package.profiles import parse_batch_ranges, parse_token_range
     from rwkv_deploy.tensorrt_library import TENSORRT_RTX, require_library_for_build
 

@@ -5,7 +5,7 @@ A plan runs only with the TensorRT flavour and release it was built with, and on
 for: full TensorRT (`tensorrt`) builds for the compute capability of the GPU it ran on; TensorRT for RTX
 (`tensorrt_rtx`) builds ahead of time, without a GPU, for a list of compute capabilities, and its plan runs on
 any GPU in that list. The record names all of this; `check_compatibility` turns a mismatch into one clear
-error before TensorRT sees the plan. Export writes these files (`export.tensorrt.engine_files`); the runtime
+error before TensorRT sees the plan. Export writes these files (`targets.tensorrt.engine_files`); the runtime
 reads them through here.
 """
 

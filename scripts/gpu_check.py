@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRT_TESTS = ["tests/export/tensorrt", "tests/runtime/test_tensorrt_backend.py"]
+TRT_TESTS = ["tests/targets/tensorrt", "tests/runtime/test_tensorrt_backend.py"]
 
 
 def make_importable() -> None:

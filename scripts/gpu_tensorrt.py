@@ -85,7 +85,7 @@ def library_checks(gpu: Any) -> Iterator[Check]:
         return
     yield Check("tensorrt library", library.flavour, "PASS", library.version, note=library.name)
     if library.flavour == "tensorrt_rtx":
-        from rwkv_deploy.export.tensorrt.targets import rtx_capabilities
+        from rwkv_deploy.targets.tensorrt.targets import rtx_capabilities
 
         targets = rtx_capabilities(library.module)
         ok = gpu.capability in targets

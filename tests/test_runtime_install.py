@@ -72,3 +72,41 @@ def test_serve_without_the_serve_extra_says_which_extra_to_install(runtime_bin: 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "rwkv-deploy[serve]"' in lines[0]
+
+
+TARGETS_VENV = ROOT / ".venv-targets"
+
+
+@pytest.mark.parametrize("command", [["check-trt", "{pkg}"], ["build-engine", "{pkg}"],
+                                     ["package", "{pkg}", "--triton", "{tmp}/repo"]])
+def test_target_commands_without_onnx_say_to_install_the_targets_extra(runtime_bin: Path, shared_package,
+                                                                       tmp_path: Path, command: list[str]) -> None:
+    package = shared_package("7", tokenizer="bytes", prefill=True)
+    done = _run(runtime_bin / "rwkv-deploy", *[a.format(pkg=package, tmp=tmp_path) for a in command])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "rwkv-deploy[targets]"' in lines[0] and command[0] in lines[0]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_the_targets_install_builds_deployment_targets_without_pytorch(shared_package, tmp_path: Path) -> None:
+    """`pip install "rwkv-deploy[targets]"`: onnx and no PyTorch; check-trt and package --triton run, and the
+    Triton repository is the one the full install writes."""
+    if not (TARGETS_VENV / ".installed").exists():
+        pytest.fail(f"{TARGETS_VENV} is missing: `make setup` creates the targets install this test uses")
+    bin_dir = TARGETS_VENV / "bin"
+    probe = _run(bin_dir / "python", "-c", "import importlib.util as u; print([m for m in ('torch', 'onnx') if u.find_spec(m)])")
+    assert probe.stdout.strip() == "['onnx']", probe.stderr
+    package = shared_package("7", tokenizer="bytes", prefill=True)
+    lint = _run(bin_dir / "rwkv-deploy", "check-trt", str(package))
+    assert lint.returncode == 0, lint.stderr
+    written = _run(bin_dir / "rwkv-deploy", "package", str(package), "--triton", str(tmp_path / "repo"))
+    assert written.returncode == 0, written.stderr
+
+    from rwkv_deploy.targets.triton import write_repository
+
+    expected = write_repository(package, tmp_path / "expected").root
+    got = tmp_path / "repo"
+    names = sorted(p.relative_to(expected).as_posix() for p in expected.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file())
+    assert all((expected / n).read_bytes() == (got / n).read_bytes() for n in names)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from rwkv_deploy.bench.server_process import cpu_seconds, listening_pid, rss_kib
 from rwkv_deploy.bench.triton_load import LoadError, LoadOptions, percentile, sequence_plan, stats_delta, token_streams
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.triton import BatchingOptions
+from rwkv_deploy.targets.triton import BatchingOptions
 
 runner = CliRunner()
 

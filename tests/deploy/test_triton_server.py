@@ -279,6 +279,6 @@ def test_a_bad_token_fails_the_requests_batched_with_it_and_their_state_stays(tr
 
 
 def _batching(**options):
-    from rwkv_deploy.export.triton import BatchingOptions
+    from rwkv_deploy.targets.triton import BatchingOptions
 
     return BatchingOptions(**options)

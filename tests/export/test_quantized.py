@@ -20,7 +20,7 @@ from rwkv_deploy.package.names import LOGITS_OUTPUT
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.quantize import (KEEP_FLOAT, QUANT_CONFIGS, QuantConfig, config_for, dequantize_matmul_weight,
                                           quantize_matmul_weight, quantize_onnx_file, weight_role)
-from rwkv_deploy.export.tensorrt.lint import lint_package
+from rwkv_deploy.targets.tensorrt.lint import lint_package
 from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.validate.thresholds import thresholds_for

@@ -253,8 +253,8 @@ STANDIN_GPU = GpuInfo("NVIDIA GeForce RTX 4090 (stand-in)", (8, 9))  # in RTX's 
 def build_rtx_engines(package_dir: Any, batches: list[str] | None = None, graph: str = "all",
                       tokens: str | None = None, targets: tuple[str, ...] = ()) -> list[Any]:
     """Build real engines into `package_dir` with TensorRT for RTX, on the CPU (build-engine's own code)."""
-    from rwkv_deploy.export.tensorrt.build_config import make_build_configs
-    from rwkv_deploy.export.tensorrt.builder import build_engines
+    from rwkv_deploy.targets.tensorrt.build_config import make_build_configs
+    from rwkv_deploy.targets.tensorrt.builder import build_engines
     from rwkv_deploy.tensorrt_library import load_library
 
     library = load_library("rtx")

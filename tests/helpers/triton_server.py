@@ -77,7 +77,7 @@ class TritonServer:
     def serve(self, package: Path, name: str, **options) -> str:
         """Write `package` as a Triton repository (write_repository's options) into the server's repository and
         load it; returns the model name. A name is written and loaded once per session."""
-        from rwkv_deploy.export.triton import write_repository
+        from rwkv_deploy.targets.triton import write_repository
 
         if name in self.models:
             assert self.models[name] == package, f"model name {name} used for two packages"

@@ -287,8 +287,8 @@ def test_real_engine_on_a_gpu_equals_onnx_runtime(built, tmp_path, cuda_graphs):
     library = environment.load_library("auto")
     package_dir = Path(shutil.copytree(built[0], tmp_path / "real"))
     if library.flavour == "tensorrt":  # full TensorRT builds here, for this GPU
-        from rwkv_deploy.export.tensorrt.build_config import make_build_configs
-        from rwkv_deploy.export.tensorrt.builder import build_engines
+        from rwkv_deploy.targets.tensorrt.build_config import make_build_configs
+        from rwkv_deploy.targets.tensorrt.builder import build_engines
 
         build_engines(package_dir, make_build_configs(package_dir, library.flavour, "step", BATCHES), library, gpu)
     package = DeploymentPackage.open(package_dir)

@@ -137,7 +137,7 @@ def test_sigterm_lets_live_sequences_finish_refuses_new_ones_and_cuts_off_at_the
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from rwkv_deploy.export.triton import write_repository
+    from rwkv_deploy.targets.triton import write_repository
     from tests.helpers.triton_server import skip_reason, start_server
 
     reason = skip_reason()

@@ -20,8 +20,8 @@ from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export import triton as triton_module
-from rwkv_deploy.export.triton import (BatchingOptions, InstanceOptions, TritonError, model_config, render_config,
+from rwkv_deploy.targets import triton as triton_module
+from rwkv_deploy.targets.triton import (BatchingOptions, InstanceOptions, TritonError, model_config, render_config,
                                        write_repository)
 from rwkv_deploy.package.manifest import StateEntry
 from rwkv_deploy.package.state_files import load_initial_arrays

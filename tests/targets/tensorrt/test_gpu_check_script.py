@@ -54,12 +54,12 @@ def test_the_script_maps_the_package_where_rwkv_deploy_is_not_installed():
         module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module.make_importable()
-        import rwkv_deploy.export.tensorrt.lint as lint, rwkv_deploy.errors as errors
+        import rwkv_deploy.targets.tensorrt.lint as lint, rwkv_deploy.errors as errors
         print(lint.__file__); print(errors.__file__)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", str(REPO / "export" / "tensorrt" / "lint.py"),
+    assert result.stdout.split() == ["True", str(REPO / "targets" / "tensorrt" / "lint.py"),
                                      str(REPO / "core" / "errors.py")]
 
 

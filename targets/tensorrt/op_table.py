@@ -1,6 +1,6 @@
 """What TensorRT's ONNX parser accepts: the onnx-tensorrt 10.15 operator matrix (docs/operators.md, the
 newest published; no 11.x matrix exists yet), reduced to what a lint needs, corrected where the real
-parser of TensorRT for RTX 1.7.1.116 disagreed with it (tests/export/tensorrt/lint_corpus.py and the
+parser of TensorRT for RTX 1.7.1.116 disagreed with it (tests/targets/tensorrt/lint_corpus.py and the
 op x dtype sweep in docs/tensorrt.md; `RTX_*` below are the differences of that flavour only).
 
 Types are the matrix's names: FP32, FP16, BF16, INT32, INT64, BOOL, UINT8, INT8, FP8, FP4, INT4.

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.tensorrt.build_config import (BuildConfigError, EngineBuildConfig, make_build_config,
+from rwkv_deploy.targets.tensorrt.build_config import (BuildConfigError, EngineBuildConfig, make_build_config,
                                                      make_build_configs)
 from tests.helpers.small_packages import v7_manifest, write_manifest
 

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.export.tensorrt import lint
-from rwkv_deploy.export.tensorrt.lint import Finding, lint_model, lint_package
+from rwkv_deploy.targets.tensorrt import lint
+from rwkv_deploy.targets.tensorrt.lint import Finding, lint_model, lint_package
 from tests.helpers.small_packages import shared
 
 VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")

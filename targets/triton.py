@@ -6,8 +6,8 @@
     OUT/<name>/1/<external data>           the graph's weights file, when the package has one
     OUT/<name>_trt/...                     the same for the package's TensorRT plan (model.plan), when it has one
 
-How the package's contract maps onto Triton (checked against Triton's docs and backend sources, not run on a
-Triton server):
+How the package's contract maps onto Triton (checked against Triton's docs and backend sources, and run on
+a real `tritonserver` by tests/deploy/test_triton_server.py):
 
 - Implicit state: every manifest state entry is one `sequence_batching.state` (input `state_in.<name>`,
   output `state_out.<name>`, dims without the batch axis). Triton keeps each sequence's state between its

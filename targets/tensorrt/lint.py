@@ -7,7 +7,7 @@ build does with it (precision comes from the graph, so an fp16 normalisation in 
 engine). Every finding names the node (or tensor) and the fix, at one of four levels:
 
 - `error`: TensorRT's parser or builder will fail. These verdicts are calibrated against the real parser and
-  builder of TensorRT for RTX: `tests/export/tensorrt/lint_corpus.py` builds a small graph for every rule and
+  builder of TensorRT for RTX: `tests/targets/tensorrt/lint_corpus.py` builds a small graph for every rule and
   the test requires that a graph gets an error exactly when the real parse+build fails.
 - `policy`: TensorRT accepts it, but it breaks rwkv-deploy's numerics policy (recurrent state, norms in fp32)
   or its runtime contract (numpy-exchangeable I/O, profiles only for batch and T). Fails the command too.

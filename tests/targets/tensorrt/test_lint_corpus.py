@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rwkv_deploy.export.tensorrt.builder import EngineBuildError, make_logger, parse_network
-from rwkv_deploy.export.tensorrt.lint import RULES, lint_model
-from rwkv_deploy.export.tensorrt.targets import rtx_capabilities
-from tests.export.tensorrt.lint_corpus import CASES, NOT_IN_CORPUS, write_case
+from rwkv_deploy.targets.tensorrt.builder import EngineBuildError, make_logger, parse_network
+from rwkv_deploy.targets.tensorrt.lint import RULES, lint_model
+from rwkv_deploy.targets.tensorrt.targets import rtx_capabilities
+from tests.targets.tensorrt.lint_corpus import CASES, NOT_IN_CORPUS, write_case
 
 import onnx
 

@@ -21,14 +21,14 @@ from typer.testing import CliRunner
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.package.manifest import read_manifest, sha256_file
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
-from rwkv_deploy.export.tensorrt import builder as builder_module
+from rwkv_deploy.targets.tensorrt import builder as builder_module
 from rwkv_deploy import tensorrt_library as environment
-from rwkv_deploy.export.tensorrt.build_config import EngineBuildConfig, make_build_configs
-from rwkv_deploy.export.tensorrt.builder import EngineBuildError, build_engines
+from rwkv_deploy.targets.tensorrt.build_config import EngineBuildConfig, make_build_configs
+from rwkv_deploy.targets.tensorrt.builder import EngineBuildError, build_engines
 from rwkv_deploy.package.engines import EngineError, check_compatibility, read_engine_record
 from rwkv_deploy.tensorrt_library import GpuInfo, TensorRTUnavailable, load_library
-from rwkv_deploy.export.tensorrt.lint import PackageLintReport
-from rwkv_deploy.export.tensorrt.targets import plan_header_targets
+from rwkv_deploy.targets.tensorrt.lint import PackageLintReport
+from rwkv_deploy.targets.tensorrt.targets import plan_header_targets
 from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.runtime.package import DeploymentPackage
