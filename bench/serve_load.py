@@ -4,7 +4,7 @@ For each concurrency in `streams`, N threads each send one streaming /v1/complet
 moment (greedy, `tokens` tokens, a prompt of token ids) and time it: time to first token (request sent -> first
 streamed chunk), the gaps between streamed chunks (inter-token latency), and tokens per second over the round
 (all generated tokens / the round's wall time). With `repeat_prefix` R every prompt starts with the same R
-tokens (a shared system prompt) and one untimed request puts it in the server's prefix cache first; the
+tokens (a shared system prompt) and two untimed requests put it in the server's prefix cache first; the
 cache hit rate comes from the server's /metrics. Only the standard library talks HTTP, so this needs no extra.
 """
 
@@ -202,10 +202,16 @@ def _round4(value: float | None) -> float | None:
 
 
 def run_serve_load(options: ServeLoadOptions, progress: Callable[[str], None] = lambda _: None) -> ServeLoadResult:
-    """One untimed warm-up request (it also caches the shared prefix), then one round per concurrency."""
-    warm = stream_completion(options, _prompts(options, 1, 1 << 16)[0])
-    if warm.error:
-        raise ServeLoadError(f"{options.url}: the warm-up request failed ({warm.error})")
+    """Untimed warm-up, then one round per concurrency.
+
+    With a shared prefix the warm-up is two requests that differ after it, sent one after the other: the
+    server keeps states at chunk boundaries and where a prompt leaves one it has seen (rounded down to its cut
+    granule), so only the second request caches the state at the prefix's end, as a real system prompt gets
+    cached once a second conversation starts with it."""
+    for prompt in _prompts(options, 2 if options.repeat_prefix else 1, 1 << 16):
+        warm = stream_completion(options, prompt)
+        if warm.error:
+            raise ServeLoadError(f"{options.url}: the warm-up request failed ({warm.error})")
     rounds, errors = [], []
     for index, streams in enumerate(options.streams):
         row, messages = run_round(options, streams, index)
