@@ -25,6 +25,7 @@ _HELP = {
     "cache_entries": ("gauge", "states held by the prefix cache"),
     "sessions": ("gauge", "stored session states"),
     "batch_size": ("histogram", "rows per decode step"),
+    "prefill_batch_size": ("histogram", "rows per prefill call (requests whose next chunks have one length)"),
     "time_to_first_token_seconds": ("histogram", "from a request's arrival to its first generated token"),
     "inter_token_latency_seconds": ("histogram", "between consecutive generated tokens of a request"),
 }
@@ -54,7 +55,7 @@ class Metrics:
             self._values[name][tuple(sorted(labels.items()))] = value
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        buckets = BATCH_BUCKETS if name == "batch_size" else LATENCY_BUCKETS
+        buckets = BATCH_BUCKETS if name.endswith("batch_size") else LATENCY_BUCKETS
         with self._lock:
             series = self._histograms[name].setdefault(tuple(sorted(labels.items())), [0.0] * (len(buckets) + 2))
             for i, bound in enumerate(buckets):
@@ -77,7 +78,7 @@ class Metrics:
                     for labels, value in sorted(self._values.get(name, {}).items()):
                         lines.append(f"{full}{_labels(dict(labels))} {value:g}")
                     continue
-                buckets = BATCH_BUCKETS if name == "batch_size" else LATENCY_BUCKETS
+                buckets = BATCH_BUCKETS if name.endswith("batch_size") else LATENCY_BUCKETS
                 for labels, series in sorted(self._histograms.get(name, {}).items()):
                     base = dict(labels)
                     for bound, count in zip(buckets, series):

@@ -1,8 +1,9 @@
 """The thread that owns one model's backend and steps every live request together (continuous batching).
 
 Each turn of the loop: admit waiting requests while slots are free (`max_batch`), drop requests whose client
-went away, feed prefill chunks (batch 1, through the prefill graph) up to one chunk length of tokens, the
-prefilling requests taking turns so that a short prompt is not held up by a long one, then one decode step for
+went away, feed prefill chunks (through the prefill graph; requests whose next chunks have the same length share
+one call as rows of a batch) up to one chunk length of tokens, the prefilling requests taking turns so that a
+short prompt is not held up by a long one, then one decode step for
 all decoding requests at once through the step graph's batch axis. Requests join the
 decode batch when their prompt is consumed and leave it when they finish, between steps; a long prompt costs
 the streams in flight one chunk's time per step, never its whole prefill. A package without a prefill graph
@@ -252,12 +253,32 @@ class Scheduler:
         the decode steps one chunk per turn."""
         budget = self.chunk
         while self._prefilling:
-            slot = self._prefilling[0]
-            end = self._chunk_end(slot)
-            if end - slot.pos > budget and budget < self.chunk:
+            group = self._next_group(budget)
+            if not group:
                 return
-            budget -= end - slot.pos
-            self._prefill_one(slot, end)
+            budget -= sum(end - slot.pos for slot, end in group)
+            self._prefill_group(group)
+
+    def _next_group(self, budget: int) -> list[tuple[_Slot, int]]:
+        """The next chunk of the request at the head of the queue, with the next chunks of the requests behind it
+        that have the same length, as many as `budget` tokens allow (the head's alone may exceed it in a turn's
+        first call): one prefill call takes them as rows of one batch. ONNX Runtime computes each row of a
+        batched prefill bit for bit as it computes it alone (tests/serve/test_prefill_cuts.py), so the
+        batching changes no output, and 16 short prompts cost one call instead of 16."""
+        head = self._prefilling[0]
+        end = self._chunk_end(head)
+        length = end - head.pos
+        if length > budget and budget < self.chunk:
+            return []
+        group, used = [(head, end)], length
+        for slot in list(self._prefilling)[1:]:
+            if used + length > budget:
+                break
+            end = self._chunk_end(slot)
+            if end - slot.pos == length:
+                group.append((slot, end))
+                used += length
+        return group
 
     def _chunk_end(self, slot: _Slot) -> int:
         """Where the slot's next prefill call ends: the next multiple of the chunk length, cut point, or the end of
@@ -265,27 +286,42 @@ class Scheduler:
         ends = [len(slot.feed), (slot.pos // self.chunk + 1) * self.chunk]
         return min(ends + [p for p in slot.cuts if p > slot.pos])
 
-    def _prefill_one(self, slot: _Slot, end: int) -> None:
-        """The next chunk of the request at the head of the prefilling queue: its tokens up to `end` (the next
-        multiple of the chunk length, a cut point, or the end of its prompt)."""
-        chunk = np.asarray([slot.feed[slot.pos:end]], np.int64)
+    def _prefill_group(self, group: list[tuple[_Slot, int]]) -> None:
+        """One prefill call for the group's chunks (each request's tokens up to its `end`: the next multiple of the
+        chunk length, a cut point, or the end of its prompt). Requests with more to feed go to the back of the
+        queue (round robin: a short prompt never waits for a long one's whole prefill)."""
+        slots = [slot for slot, _ in group]
+        for slot in slots:
+            self._prefilling.remove(slot)
+        tokens = np.asarray([slot.feed[slot.pos:end] for slot, end in group], np.int64)
+        start = slots[0].state if len(slots) == 1 else RecurrentState.concat([slot.state for slot in slots])
+        self.metrics.observe("prefill_batch_size", len(slots), model=self.model_id)
         try:
-            logits, state = feed_chunk(self.backend, chunk, slot.state)
-            check_finite_logits(logits, state, [0], f"after {end} prompt tokens")
+            logits, state = feed_chunk(self.backend, tokens, start)
         except Exception as exc:
-            self._prefilling.popleft()
-            self._fail(slot, _as_api_error(exc))
+            for slot in slots:
+                self._fail(slot, _as_api_error(exc))
             return
+        for row, (slot, end) in enumerate(group):
+            row_state = state if len(slots) == 1 else state.rows([row])
+            try:
+                check_finite_logits(logits[row:row + 1], row_state, [0], f"after {end} prompt tokens")
+            except Exception as exc:
+                self._fail(slot, _as_api_error(exc))
+                continue
+            self._fed(slot, end, row_state, logits[row])
+
+    def _fed(self, slot: _Slot, end: int, state: RecurrentState, logits: np.ndarray) -> None:
+        """The slot's prompt (or tail) is consumed up to `end`: cache the state at a chunk boundary or cut point,
+        then queue the next chunk, or decode, or finish."""
         if slot.phase == "prompt":
             self.metrics.add("prefilled_tokens_total", end - slot.pos, model=self.model_id)
-        slot.pos, slot.state, slot.logits = end, state, logits[0]
+        slot.pos, slot.state, slot.logits = end, state, logits
         if slot.phase == "prompt" and slot.keys and (end % self.chunk == 0 or end in slot.cuts):
-            self.cache.put(slot.keys, end, state, logits[0])
+            self.cache.put(slot.keys, end, state, logits)
         if end < len(slot.feed):
-            self._prefilling.rotate(-1)  # round robin: a short prompt never waits for a long one's whole prefill
-            return
-        self._prefilling.popleft()
-        if slot.phase == "tail":
+            self._prefilling.append(slot)
+        elif slot.phase == "tail":
             slot.final_state = state
             self._finish(slot)
         else:

@@ -53,6 +53,8 @@ def test_sixteen_concurrent_streams_match_their_solo_runs(served):
         solo[prompt] = (body["choices"][0]["text"], body["token_ids"], body["choices"][0]["finish_reason"])
     steps_before = server.metric("rwkv_serve_batch_size_count", model="tiny")
     small_before = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4")
+    calls_before = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny")
+    single_before = server.metric("rwkv_serve_prefill_batch_size_bucket", model="tiny", le="1")
 
     start, together = threading.Barrier(len(PROMPTS)), {}
     threads = [threading.Thread(target=_streamed, args=(server.url, p, start, together)) for p in PROMPTS]
@@ -64,6 +66,10 @@ def test_sixteen_concurrent_streams_match_their_solo_runs(served):
     steps = server.metric("rwkv_serve_batch_size_count", model="tiny") - steps_before
     small = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4") - small_before
     assert steps > small, "no decode step ran more than 4 requests together"
+    if server.metric("rwkv_serve_prefill_batch_size_count", model="tiny") > 0:  # the package has a prefill graph
+        calls = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny") - calls_before
+        single = server.metric("rwkv_serve_prefill_batch_size_bucket", model="tiny", le="1") - single_before
+        assert calls > single, "no prefill call took the chunks of several requests as rows of one batch"
 
     generator = oracle(package, prefill_chunk=8)  # and solo is what the runtime's Generator produces
     for prompt in PROMPTS[:4]:
