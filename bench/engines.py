@@ -1,5 +1,5 @@
 """The things `bench` times, behind one small interface: this project's exported package, the PyTorch
-reference model, BlinkDL's `rwkv` package (cpu fp32) and rwkv.cpp. Each runs in its own worker process
+reference model, BlinkDL's `rwkv` package (cpu fp32), rwkv.cpp and llama.cpp. Each runs in its own worker process
 (`bench.worker`), so its peak memory and thread settings are its own."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .options import DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
 __all__ = ["DEPLOY", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
-           "RwkvPackageEngine", "RwkvCppEngine"]
+           "RwkvPackageEngine", "RwkvCppEngine", "LlamaCppEngine"]
 
 
 class Engine(ABC):
@@ -226,4 +226,37 @@ class RwkvCppEngine(Engine):
             self.model.eval(int(token), state, nxt, self.logits)
             out.append(self.logits.copy())
             state, nxt = nxt, state
+        return np.stack(out)
+
+
+class LlamaCppEngine(Engine):
+    """llama.cpp through its C API (`bench.llamacpp`): `llama_decode` of one token per sequence for decode (a
+    batch is its parallel sequences, one context holding them all), of the whole prompt for prefill."""
+
+    name = LLAMACPP
+
+    def __init__(self, binding_dir: Path, library_dir: Path, model_file: Path, threads: int, vocab_size: int,
+                 seed: int, prefill_tokens: int) -> None:
+        super().__init__(vocab_size, seed)
+        from .llamacpp import LlamaCppModel
+
+        self.model = LlamaCppModel(binding_dir, library_dir, model_file, threads)
+        self.prefill_tokens = max(prefill_tokens, 1)
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        context = self.model.context(batch, batch)
+
+        def call() -> None:
+            context.decode(self.tokens(batch))
+        return call
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        context, tokens = self.model.context(1, max(self.prefill_tokens, length)), self.tokens(length)
+        return lambda: context.prefill(tokens)
+
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        context, out = self.model.context(1, 1), []
+        for token in tokens:
+            context.decode(np.array([token]))
+            out.append(context.logits(0))
         return np.stack(out)

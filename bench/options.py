@@ -10,9 +10,12 @@ from pathlib import Path
 from .shapes import ModelShape
 
 DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP = "rwkv-deploy", "torch-reference", "rwkv-package", "rwkv.cpp"
+LLAMACPP = "llama.cpp"
 DEPLOY_SPIN = "rwkv-deploy-spin"  # our packages with ONNX Runtime's spin-waiting threads (`spin_wait`)
-BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP)
+BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP)  # the default set
+KNOWN_BASELINES = BASELINES + (LLAMACPP,)  # llama.cpp on request: its first run builds it (minutes)
 RWKVCPP_PRECISIONS = ("FP32", "FP16", "Q8_0", "Q5_1", "Q4_0")
+LLAMACPP_PRECISIONS = ("F32", "F16", "Q8_0", "Q4_0")
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
@@ -34,6 +37,9 @@ class BenchOptions:
     rwkvcpp_precisions: tuple[str, ...] = RWKVCPP_PRECISIONS
     rwkvcpp_lib: Path | None = None  # a built librwkv.so; None: built once into work_dir from rwkvcpp_source
     rwkvcpp_source: Path | None = None  # rwkv.cpp's source archive or tree; None: ../shared/vendor/rwkv.cpp
+    llamacpp_precisions: tuple[str, ...] = LLAMACPP_PRECISIONS
+    llamacpp_lib: Path | None = None  # a folder holding a built libllama.so; None: built once into work_dir
+    llamacpp_sdist: Path | None = None  # the llama-cpp-python sdist (its llama.cpp); None: .cache/ of the repository
     backend: str = "onnxruntime"
     # also measure the packages with spin-waiting ONNX Runtime threads (engine DEPLOY_SPIN, decode at batch 1, at
     # each thread count above 1), the way rwkv.cpp's threads wait; the runtime's default does not spin

@@ -1,4 +1,5 @@
-"""The ratios the targets of issues 5 and 13 are stated in, computed from the rows of one run (pure functions).
+"""The ratios the project's speed and fidelity targets are stated in, computed from the rows of one run (pure
+functions).
 
 Each speed target compares two rows measured in the same run, at the same thread count, on the same machine, so
 machine speed cancels. Fidelity targets compare KL means on the same token stream. The targets were set for
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 
 DECODE_VS_RWKV_PACKAGE = {"fp32": 1.7, "int8": 3.0, "int4": 4.0}
 BATCH16_VS_BATCH1 = 8.0
@@ -22,6 +23,10 @@ RWKVCPP_COUNTERPART = {"fp32": "FP32", "fp16": "FP16", "int8": "Q8_0", "int5": "
 DECODE_VS_RWKVCPP = {"fp32": 1.0, "fp16": 1.0, "int8": 1.2, "int5": 1.0, "int4": 1.2}
 PREFILL_VS_RWKVCPP = 1.0
 KL_VS_RWKVCPP = 1.0  # our KL mean over rwkv.cpp's counterpart's, on the same stream: at most equal
+# our precision -> llama.cpp's counterpart; decode at batch 1 must be at least as fast, at no worse KL
+LLAMACPP_COUNTERPART = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
+DECODE_VS_LLAMACPP = 1.0
+KL_VS_LLAMACPP = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,17 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     add(f"prefill{length}_vs_rwkvcpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(RWKVCPP, "prefill", 1, length, counterpart), PREFILL_VS_RWKVCPP,
                         f"prefill tokens/s at T={length} over rwkv.cpp {counterpart}'s sequence mode")
+            counterpart = LLAMACPP_COUNTERPART.get(p)
+            if counterpart:
+                add("decode_b1_vs_llamacpp", p, decode1, row(LLAMACPP, "decode", 1, 0, counterpart),
+                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1, over llama.cpp {counterpart}'s")
+                add("decode_b16_vs_llamacpp", p, row(DEPLOY, "decode", 16, 0, p),
+                    row(LLAMACPP, "decode", 16, 0, counterpart), None,
+                    f"decode tokens/s at batch 16, over llama.cpp {counterpart}'s 16 parallel sequences")
+                for length in prefill_lengths:
+                    add(f"prefill{length}_vs_llamacpp", p, row(DEPLOY, "prefill", 1, length, p),
+                        row(LLAMACPP, "prefill", 1, length, counterpart), None,
+                        f"prefill tokens/s at T={length} over llama.cpp {counterpart}'s (one batch)")
             add("decode_b16_vs_b1", p, row(DEPLOY, "decode", 16, 0, p), decode1, BATCH16_VS_BATCH1,
                 "decode tokens/s at batch 16 over batch 1")
             prefill64 = row(DEPLOY, "prefill", 1, 64, p)
@@ -117,5 +133,11 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
             target = None if p == "fp32" else KL_VS_RWKVCPP  # fp32: both at float rounding, nothing to trade
             ratios.append(Ratio("kl_mean_vs_rwkvcpp", p, ours["kl_mean"] / theirs["kl_mean"], target, False,
                                 f"KL mean against the fp32 reference, over rwkv.cpp {RWKVCPP_COUNTERPART[p]}'s "
+                                f"on the same token stream"))
+        theirs = find(rows, LLAMACPP, "decode", 1, 0, LLAMACPP_COUNTERPART.get(p, ""))
+        if ours and theirs and ours.get("kl_mean") is not None and theirs.get("kl_mean"):
+            target = None if p == "fp32" else KL_VS_LLAMACPP
+            ratios.append(Ratio("kl_mean_vs_llamacpp", p, ours["kl_mean"] / theirs["kl_mean"], target, False,
+                                f"KL mean against the fp32 reference, over llama.cpp {LLAMACPP_COUNTERPART[p]}'s "
                                 f"on the same token stream"))
     return ratios

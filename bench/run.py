@@ -23,7 +23,8 @@ from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 from . import machine
 from .fidelity import FIELDS as FIDELITY_FIELDS
 from .fidelity import token_stream
-from .options import BASELINES, DEPLOY, DEPLOY_SPIN, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, BenchOptions
+from .options import (BASELINES, DEPLOY, DEPLOY_SPIN, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
+                      BenchOptions)
 from .ratios import Ratio, compute_ratios
 
 __all__ = ["BASELINES", "BenchError", "BenchOptions", "BenchResult", "run_bench"]
@@ -98,9 +99,9 @@ def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
 def _check(options: BenchOptions) -> None:
     if (options.shape is None) == (not options.packages):
         raise BenchError("bench: give package directories or --shape, not both and not neither")
-    unknown = [b for b in options.baselines if b not in BASELINES]
+    unknown = [b for b in options.baselines if b not in KNOWN_BASELINES]
     if unknown:
-        raise BenchError(f"bench: unknown baseline {unknown[0]!r} (choose from {', '.join(BASELINES)})")
+        raise BenchError(f"bench: unknown baseline {unknown[0]!r} (choose from {', '.join(KNOWN_BASELINES)})")
     if options.rounds < 1 or not options.threads or min(options.threads) < 1:
         raise BenchError("bench: --rounds and every --threads value must be at least 1")
 
@@ -154,6 +155,9 @@ def _baseline_jobs(options: BenchOptions, checkpoint: Path | None, version: str,
         if engine == RWKVCPP:
             jobs += _rwkvcpp_jobs(options, checkpoint, common, notes, progress)
             continue
+        if engine == LLAMACPP:
+            jobs += _llamacpp_jobs(options, checkpoint, version, common, notes, progress)
+            continue
         if importlib.util.find_spec("torch") is None:
             notes.append(f"{engine}: skipped (PyTorch is not installed: pip install \"rwkv-deploy[export]\")")
             continue
@@ -189,6 +193,36 @@ def _rwkvcpp_jobs(options: BenchOptions, checkpoint: Path, common: dict[str, Any
                  "which its loader cannot read (docs/bench.md)")
     return [{**common, "engine": RWKVCPP, "precision": p, "library": str(tools.library), "model_file": str(f),
              "batches": [1], "prefill_lengths": list(options.prefill_lengths)} for p, f in files.items()]
+
+
+def _llamacpp_jobs(options: BenchOptions, checkpoint: Path, version: str, common: dict[str, Any], notes: list[str],
+                   progress: Progress) -> list[dict[str, Any]]:
+    """One job per llama.cpp precision, its GGUF files made by its own converter and quantizer (`bench.llamacpp`):
+    decode at every batch (its parallel sequences), prefill in one batch."""
+    from .llamacpp import LlamaCppError, checkpoint_versions_note, model_file, prepare_tools
+
+    why = checkpoint_versions_note(version)
+    if why is None and (importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None):
+        why = "its converter needs PyTorch and transformers (pip install transformers)"
+    if why is None and common["vocab_size"] != 65536:
+        why = f"its converter reads RWKV's World vocabulary (65536 tokens), this model has {common['vocab_size']}"
+    if why is not None:
+        notes.append(f"llama.cpp: skipped ({why})")
+        return []
+    try:
+        tools = prepare_tools(options.work_dir, options.llamacpp_sdist, options.llamacpp_lib, max(options.threads),
+                              progress)
+        files = {p: model_file(tools, checkpoint, p, options.work_dir / "llamacpp" / "models", progress)
+                 for p in options.llamacpp_precisions}
+    except LlamaCppError as exc:
+        notes.append(f"llama.cpp: skipped ({exc})")
+        return []
+    notes.append(f"llama.cpp: library {tools.library_dir} (built without AMX, docs/bench.md); GGUF files from its "
+                 "convert_hf_to_gguf.py on the checkpoint's Hugging Face folder, quantized types by its quantizer "
+                 "from the F32 file; its threads spin-wait (ggml's default)")
+    return [{**common, "engine": LLAMACPP, "precision": p, "binding_dir": str(tools.binding_dir),
+             "library_dir": str(tools.library_dir), "model_file": str(f), "batches": list(options.batches),
+             "prefill_lengths": list(options.prefill_lengths)} for p, f in files.items()]
 
 
 def _spinning_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:

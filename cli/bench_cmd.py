@@ -49,7 +49,8 @@ def bench_cmd(
     batches: str = typer.Option(_joined(DEFAULTS.batches), help="decode batch sizes"),
     prefill: str = typer.Option(_joined(DEFAULTS.prefill_lengths), "--prefill", help="prefill lengths T"),
     contexts: str = typer.Option(_joined(DEFAULTS.contexts), help="context lengths for the per-token cost ('' to skip)"),
-    baselines: str = typer.Option(_joined(DEFAULTS.baselines), help="baselines measured in the same run ('' for none)"),
+    baselines: str = typer.Option(_joined(DEFAULTS.baselines), help="baselines measured in the same run ('' for none; "
+                                  "also: llama.cpp, whose first run builds it)"),
     rwkvcpp_precisions: str = typer.Option(_joined(DEFAULTS.rwkvcpp_precisions), "--rwkvcpp-precisions",
                                            help="rwkv.cpp's formats to measure"),
     rwkvcpp_lib: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_lib, "--rwkvcpp-lib",
@@ -57,6 +58,16 @@ def bench_cmd(
     rwkvcpp_source: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_source, "--rwkvcpp-source",
                                                   help="rwkv.cpp's source archive or tree (default: "
                                                   "../shared/vendor/rwkv.cpp beside the repository)"),
+    llamacpp_precisions: str = typer.Option(_joined(DEFAULTS.llamacpp_precisions), "--llamacpp-precisions",
+                                            help="llama.cpp's GGUF types to measure (F32, F16, Q8_0 from its "
+                                            "converter; Q4_0, Q4_K_M, ... from its quantizer)"),
+    llamacpp_lib: Optional[Path] = typer.Option(DEFAULTS.llamacpp_lib, "--llamacpp-lib",
+                                                help="a folder holding a built libllama.so (default: built once "
+                                                "into --work-dir)"),
+    llamacpp_sdist: Optional[Path] = typer.Option(DEFAULTS.llamacpp_sdist, "--llamacpp-sdist",
+                                                  help="the llama-cpp-python sdist whose llama.cpp is built and "
+                                                  "whose converter and binding are used (default: .cache/ of the "
+                                                  "repository, which make setup fills)"),
     backend: str = typer.Option(DEFAULTS.backend, "--backend", help=" | ".join(BACKENDS)),
     spin_wait: bool = typer.Option(DEFAULTS.spin_wait, "--spin-wait",
                                    help="also measure the packages with spin-waiting ONNX Runtime threads at each "
@@ -71,14 +82,14 @@ def bench_cmd(
                                         help="length of the token stream for KL / top-1 against the fp32 reference "
                                         "(0: skip)"),
     work_dir: Path = typer.Option(DEFAULTS.work_dir, "--work-dir", help="cache for random checkpoints, packages, "
-                                  "states, rwkv.cpp's build and files"),
+                                  "states, rwkv.cpp's and llama.cpp's builds and files"),
     out: Path = typer.Option(DEFAULTS.out, "--out", "-o", help="writes bench.json, bench.md, bench.png here"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result on stdout (progress goes to stderr)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     max_params: Optional[int] = typer.Option(None, "--max-params", help=MAX_PARAMS_HELP),
 ) -> None:
     """Measure decode, prefill and long-context speed of packages, with each engine's fidelity, against the PyTorch
-    reference, the rwkv package and rwkv.cpp, in one run; ratios against the targets of issues 5 and 13."""
+    reference, the rwkv package, rwkv.cpp and llama.cpp, in one run; ratios against the project's targets."""
     raise_param_cap(max_params)
     from rwkv_deploy.bench.report import markdown, write_chart
     from rwkv_deploy.bench.run import run_bench
@@ -91,7 +102,8 @@ def bench_cmd(
         precisions=_names(precisions), batches=_ints(batches, "--batches"),
         prefill_lengths=_ints(prefill, "--prefill"), contexts=_ints(contexts, "--contexts"),
         baselines=_names(baselines), rwkvcpp_precisions=_names(rwkvcpp_precisions), rwkvcpp_lib=rwkvcpp_lib,
-        rwkvcpp_source=rwkvcpp_source, backend=backend, spin_wait=spin_wait, rounds=rounds, min_seconds=min_seconds,
+        rwkvcpp_source=rwkvcpp_source, llamacpp_precisions=_names(llamacpp_precisions), llamacpp_lib=llamacpp_lib,
+        llamacpp_sdist=llamacpp_sdist, backend=backend, spin_wait=spin_wait, rounds=rounds, min_seconds=min_seconds,
         fidelity_tokens=fidelity_tokens, work_dir=work_dir, out=out,
         **({"threads": _ints(threads, "--threads")} if threads else {}))
     with stage_printer(enabled=not quiet) as progress:  # progress goes to stderr
