@@ -94,8 +94,12 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                         f"prefill tokens/s at T={length} over rwkv.cpp {counterpart}'s sequence mode")
             counterpart = LLAMACPP_COUNTERPART.get(p)
             if counterpart:
-                add("decode_b1_vs_llamacpp", p, decode1, row(LLAMACPP, "decode", 1, 0, counterpart),
-                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1, over llama.cpp {counterpart}'s")
+                theirs = row(LLAMACPP, "decode", 1, 0, counterpart)
+                add("decode_b1_vs_llamacpp", p, decode1, theirs, DECODE_VS_LLAMACPP,
+                    f"decode tokens/s at batch 1, over llama.cpp {counterpart}'s")
+                add("decode_b1_spinning_vs_llamacpp", p, row(DEPLOY_SPIN, "decode", 1, 0, p), theirs,
+                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1 with spin-waiting threads (as llama.cpp's "
+                    f"wait), over llama.cpp {counterpart}'s")
                 add("decode_b16_vs_llamacpp", p, row(DEPLOY, "decode", 16, 0, p),
                     row(LLAMACPP, "decode", 16, 0, counterpart), None,
                     f"decode tokens/s at batch 16, over llama.cpp {counterpart}'s 16 parallel sequences")
