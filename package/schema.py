@@ -35,6 +35,9 @@ MAX_NAME = 256
 MAX_OPSET = 100
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GRAPH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# A state name becomes graph input/output names, a Triton initial-state file name and config.pbtxt text, a
+# key of state files: letters, digits, `_ . -`, not starting with `.` or `-`, no `..` (fullmatch: no newline)
+STATE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PRECISION = re.compile(r"[a-z0-9]{1,16}")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
@@ -281,7 +284,7 @@ def _state(value: Any, at: _At, n_layer: int) -> list[StateEntry]:
     for i, raw in enumerate(entries):
         where = at / i
         s = _object(raw, where, ("name", "input", "output", "shape", "dtype", "init"), ("init_file",))
-        name = _string(s["name"], where / "name")
+        name = _string(s["name"], where / "name", STATE_NAME)
         if name in seen:
             raise (where / "name").fail(f"{name!r} appears twice")
         seen.add(name)

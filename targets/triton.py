@@ -70,10 +70,17 @@ DEFAULT_SEQUENCE_IDLE_US = 30_000_000
 MAX_SEQUENCE_IDLE_US = 2**63 - 1  # Triton's field is uint64; bounded to what every reader takes
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 CPU_THREADS_DEFAULT = 1  # ONNX Runtime intra-op and inter-op threads per CPU instance unless told otherwise
+# upper bounds on the numbers written into config.pbtxt: far above any real deployment, low enough that Triton
+# does not try to start a billion instances or threads from a typo
+MAX_INSTANCES = 1024
+MAX_THREADS = 1024
+MAX_BATCH = 1 << 16
+MAX_QUEUE_DELAY_US = 60_000_000
+MAX_SEQUENCES = 1 << 16
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                  "bool": "TYPE_BOOL"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: a trailing newline fails
 
 
 class TritonError(RwkvDeployError):
@@ -96,16 +103,17 @@ class BatchingOptions:
     sequence_idle_us: int = DEFAULT_SEQUENCE_IDLE_US  # a sequence idle this long is ended and its state dropped
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise TritonError(f"max batch size {self.max_batch_size}: must be at least 1")
+        if not 1 <= self.max_batch_size <= MAX_BATCH:
+            raise TritonError(f"max batch size {self.max_batch_size}: must be between 1 and {MAX_BATCH}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise TritonError(f"preferred batch size {bad[0]}: must be between 1 and the max batch size "
                               f"({self.max_batch_size})")
-        if self.max_queue_delay_us < 0:
-            raise TritonError(f"max queue delay {self.max_queue_delay_us} us: must not be negative")
-        if self.max_sequences < 1:
-            raise TritonError(f"max sequences {self.max_sequences}: must be at least 1")
+        if not 0 <= self.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+            raise TritonError(f"max queue delay {self.max_queue_delay_us} us: must be between 0 and "
+                              f"{MAX_QUEUE_DELAY_US}")
+        if not 1 <= self.max_sequences <= MAX_SEQUENCES:
+            raise TritonError(f"max sequences {self.max_sequences}: must be between 1 and {MAX_SEQUENCES}")
         if not 1 <= self.sequence_idle_us <= MAX_SEQUENCE_IDLE_US:
             raise TritonError(f"sequence idle timeout {self.sequence_idle_us} us: must be positive")
 
@@ -129,14 +137,15 @@ class InstanceOptions:
     inter_op_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise TritonError(f"instances {self.count}: must be at least 1")
+        if not 1 <= self.count <= MAX_INSTANCES:
+            raise TritonError(f"instances {self.count}: must be between 1 and {MAX_INSTANCES}")
         if self.kind not in KINDS:
             raise TritonError(f"kind {self.kind!r}: choose from {', '.join(KINDS)}")
         for name in ("intra_op_threads", "inter_op_threads"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise TritonError(f"{name.replace('_', '-')} {value}: must be 0 (ONNX Runtime's default) or more")
+            if value is not None and not 0 <= value <= MAX_THREADS:
+                raise TritonError(f"{name.replace('_', '-')} {value}: must be 0 (ONNX Runtime's default) to "
+                                  f"{MAX_THREADS}")
 
     def onnxruntime_parameters(self) -> tuple[tuple[str, str], ...]:
         """The onnxruntime backend's `parameters` for these threads (none where ONNX Runtime's default is meant)."""
@@ -363,7 +372,7 @@ def write_repository(package_dir: str | Path, out: str | Path, name: str | None 
     package_dir, out = Path(package_dir), Path(out)
     name = name or default_model_name(package_dir)
     batching = batching or BatchingOptions()
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise TritonError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only")
     _check_paths(package_dir, out, force)
     problems = verify_package(package_dir)

@@ -9,6 +9,7 @@ runs these repositories is in tests/deploy/test_triton_server.py; the docs' exam
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -263,7 +264,9 @@ def test_instance_options_become_the_instance_group_and_onnx_runtime_parameters(
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"count": 0}, "instances 0: must be at least 1"),
+    ({"count": 0}, "instances 0: must be between 1 and 1024"),
+    ({"count": 1_000_000_000}, "instances 1000000000: must be between 1 and 1024"),
+    ({"intra_op_threads": 4001}, "intra-op-threads 4001: must be 0"),
     ({"kind": "tpu"}, "kind 'tpu': choose from cpu, gpu"),
     ({"intra_op_threads": -1}, "intra-op-threads -1: must be 0"),
     ({"inter_op_threads": -2}, "inter-op-threads -2: must be 0"),
@@ -278,6 +281,9 @@ def test_bad_instance_options_are_refused(kwargs: dict, message: str) -> None:
     ({"preferred_batch_sizes": (4, 16)}, "preferred batch size 16"),
     ({"max_queue_delay_us": -1}, "max queue delay -1"),
     ({"max_sequences": 0}, "max sequences 0"),
+    ({"max_batch_size": 10**9}, "max batch size 1000000000"),
+    ({"max_queue_delay_us": 10**12}, "max queue delay 1000000000000"),
+    ({"max_sequences": 10**9}, "max sequences 1000000000"),
 ])
 def test_bad_batching_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(TritonError, match=message):
@@ -354,16 +360,20 @@ def test_cli_takes_the_instance_and_sequence_options(packages: dict[str, Path], 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--instances", "0"], "instances 0: must be at least 1"),
+    (["--instances", "0"], "instances 0: must be between 1 and 1024"),
+    (["--instances", "1000000000"], "instances 1000000000: must be between 1 and 1024"),
     (["--kind", "tpu"], "kind 'tpu': choose from cpu, gpu"),
-    (["--intra-op-threads", "-1"], "intra-op-threads -1: must be 0 (ONNX Runtime's default) or more"),
-    (["--max-sequences", "0"], "max sequences 0: must be at least 1"),
+    (["--intra-op-threads", "-1"], "intra-op-threads -1: must be 0 (ONNX Runtime's default) to 1024"),
+    (["--max-sequences", "0"], "max sequences 0: must be between 1 and 65536"),
     (["--idle-timeout", "0"], "--triton-idle-timeout 0: expected a positive number of seconds"),
     (["--idle-timeout", "nan"], "--triton-idle-timeout nan: expected a positive number of seconds"),
     (["--idle-timeout", "1e30"], "--triton-idle-timeout 1e+30: expected a positive number of seconds"),
     (["--triton-preferred-batch-sizes", "4,x"], "--triton-preferred-batch-sizes '4,x': expected whole numbers"),
     (["--triton-preferred-batch-sizes", "16"], "preferred batch size 16: must be between 1 and the max batch size"),
     (["--triton-name", "bad name"], "model name 'bad name': use letters"),
+    (["--triton-name", "m\n"], "model name 'm\\n': use letters"),  # a trailing newline: fullmatch, not match
+    (["--triton-name", "../m"], "model name '../m': use letters"),
+    (["--triton-name", "a..b"], "model name 'a..b': use letters"),
 ])
 def test_cli_bad_options_get_one_line(packages: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["package", str(packages["7"]), "--triton", str(tmp_path / "repo"), *args])
@@ -500,3 +510,21 @@ def test_deploy_doc_triton_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     figures = json.loads(result.output)
     assert figures["errors"] == 0 and figures["answered"] == figures["requests"] > 0
     assert figures["check"]["sequences_identical"] == figures["check"]["sequences_checked"] > 0
+
+
+@pytest.mark.parametrize("hostile", ["../../outside", "/tmp/outside", 'a"; b', "a\nb", "layer0.wkv\n", ".hidden"])
+def test_a_state_name_that_would_leave_the_repository_or_inject_config_text_is_refused(
+        packages: dict[str, Path], tmp_path: Path, hostile: str) -> None:
+    """A state name becomes initial_state/<name>.bin and config.pbtxt text: the manifest schema's name grammar
+    refuses it before anything is written (RWKV-4 has a non-zero initial state, so a data file would be)."""
+    package = Path(shutil.copytree(packages["4"], tmp_path / "pkg"))
+    manifest = json.loads((package / "manifest.json").read_text())
+    old = manifest["state"][0]["name"]
+    manifest["state"][0].update(name=hostile, input=f"state_in.{hostile}", output=f"state_out.{hostile}")
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["package", str(package), "--triton", str(tmp_path / "repo" / "inner")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "state[0].name" in lines[0] and "is not an allowed value" in lines[0], lines
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "outside.bin").exists()
+    assert old != hostile
