@@ -45,6 +45,19 @@ function fail(where, field, problem) {
   return new PackageError(`${where}: ${field} ${problem}`);
 }
 
+/**
+ * Whether `key` is the object's own property. A package's names are untrusted: `key in obj` and `obj[key]` also
+ * find what every object inherits (`constructor`, `__proto__`, `toString`), which would let a file named
+ * "constructor" pass as listed and hashed.
+ */
+export function own(object, key) {
+  return object !== null && object !== undefined && Object.prototype.hasOwnProperty.call(object, key);
+}
+
+// A state name becomes graph input/output names and a key of state files: the Python schema's grammar
+// (package/schema.py STATE_NAME): letters, digits, _ . -, not starting with . or -, no "..".
+const STATE_NAME = /^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
 function typeName(v) {
   if (v === null) return "null";
   if (Array.isArray(v)) return "an array";
@@ -54,7 +67,7 @@ function typeName(v) {
 
 function obj(value, where, field, required, optional = []) {
   if (value === null || typeof value !== "object" || Array.isArray(value)) throw fail(where, field, `must be an object, not ${typeName(value)}`);
-  const missing = required.find((k) => !(k in value));
+  const missing = required.find((k) => !own(value, k));
   if (missing !== undefined) throw fail(where, field, `lacks the field ${JSON.stringify(missing)}`);
   const unknown = Object.keys(value).find((k) => !required.includes(k) && !optional.includes(k));
   if (unknown !== undefined) throw fail(where, field, `has an unknown field ${JSON.stringify(unknown.slice(0, 40))}`);
@@ -130,7 +143,7 @@ function checkSchema(data, where) {
   if (model.lora !== undefined) for (const [k, v] of Object.entries(obj(model.lora, where, "model.lora", [], Object.keys(model.lora)))) int(v, where, `model.lora.${k}`, 0, MAX_WIDTH);
   if (data.token_input !== "token" || data.logits_output !== "logits") throw fail(where, "the file", "token_input/logits_output must be 'token'/'logits' in format 1");
   const graphs = obj(data.graphs, where, "graphs", [], Object.keys(data.graphs ?? {}));
-  if (!(STEP_GRAPH in graphs)) throw fail(where, "graphs", `has no "step" graph (has: ${Object.keys(graphs).slice(0, 4).join(", ") || "none"})`);
+  if (!own(graphs, STEP_GRAPH)) throw fail(where, "graphs", `has no "step" graph (has: ${Object.keys(graphs).slice(0, 4).join(", ") || "none"})`);
   for (const [name, entry] of Object.entries(graphs)) {
     if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw fail(where, "graphs", `has a graph named ${JSON.stringify(name.slice(0, 40))}`);
     const g = obj(entry, where, `graphs.${name}`, ["path", "precision", "opset"], ["external_data", "quantization", "logits"]);
@@ -154,6 +167,7 @@ function checkSchema(data, where) {
     const at = `state[${i}]`;
     obj(s, where, at, ["name", "input", "output", "shape", "dtype", "init"], ["init_file"]);
     const name = str(s.name, where, `${at}.name`);
+    if (!STATE_NAME.test(name)) throw fail(where, `${at}.name`, `${JSON.stringify(name.slice(0, 40))} is not an allowed value`);
     if (seen.has(name)) throw fail(where, `${at}.name`, `${JSON.stringify(name)} appears twice`);
     seen.add(name);
     if (s.input !== `state_in.${name}` || s.output !== `state_out.${name}`) throw fail(where, at, `input/output must be "state_in.${name}"/"state_out.${name}"`);
@@ -181,8 +195,8 @@ function checkSchema(data, where) {
     safePath(name, where, "files");
     if (typeof digest !== "string" || !SHA256.test(digest)) throw fail(where, `files.${name.slice(0, 80)}`, "must be a lowercase hex sha256 (64 characters)");
   }
-  for (const key of ["producer", "source"]) if (key in data) obj(data[key], where, key, [], Object.keys(data[key] ?? {}));
-  if ("engines" in data) {
+  for (const key of ["producer", "source"]) if (own(data, key)) obj(data[key], where, key, [], Object.keys(data[key] ?? {}));
+  if (own(data, "engines")) {
     const engines = obj(data.engines, where, "engines", [], ["tensorrt"]);
     for (const [k, e] of Object.entries(engines)) {
       obj(e, where, `engines.${k}`, ["plan", "info"]);
@@ -191,7 +205,7 @@ function checkSchema(data, where) {
     }
   }
   for (const [field, name] of referencedBy(data)) {
-    if (!(name in files)) throw new PackageError(`${where}: ${field} ${JSON.stringify(name)} is not listed in files (its hash cannot be checked)`);
+    if (!own(files, name)) throw new PackageError(`${where}: ${field} ${JSON.stringify(name)} is not listed in files (its hash cannot be checked)`);
   }
 }
 
@@ -246,7 +260,7 @@ export function parseManifest(text, where = MANIFEST_NAME) {
     otherGraphs: Object.keys(graphs).filter((g) => g !== STEP_GRAPH),
     state,
     tokenizer,
-    files: data.files,
+    files: Object.assign(Object.create(null), data.files), // no inherited names: only listed files are found
     tokenInput: data.token_input,
     logitsOutput: data.logits_output,
     raw: data,

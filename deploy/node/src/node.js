@@ -11,7 +11,7 @@ import path from "node:path";
 
 import ort from "onnxruntime-node";
 
-import { MAX_MANIFEST_BYTES, MANIFEST_NAME, PackageError } from "./manifest.js";
+import { MAX_MANIFEST_BYTES, MANIFEST_NAME, PackageError, own } from "./manifest.js";
 import { openPackage } from "./package.js";
 
 export { ort };
@@ -68,7 +68,7 @@ function packageFiles(dir, { hashes }) {
       const { names, problems } = await scanPackage(dir);
       const present = new Set(names);
       for (const name of names) {
-        if (name !== MANIFEST_NAME && name !== "PACKAGE.json" && !name.startsWith("validation/") && !(name in manifest.files)) {
+        if (name !== MANIFEST_NAME && name !== "PACKAGE.json" && !name.startsWith("validation/") && !own(manifest.files, name)) {
           problems.push(`${name}: not listed in manifest.json files (unexpected file in the package)`);
         }
       }

@@ -72,17 +72,39 @@ export function zipEntries(bytes) {
   return entries;
 }
 
-async function inflateRaw(data) {
+/**
+ * Inflate a deflated member into a buffer of its declared size, chunk by chunk: a member that inflates past what
+ * it declares (a zip bomb: 1 MB of deflate can claim a few bytes and inflate to gigabytes) is refused as soon as
+ * it passes the declared size, never held whole.
+ */
+async function inflateRaw(data, declared, name) {
   if (typeof DecompressionStream === "undefined") throw new NpzError("deflated member, but this runtime has no DecompressionStream");
-  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+  const reader = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw")).getReader();
+  const out = new Uint8Array(declared);
+  let filled = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (filled + value.length > declared) {
+      await reader.cancel().catch(() => {});
+      throw new NpzError(`member ${name} inflates past its declared size of ${declared} bytes`);
+    }
+    out.set(value, filled);
+    filled += value.length;
+  }
+  if (filled !== declared) throw new NpzError(`member ${name} inflates to ${filled} bytes, not its declared ${declared}`);
+  return out;
 }
 
-/** The bytes of one zip member (stored or deflated). */
-export async function zipMember(bytes, entry) {
+/** The bytes of one zip member (stored or deflated), at most `maxBytes` (checked before anything is inflated). */
+export async function zipMember(bytes, entry, maxBytes = Infinity) {
+  if (entry.size > maxBytes) throw new NpzError(`member ${entry.name} declares ${entry.size} bytes, more than the ${maxBytes} allowed`);
   const data = bytes.subarray(entry.dataOffset, entry.dataOffset + entry.compressedSize);
-  if (entry.method === 0) return data;
-  if (entry.method === 8) return inflateRaw(data);
+  if (entry.method === 0) {
+    if (entry.compressedSize !== entry.size) throw new NpzError(`member ${entry.name} is stored with ${entry.compressedSize} bytes but declares ${entry.size}`);
+    return data;
+  }
+  if (entry.method === 8) return inflateRaw(data, entry.size, entry.name);
   throw new NpzError(`member ${entry.name} uses unsupported compression method ${entry.method}`);
 }
 
@@ -106,7 +128,7 @@ export function parseNpy(bytes, name = "array") {
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
   if (descr === undefined || fortran === undefined || shapeText === undefined) throw new NpzError(`${name}: unreadable .npy header`);
   if (fortran === "True") throw new NpzError(`${name}: Fortran-order arrays are not supported`);
-  if (!(descr in DTYPES)) throw new NpzError(`${name}: dtype ${descr} is not supported (float32 or float64 expected)`);
+  if (!Object.prototype.hasOwnProperty.call(DTYPES, descr)) throw new NpzError(`${name}: dtype ${descr} is not supported (float32 or float64 expected)`);
   const shape = shapeText.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
   const [itemSize, make] = DTYPES[descr];
@@ -116,13 +138,16 @@ export function parseNpy(bytes, name = "array") {
   return { shape, data: make(copy.buffer) };
 }
 
-/** All arrays of an .npz file: {name: {shape, data}} (member "x.npy" is array "x"). */
-export async function readNpz(bytes) {
-  const arrays = {};
+/**
+ * All arrays of an .npz file: {name: {shape, data}} (member "x.npy" is array "x"), each member at most
+ * `maxMemberBytes` as declared, checked before it is inflated.
+ */
+export async function readNpz(bytes, maxMemberBytes = Infinity) {
+  const arrays = Object.create(null); // member names are untrusted: "__proto__.npy" must stay an array
   for (const entry of zipEntries(bytes)) {
     if (!entry.name.endsWith(".npy")) continue;
     const name = entry.name.slice(0, -4);
-    arrays[name] = parseNpy(await zipMember(bytes, entry), name);
+    arrays[name] = parseNpy(await zipMember(bytes, entry, maxMemberBytes), name);
   }
   return arrays;
 }

@@ -3,7 +3,7 @@
 // reader and a session factory; Node (node.js) and the browser (deploy/web/app.js) differ only there.
 
 import { Generator } from "./generation.js";
-import { MANIFEST_NAME, PackageError, parseManifest, referencedFiles } from "./manifest.js";
+import { MANIFEST_NAME, PackageError, own, parseManifest, referencedFiles } from "./manifest.js";
 import { readNpz } from "./npz.js";
 import { makeTokenizer } from "./tokenizers.js";
 
@@ -49,7 +49,7 @@ export class OrtStepBackend {
   freshState(batch = 1) {
     const tensors = this.manifest.state.map((entry) => {
       const data = new Float32Array(batch * entry.size);
-      const initial = this.initialArrays[entry.name];
+      const initial = own(this.initialArrays, entry.name) ? this.initialArrays[entry.name] : undefined;
       if (initial) {
         for (let row = 0; row < batch; row++) data.set(initial, row * entry.size);
       } else {
@@ -90,8 +90,8 @@ export async function sha256Hex(bytes) {
  */
 export function hashCheckedFiles(files, manifest) {
   const checked = async (rel, bytes) => {
-    const want = manifest.files[rel];
-    if (want === undefined) throw new PackageError(`${files.describe(rel)}: not listed in manifest.json files (its hash cannot be checked)`);
+    const want = own(manifest.files, rel) ? manifest.files[rel] : undefined;
+    if (typeof want !== "string") throw new PackageError(`${files.describe(rel)}: not listed in manifest.json files (its hash cannot be checked)`);
     if ((await sha256Hex(bytes)) !== want) throw new PackageError(`${files.describe(rel)}: sha256 does not match manifest.json (file changed or corrupt)`);
     return bytes;
   };
@@ -129,18 +129,21 @@ export async function openPackage({ ort, files: rawFiles, createSession }) {
   } else {
     tokenizer = await makeTokenizer(manifest.tokenizer, async (rel) => [await files.readText(rel), files.describe(rel)], manifestName);
   }
-  const initialArrays = {};
-  const npzCache = {};
+  const initialArrays = Object.create(null);
+  const npzCache = new Map(); // keyed by package-supplied names: a Map has no inherited keys
   for (const entry of manifest.state) {
     if (!entry.initFile) continue;
     const where = files.describe(entry.initFile);
     try {
-      npzCache[entry.initFile] ??= await readNpz(await files.readBytes(entry.initFile));
+      // no member may be larger than the largest state array (plus its .npy header): checked before inflating
+      const cap = Math.max(...manifest.state.map((e) => e.size)) * 8 + 65536;
+      if (!npzCache.has(entry.initFile)) npzCache.set(entry.initFile, await readNpz(await files.readBytes(entry.initFile), cap));
     } catch (err) {
       if (err instanceof PackageError) throw err;
       throw new PackageError(`${where}: cannot read the initial state (${err.message})`);
     }
-    const array = npzCache[entry.initFile][entry.name];
+    const arrays = npzCache.get(entry.initFile);
+    const array = own(arrays, entry.name) ? arrays[entry.name] : undefined;
     if (!array) throw new PackageError(`${where}: has no array ${entry.name}`);
     if (array.shape.join(",") !== entry.dims.join(",")) {
       throw new PackageError(`${where}: array ${entry.name} has shape [${array.shape}], the manifest says [${entry.dims}]`);

@@ -103,7 +103,7 @@ export function parsePythonLiteral(literal) {
     const next = inner[++i];
     if (next === undefined) throw new Error("literal ends in a backslash");
     let code;
-    if (next in SIMPLE_ESCAPES) {
+    if (Object.prototype.hasOwnProperty.call(SIMPLE_ESCAPES, next)) {
       code = SIMPLE_ESCAPES[next];
     } else if (next === "x" || (!isBytes && (next === "u" || next === "U"))) {
       const digits = next === "x" ? 2 : next === "u" ? 4 : 8;

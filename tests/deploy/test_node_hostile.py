@@ -1,0 +1,128 @@
+"""The Node.js runner against internally consistent hostile packages (every file listed with its true sha256):
+names that every JavaScript object inherits, state names outside the schema's grammar, and .npz bombs. Each is
+refused in one line naming the file, exit code 2, or (a legal but tricky name) runs exactly as Python does."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.deploy.jsutil import node_greedy, python_greedy
+from tests.deploy.test_node import (assert_fresh_state_equals_python, assert_refused, assert_same_run, copy_package,
+                                    edit_manifest, relist)
+
+
+def rename_graph(pkg: Path, new: str, listed: bool) -> None:
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    old = manifest["graphs"]["step"]["path"]
+    (pkg / old).rename(pkg / new)
+
+    def change(m):
+        m["graphs"]["step"]["path"] = new
+        digest = m["files"].pop(old)
+        if listed:
+            m["files"][new] = digest
+    edit_manifest(pkg, change)
+
+
+@pytest.mark.parametrize("name", ["constructor", "__proto__", "valueOf", "toString", "hasOwnProperty"])
+def test_a_graph_named_like_an_inherited_property_is_not_taken_as_listed(node, bundled_pkg, tmp_path, name):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    rename_graph(pkg, name, listed=False)
+    assert_refused(node, pkg, pkg / "manifest.json", expect="is not listed in files")
+
+
+def test_a_listed_graph_with_such_a_name_runs(node, bundled_pkg, tmp_path):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    rename_graph(pkg, "constructor", listed=True)
+    prompt = [1, 2, 3]
+    assert_same_run(node_greedy(node, pkg, prompt, 8, tmp_path / "dump.json"), python_greedy(pkg, prompt, 8),
+                    "graph named constructor")
+
+
+@pytest.mark.parametrize("hostile", ["../x", "a\nb", ".hidden", "a..b", "x" * 129])
+def test_state_names_outside_the_schemas_grammar_are_refused(node, bundled_pkg, tmp_path, hostile):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    edit_manifest(pkg, lambda m: m["state"][0].update(name=hostile, input=f"state_in.{hostile}",
+                                                        output=f"state_out.{hostile}"))
+    assert_refused(node, pkg, pkg / "manifest.json", expect="state[0].name")
+
+
+def rename_state(pkg: Path, old: str, new: str) -> None:
+    """Rename a state everywhere (manifest and graph I/O), rehashing the graph: a legal, consistent package."""
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    graph_path = pkg / manifest["graphs"]["step"]["path"]
+    model = onnx.load(str(graph_path))
+    renames = {f"state_in.{old}": f"state_in.{new}", f"state_out.{old}": f"state_out.{new}"}
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node_ in model.graph.node:
+        node_.input[:] = [renames.get(n, n) for n in node_.input]
+        node_.output[:] = [renames.get(n, n) for n in node_.output]
+    onnx.save(model, str(graph_path))
+    for entry in manifest["state"]:
+        if entry["name"] == old:
+            entry.update(name=new, input=f"state_in.{new}", output=f"state_out.{new}")
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    relist(pkg, graph_path.name)
+
+
+def test_a_state_named_like_an_inherited_property_starts_from_its_own_init(node, v4_pkg, tmp_path):
+    """v4's att_pp starts at -1e30; named `valueOf`, an inherited-name lookup would find a function and start
+    it from 0 instead. Python and Node must give the same fresh state and the same tokens."""
+    pkg = copy_package(v4_pkg, tmp_path / "pkg")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    pp = next(e["name"] for e in manifest["state"] if e["init"] == -1e30)
+    rename_state(pkg, pp, "valueOf")
+    assert_fresh_state_equals_python(node, pkg)
+    prompt = [3, 1, 4, 1, 5]
+    assert_same_run(node_greedy(node, pkg, prompt, 8, tmp_path / "dump.json"), python_greedy(pkg, prompt, 8),
+                    "state named valueOf")
+
+
+def npz_with_member(name: str, payload: bytes, declared: int | None = None) -> bytes:
+    """A deflated .npz holding one member; `declared` overwrites the member's uncompressed size in its headers
+    (a lying zip: a small declared size, a huge inflation)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{name}.npy", payload)
+    data = bytearray(buffer.getvalue())
+    if declared is not None:
+        local = data.index(b"PK\x03\x04")
+        struct.pack_into("<I", data, local + 22, declared)
+        central = data.index(b"PK\x01\x02")
+        struct.pack_into("<I", data, central + 24, declared)
+    return bytes(data)
+
+
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind, expect", [("honest", "more than the"), ("lying", "inflates past its declared size")])
+def test_an_npz_bomb_is_refused_before_it_is_inflated(node, tuned_pkg, tmp_path, kind, expect):
+    """256 MB of zeros deflate to about 250 KB. Declared honestly it is over the cap (the largest state array);
+    declared as 100 bytes it must be stopped as soon as it inflates past them, not held whole."""
+    pkg = copy_package(tuned_pkg, tmp_path / "pkg")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    entry = next(e for e in manifest["state"] if e.get("init_file"))
+    payload = npy_header((1 << 26,)) + bytes(1 << 28)
+    (pkg / entry["init_file"]).write_bytes(npz_with_member(entry["name"], payload,
+                                                            100 if kind == "lying" else None))
+    relist(pkg, entry["init_file"])
+    assert (pkg / entry["init_file"]).stat().st_size < 2 << 20
+    line = assert_refused(node, pkg, pkg / entry["init_file"], expect=expect)
+    assert hashlib.sha256((pkg / entry["init_file"]).read_bytes()).hexdigest() in json.dumps(
+        json.loads((pkg / "manifest.json").read_text())["files"])  # listed with its true hash: only the size lies
+    assert "\n" not in line
