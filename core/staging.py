@@ -9,7 +9,11 @@ readers see the old one or the complete new one, and concurrent or killed writer
   the first one's pid.
 - Leftovers of a writer killed by SIGKILL (staging folders, a displaced old directory, temporary files) are
   recognised by name pattern, owner marker, our uid and a dead pid, and cleaned by the next run on the same
-  target: staging folders removed, a displaced old directory put back if the target is missing.
+  target: staging folders removed, a displaced old directory put back if the target is missing. The owner
+  marker is what makes a folder ours: a staging folder holds `.rwkv-deploy-staging`, a displaced old directory
+  has a sibling `<its name>.owner` written (O_EXCL) before the move; each records the writer's pid, uid and
+  target, and must match the folder's name. A user's folder that merely looks like a leftover
+  (`.<target>.old-<pid>` of a dead pid) is never deleted or moved.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -31,6 +36,8 @@ from rwkv_deploy.fileio import (UnsafePathError, is_link, owned_leftover, remove
                                 temporary_name_pattern)
 
 MARKER = ".rwkv-deploy-staging"  # inside a staging folder until it is published
+OWNER_SUFFIX = ".owner"  # beside a displaced old directory: `.<target>.old-<pid>.owner`
+MAX_MARKER_BYTES = 4096
 
 
 class TargetError(RwkvDeployError):
@@ -93,23 +100,59 @@ def clean_leftovers(target: str | os.PathLike) -> list[Path]:
     except OSError:
         return handled
     for path in siblings:
-        if owned_leftover(path, staging) and _has_marker(path):
+        if owned_leftover(path, staging) and _marker_matches(path / MARKER, path, staging, target):
             shutil.rmtree(path, ignore_errors=True)
             handled.append(path)
-        elif owned_leftover(path, old):
+        elif owned_leftover(path, old) and _marker_matches(_owner_file(path), path, old, target):
             if not os.path.lexists(target):
                 os.rename(path, target)  # killed between moving the old output aside and moving the new one in
             else:
                 shutil.rmtree(path, ignore_errors=True)
+            _owner_file(path).unlink(missing_ok=True)
+            handled.append(path)
+    owners = re.compile(old.pattern.removesuffix("$") + re.escape(OWNER_SUFFIX) + "$")
+    for entry in _files_beside(target):  # an owner file whose move never happened (killed right after writing it)
+        path = Path(entry)
+        stem = path.with_name(path.name.removesuffix(OWNER_SUFFIX))
+        if owned_leftover(path, owners) and not os.path.lexists(stem) and _marker_matches(path, stem, old, target):
+            path.unlink(missing_ok=True)
             handled.append(path)
     return handled
 
 
-def _has_marker(path: Path) -> bool:
+def _files_beside(target: Path) -> list[str]:
     try:
-        return stat.S_ISREG(os.lstat(path / MARKER).st_mode)
+        return [e.path for e in os.scandir(target.parent) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _owner_file(displaced: Path) -> Path:
+    return displaced.with_name(displaced.name + OWNER_SUFFIX)
+
+
+def _owner_record(target: Path) -> bytes:
+    return (json.dumps({"pid": os.getpid(), "uid": os.getuid(), "target": target.name}) + "\n").encode()
+
+
+def _marker_matches(marker: Path, folder: Path, pattern: re.Pattern[str], target: Path) -> bool:
+    """The marker is a regular file that this uid's writer of `target` wrote for `folder`: the pid it records is
+    the one in the folder's name."""
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        record = json.loads(os.read(fd, MAX_MARKER_BYTES))
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    match = pattern.match(folder.name)
+    return (isinstance(record, dict) and match is not None and record.get("pid") == int(match.group(1))
+            and record.get("uid") == os.getuid() and record.get("target") == target.name)
 
 
 def new_staging_dir(target: Path) -> Path:
@@ -117,7 +160,7 @@ def new_staging_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     tmp.chmod(0o755)
-    (tmp / MARKER).write_text(json.dumps({"pid": os.getpid(), "uid": os.getuid(), "target": target.name}) + "\n")
+    (tmp / MARKER).write_bytes(_owner_record(target))
     return tmp
 
 
@@ -129,9 +172,16 @@ def publish(staging: Path, target: Path, replace: bool) -> None:
         raise UnsafePathError(f"{target}: is a symbolic link; refusing to replace it")
     if replace and target.is_dir() and any(target.iterdir()):
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        owner = _owner_file(old)
+        fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)  # before the move
+        try:
+            os.write(fd, _owner_record(target))
+        finally:
+            os.close(fd)
         os.rename(target, old)
         os.rename(staging, target)
         shutil.rmtree(old, ignore_errors=True)
+        owner.unlink(missing_ok=True)
         return
     try:
         os.rename(staging, target)

@@ -10,6 +10,7 @@ runs these repositories is in tests/deploy/test_triton_server.py; the docs' exam
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -428,7 +429,7 @@ def test_a_second_writer_is_refused_and_a_killed_writers_leftovers_are_cleaned(p
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     killed = tmp_path / ".repo.tmp-999999999-x"  # what a SIGKILLed writer (a pid that no longer runs) left
     killed.mkdir()
-    (killed / MARKER).write_text("{}")
+    (killed / MARKER).write_text(json.dumps({"pid": 999999999, "uid": os.getuid(), "target": "repo"}))
     (killed / "half.onnx").write_bytes(b"x")
     repo = write_repository(packages["4"], out, name="m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
