@@ -117,8 +117,9 @@ def _index_problems(reader: PackageReader) -> list[str]:
 
 def _archive_layout_problems(zf: zipfile.ZipFile, raw: BinaryIO) -> tuple[list[str], set[str]]:
     """(problems, members not to read): safe names, no duplicates or links, plain stored members at aligned
-    offsets (docs/manifest.md, archive). Encrypted or compressed members are never opened afterwards."""
-    problems, seen, unreadable = [], set(), set()
+    offsets, each member's bytes its own (docs/manifest.md, archive). Encrypted or compressed members are
+    never opened afterwards."""
+    problems, seen, unreadable, spans = [], set(), set(), []
     for info in zf.infolist():
         name = info.filename
         if bad := member_name_problem(name):
@@ -140,7 +141,26 @@ def _archive_layout_problems(zf: zipfile.ZipFile, raw: BinaryIO) -> tuple[list[s
             problems.append(f"{name}: bad local file header")
         elif offset % ALIGNMENT:
             problems.append(f"{name}: data starts at offset {offset}, not a multiple of {ALIGNMENT}")
+        else:
+            spans.append((info.header_offset, offset + info.compress_size, name))
+    problems += _overlap_problems(spans, getattr(zf, "start_dir", None), unreadable)
     return problems, unreadable
+
+
+def _overlap_problems(spans: list[tuple[int, int, str]], central: int | None, unreadable: set[str]) -> list[str]:
+    """Members whose bytes (local header to end of data) overlap another member's or the central directory: a
+    few MB of archive could otherwise list the same payload under many names and extract to gigabytes."""
+    problems, end, previous = [], 0, ""
+    for start, stop, name in sorted(spans):
+        if start < end:
+            problems.append(f"{name}: its bytes overlap those of {previous}; every member must be stored apart")
+            unreadable.add(name)
+        elif central is not None and stop > central:
+            problems.append(f"{name}: its data runs into the archive's central directory")
+            unreadable.add(name)
+        if stop > end:
+            end, previous = stop, name
+    return problems
 
 
 def _data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int | None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -198,3 +199,27 @@ def test_cli_package(package: Path, package_copy: Path, tmp_path: Path) -> None:
     assert broken.exit_code == 1 and "manifest.json: not valid JSON" in broken.stderr
     assert not (tmp_path / "broken.zip").exists()
     assert runner.invoke(app, ["package", str(tmp_path / "nope"), "-o", str(archive)]).exit_code == 2
+
+
+def test_members_whose_bytes_overlap_are_refused(package: Path, tmp_path: Path) -> None:
+    """Two central-directory entries pointing into the same bytes (the trick of overlapping-member zip bombs,
+    where a few MB extract to gigabytes): verify names the overlap and extraction writes nothing."""
+    create_archive(package, tmp_path / "tiny.zip")
+    data = bytearray((tmp_path / "tiny.zip").read_bytes())
+    with zipfile.ZipFile(tmp_path / "tiny.zip") as zf:
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        first, victim = members[0], members[1]
+    central = data.index(b"PK\x01\x02")
+    while data[central:central + 4] == b"PK\x01\x02":  # point the victim's entry at the first member's header
+        name_len, extra_len, comment_len = struct.unpack_from("<3H", data, central + 28)
+        if data[central + 46:central + 46 + name_len].decode() == victim.filename:
+            struct.pack_into("<I", data, central + 42, first.header_offset)
+        central += 46 + name_len + extra_len + comment_len
+    (tmp_path / "bomb.zip").write_bytes(bytes(data))
+    problems = verify_package(tmp_path / "bomb.zip")
+    assert f"{victim.filename}: its bytes overlap those of {first.filename}; every member must be stored apart" \
+        in problems
+    with pytest.raises(ArchiveError, match="overlap"):
+        extract_package(tmp_path / "bomb.zip", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+    assert verify_package(tmp_path / "tiny.zip") == []  # the honest archive has no overlap
