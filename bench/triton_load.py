@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import threading
@@ -103,16 +104,27 @@ def sequence_plan(total: int, tokens: int) -> list[int]:
 
 def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the server did between two `get_inference_statistics` answers of one model: requests, batched
-    executions (so the mean batch), queue and compute microseconds per request."""
+    executions (so the mean batch), queue and compute microseconds per request. A field the server left out
+    (or sent as something else) counts as 0: the answer is the server's, not ours to trust."""
 
-    def totals(stats: dict[str, Any]) -> dict[str, float]:
-        (model,) = stats["model_stats"][:1] or [{}]
-        inference = model.get("inference_stats", {})
-        out = {"inference_count": float(model.get("inference_count", 0)),
-               "execution_count": float(model.get("execution_count", 0))}
+    def field(parent: Any, key: str) -> Any:
+        return parent.get(key, {}) if isinstance(parent, dict) else {}
+
+    def number(parent: Any, key: str) -> float:
+        try:
+            value = float(parent.get(key, 0)) if isinstance(parent, dict) else 0.0
+        except (TypeError, ValueError):
+            return 0.0
+        return value if math.isfinite(value) else 0.0
+
+    def totals(stats: Any) -> dict[str, float]:
+        models = field(stats, "model_stats")
+        model = models[0] if isinstance(models, list) and models else {}
+        inference = field(model, "inference_stats")
+        out = {"inference_count": number(model, "inference_count"), "execution_count": number(model, "execution_count")}
         for part in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-            out[f"{part}_count"] = float(inference.get(part, {}).get("count", 0))
-            out[f"{part}_ns"] = float(inference.get(part, {}).get("ns", 0))
+            out[f"{part}_count"] = number(field(inference, part), "count")
+            out[f"{part}_ns"] = number(field(inference, part), "ns")
         return out
 
     a, b = totals(before), totals(after)
@@ -182,6 +194,15 @@ class LoadResult:
 # -- running ----------------------------------------------------------------------------------------------------
 
 
+MAX_ANSWER_BYTES = 64 << 20  # a step's answer is batch x vocab floats (256 KiB at vocab 65536): far below this
+
+
+def _client(grpcclient: Any, url: str) -> Any:
+    """A gRPC client whose answers are capped (a hostile or broken server cannot make us hold gigabytes)."""
+    return grpcclient.InferenceServerClient(url, channel_args=[
+        ("grpc.max_receive_message_length", MAX_ANSWER_BYTES), ("grpc.max_send_message_length", MAX_ANSWER_BYTES)])
+
+
 def _grpc() -> Any:
     try:
         import tritonclient.grpc as grpcclient
@@ -199,13 +220,13 @@ class _ModelIO:
     vocab_size: int
 
 
-def _model_io(client: Any, model: str, url: str) -> _ModelIO:
+def _model_io(client: Any, model: str, url: str, timeout_s: float) -> _ModelIO:
     from tritonclient.utils import InferenceServerException
 
     try:
-        if not client.is_model_ready(model):
+        if not client.is_model_ready(model, client_timeout=timeout_s):
             raise LoadError(f"{url}: model {model!r} is not ready on this server")
-        meta = client.get_model_metadata(model, as_json=True)
+        meta = client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
     except InferenceServerException as exc:
         raise LoadError(f"{url}: {exc.message() or exc}") from None
     inputs, outputs = meta.get("inputs", []), meta.get("outputs", [])
@@ -307,8 +328,8 @@ def run_load(options: LoadOptions, progress: Callable[[str], None] = lambda _: N
     if options.package is not None and not Path(options.package).is_dir():
         raise LoadError(f"{options.package}: no such package directory")
     try:
-        clients = [grpcclient.InferenceServerClient(options.url) for _ in range(options.sequences)]
-        io = _model_io(clients[0], options.model, options.url)
+        clients = [_client(grpcclient, options.url) for _ in range(options.sequences)]
+        io = _model_io(clients[0], options.model, options.url, options.timeout_s)
     except LoadError:
         raise
     except Exception as exc:  # grpc's connection errors come as several types
@@ -336,7 +357,7 @@ def run_load(options: LoadOptions, progress: Callable[[str], None] = lambda _: N
         _in_threads([lambda c=c, i=i: run.run_sequence(c, warmup_ids + i, i % len(streams), length, timed=False)
                      for i, c in enumerate(clients)])
 
-    stats_before = _settled_stats(clients[0], options.model)
+    stats_before = _settled_stats(clients[0], options.model, options.timeout_s, options.url)
     sampler = RssSampler(options.server_pid, options.rss_interval_s) if options.server_pid else None
     progress(f"load: {options.sequences} concurrent sequences, {options.total_requests} requests")
     cpu_before = _cpu(options.server_pid)
@@ -345,7 +366,7 @@ def run_load(options: LoadOptions, progress: Callable[[str], None] = lambda _: N
         _in_threads([lambda c=c: run.worker(c, run_ids) for c in clients])
         wall = time.perf_counter() - start
     cpu_after = _cpu(options.server_pid)
-    stats_after = _settled_stats(clients[0], options.model)
+    stats_after = _settled_stats(clients[0], options.model, options.timeout_s, options.url)
     for client in clients:
         client.close()
 
@@ -369,14 +390,22 @@ def run_load(options: LoadOptions, progress: Callable[[str], None] = lambda _: N
         machine={"cpus": os.cpu_count(), **machine, "loadavg_after": _loadavg()})
 
 
-def _settled_stats(client: Any, model: str, wait_s: float = 1.0) -> dict[str, Any]:
+def _settled_stats(client: Any, model: str, timeout_s: float, url: str, wait_s: float = 1.0) -> dict[str, Any]:
     """The model's statistics once they stop changing: Triton counts a request shortly after it has answered
-    it, so a read right after the last answer can miss the last few."""
-    stats = client.get_inference_statistics(model, as_json=True)
+    it, so a read right after the last answer can miss the last few. Every call has the request timeout."""
+    from tritonclient.utils import InferenceServerException
+
+    def read() -> dict[str, Any]:
+        try:
+            return client.get_inference_statistics(model, as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise LoadError(f"{url}: the model's statistics: {exc.message() or exc}") from None
+
+    stats = read()
     deadline = time.perf_counter() + wait_s
     while time.perf_counter() < deadline:
         time.sleep(0.02)
-        again = client.get_inference_statistics(model, as_json=True)
+        again = read()
         if again == stats:
             break
         stats = again
