@@ -32,6 +32,12 @@ def _clear_payload(tensor: TensorProto) -> None:
     del tensor.external_data[:]
 
 
+def _inline(tensor: TensorProto, payload: bytes | memoryview) -> None:
+    _clear_payload(tensor)
+    tensor.data_location = TensorProto.DEFAULT
+    tensor.raw_data = bytes(payload)
+
+
 class _WeightsWriter:
     def __init__(self, f: BinaryIO, name: str) -> None:
         self.f, self.name = f, name
@@ -75,6 +81,8 @@ def share_weights(graph_paths: list[Path], data_name: str) -> int:
                         payload = reader.raw(tensor)
                         if len(payload) > INLINE_MAX:
                             writer.place(tensor, payload)
+                        elif uses_external_data(tensor):  # small, but in a file that is about to be removed
+                            _inline(tensor, payload)
             staged = path.with_name(f".staging-{path.name}")
             onnx.save(model, str(staged))
             staged_graphs.append((staged, path))

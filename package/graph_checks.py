@@ -38,7 +38,7 @@ def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
         problems += (_io_problems(graph.path, "input", inputs, want_in)
                      + _io_problems(graph.path, "output", list(model.graph.output), want_out)
                      + _opset_problems(graph, model)
-                     + _external_data_problems(reader, graph, model))
+                     + _external_data_problems(reader, kind, graph, model))
     return problems
 
 
@@ -112,13 +112,14 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _graph_tensors(sub)
 
 
-def _external_data_problems(reader: "PackageReader", graph: GraphInfo, model: onnx.ModelProto) -> list[str]:
+def _external_data_problems(reader: "PackageReader", kind: str, graph: GraphInfo,
+                            model: onnx.ModelProto) -> list[str]:
     locations = {entry.value for t in _graph_tensors(model.graph)
                  if t.data_location == onnx.TensorProto.EXTERNAL
                  for entry in t.external_data if entry.key == "location"}
     declared = graph.external_data
     problems = [f"{graph.path}: weights are stored in external file {loc!r} that manifest.json "
-                f"graphs.step.external_data does not declare ({declared!r})"
+                f"graphs.{kind}.external_data does not declare ({declared!r})"
                 for loc in sorted(locations) if loc != declared]
     if declared and declared not in locations:
         problems.append(f"{graph.path}: manifest.json declares external data {declared!r} but the graph has none there")

@@ -17,9 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.names import PREFILL_TOKENS_INPUT
+from rwkv_deploy.package.names import PREFILL_GRAPH, PREFILL_TOKENS_INPUT, STEP_GRAPH
+from rwkv_deploy.package.trust import PackageFilesChanged
 
 from .package import DeploymentPackage, PackageError
+from .pinned_graph import pinned_session
 from .state import RecurrentState, StateError, host
 
 CPU = "CPUExecutionProvider"
@@ -90,9 +92,11 @@ class OnnxStepBackend:
         if missing:
             raise BackendError(f"execution provider {missing[0]} is not available in this onnxruntime "
                                f"(available: {', '.join(ort.get_available_providers())})")
-        self._session_options = session_options(threads, spin_wait)  # the prefill graph's session gets the same
+        self._threads, self._spin_wait = threads, spin_wait  # the prefill graph's session gets the same options
         try:
-            self.session = ort.InferenceSession(str(package.graph_path), self._session_options, providers=providers)
+            self.session = pinned_session(package, STEP_GRAPH, session_options(threads, spin_wait), providers)
+        except PackageFilesChanged:
+            raise
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably
             raise BackendError(f"{package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
@@ -154,8 +158,11 @@ class OnnxStepBackend:
                 raise BackendError(f"{self.package.directory}: the package has no prefill graph "
                                    f"(export it with `rwkv-deploy export --prefill`)")
             try:
-                self._prefill_session = ort.InferenceSession(str(path), self._session_options,
-                                                             providers=self.session.get_providers())
+                self._prefill_session = pinned_session(self.package, PREFILL_GRAPH,
+                                                       session_options(self._threads, self._spin_wait),
+                                                       self.session.get_providers())
+            except PackageFilesChanged:
+                raise
             except Exception as exc:  # ORT raises its own exception types
                 raise BackendError(f"{path}: onnxruntime cannot load the graph ({exc})") from None
         return self._prefill_session

@@ -59,6 +59,7 @@ class DeploymentPackage:
     manifest: Manifest
     tokenizer: "Tokenizer | None"
     initial_arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    verified: bool = True  # its files were hashed when opened (graphs are hashed again as they are loaded)
 
     @classmethod
     def open(cls, directory: str | os.PathLike, verify: bool = True) -> "DeploymentPackage":
@@ -67,7 +68,7 @@ class DeploymentPackage:
         directory = Path(directory)
         manifest = open_package_dir(directory, hashes=verify)
         return cls(directory, manifest, load_package_tokenizer(manifest, directory),
-                   load_initial_arrays(manifest, directory))
+                   load_initial_arrays(manifest, directory), verified=verify)
 
     @property
     def vocab_size(self) -> int:

@@ -164,3 +164,17 @@ def test_prefill_refuses_bad_tokens_and_packages_without_the_graph(packages, sha
     assert not plain.has_prefill
     with pytest.raises(Exception, match="--prefill"):
         plain.prefill(np.array([[1, 2]]), plain.fresh_state(1))
+
+
+def test_external_data_with_a_prefill_graph_keeps_every_weight_reachable(packages, tmp_path):
+    """With --external-data the tracer stores even small constants of the prefill graph in a file of its own;
+    sharing the weights removes that file, so the small ones must come back inside the graph (they once
+    pointed at the removed file: verify failed and ONNX Runtime could not load the prefill graph)."""
+    checkpoint, _ = packages["7"]
+    out = tmp_path / "pkg"
+    export_package(checkpoint, out, ExportOptions(tokenizer="bytes", external_data=True, prefill=True))
+    assert verify_package(out) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():
+        ort.InferenceSession(str(out / graph["path"]))  # loads: every external location exists
+    assert sorted(p.name for p in out.glob("*.data")) == [manifest["graphs"]["step"]["external_data"]]
