@@ -43,7 +43,8 @@ def load_package_tokenizer(manifest: Manifest, package_dir: Path) -> "Tokenizer 
         return None
     from rwkv_deploy.tokenization import load_tokenizer
 
-    tokenizer = load_tokenizer(info.kind, package_dir / info.files[0] if info.files else None)
+    tokenizer = load_tokenizer(info.kind, package_dir / info.files[0] if info.files else None,
+                               max_vocab=manifest.model.vocab_size)
     if tokenizer.vocab_size > manifest.model.vocab_size:
         where = package_dir / (info.files[0] if info.files else "manifest.json")
         raise PackageError(f"{where}: the {info.kind} tokenizer has {tokenizer.vocab_size} tokens but the model's "

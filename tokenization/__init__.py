@@ -28,15 +28,16 @@ __all__ = [
 TOKENIZER_KINDS = ("world", "hf", "bytes")
 
 
-def load_tokenizer(kind: str, path: str | Path | None = None) -> Tokenizer:
+def load_tokenizer(kind: str, path: str | Path | None = None, max_vocab: int | None = None) -> Tokenizer:
     """The tokenizer of `kind`; `path` is the World vocab (default: vendored), the tokenizer.json
-    (or its folder) for "hf", and must be None for "bytes". Raises TokenizerError (a ValueError)."""
+    (or its folder) for "hf", and must be None for "bytes". A tokenizer.json with more tokens than `max_vocab`
+    is refused before it is built. Raises TokenizerError (a ValueError)."""
     if kind == "world":
         return WorldTokenizer(path)
     if kind == "hf":
         if path is None:
             raise TokenizerError("tokenizer kind 'hf' needs the path of a tokenizer.json")
-        return HFTokenizer(path)
+        return HFTokenizer(path, max_vocab=max_vocab)
     if kind == "bytes":
         if path is not None:
             raise TokenizerError(f"tokenizer kind 'bytes' takes no file, got {path}")

@@ -21,6 +21,8 @@ class TokenizerError(RwkvDeployError, ValueError):
     It is a `ValueError` too, so callers that only know the standard library can catch it.
     """
 
+    exit_code = 2
+
 
 def require_file(path: str | Path, what: str) -> Path:
     """Return `path` as a Path, or raise a one-line TokenizerError naming it if it is not a file."""

@@ -14,6 +14,7 @@ import tokenizers
 from tokenizers import decoders
 
 from .base import Tokenizer, TokenizerError, join_token_bytes, require_file
+from .untrusted import check_hf_json, encode_within_budget
 
 EOS_TOKEN_CANDIDATES = ("<|endoftext|>", "</s>")
 """Tokens taken as end-of-document, first found wins, when no `eos_token` is given."""
@@ -49,12 +50,15 @@ class HFTokenizer(Tokenizer):
 
     kind = "hf"
 
-    def __init__(self, path: str | Path, eos_token: str | None = None) -> None:
+    def __init__(self, path: str | Path, eos_token: str | None = None, max_vocab: int | None = None) -> None:
         file = Path(path)
         self.path = require_file(file / "tokenizer.json" if file.is_dir() else file, "tokenizer.json")
+        check_hf_json(self.path, max_vocab)  # sizes, vocabulary and regexes before the library builds anything
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path))
-        except Exception as exc:  # the Rust side raises a bare Exception
+        except BaseException as exc:  # the Rust side raises a bare Exception, or panics
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TokenizerError(f"{self.path}: not a Hugging Face tokenizer.json: {reason}") from None
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -84,7 +88,9 @@ class HFTokenizer(Tokenizer):
         return table
 
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        """Under a time budget, in a worker thread (`untrusted.encode_within_budget`)."""
+        return encode_within_budget(lambda: self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids,
+                                    len(text), self.path)
 
     def encode_bytes(self, data: bytes) -> list[int]:
         try:

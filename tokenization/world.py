@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Tokenizer, TokenizerError, join_token_bytes, require_file
+from .untrusted import MAX_WORLD_BYTES, MAX_WORLD_LINES, check_file_size, world_line_problem
 
 WORLD_VOCAB_FILE = Path(__file__).parent / "data" / "rwkv_vocab_v20230424.txt"
 """The vendored vocab (origin and licence: data/LICENSE-rwkv-vocab.txt)."""
@@ -71,12 +72,17 @@ def read_world_vocab(path: Path) -> dict[int, bytes]:
     """Id -> token bytes from a World vocab file; TokenizerError names the file and line on any flaw."""
     vocab: dict[int, bytes] = {}
     first_line_of: dict[bytes, int] = {}
+    check_file_size(path, MAX_WORLD_BYTES, "World vocab")
     try:
         with path.open(encoding="utf-8") as lines:
             for line_number, line in enumerate(lines, start=1):
                 line = line.rstrip("\n")
                 if not line:
                     continue
+                if len(vocab) >= MAX_WORLD_LINES:
+                    raise TokenizerError(f"{path}:{line_number}: more than {MAX_WORLD_LINES} tokens")
+                if problem := world_line_problem(line):
+                    raise TokenizerError(f"{path}:{line_number}: bad World vocab line: {problem}")
                 try:
                     token_id, token = _parse_vocab_line(line)
                     if token_id in vocab:
