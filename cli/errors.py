@@ -51,6 +51,9 @@ def one_line_errors(fn: F) -> F:
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             code, line = 128 + signum, _interrupted_line(signum)
+        except BrokenPipeError:  # the reader of our output went away (`... | head`): not an error of ours
+            _quiet_stdout()
+            code = 0
         except OSError as exc:
             code, line = 1, _os_error_line(exc)
         except MemoryError:
@@ -61,14 +64,30 @@ def one_line_errors(fn: F) -> F:
                 code, line = 128 + signum, _interrupted_line(signum)
             interrupts.restore(installed)
             if line is not None:
-                print(f"error: {' '.join(line.splitlines())}", file=sys.stderr)
+                print(f"error: {printable(' '.join(line.splitlines()))}", file=sys.stderr)
                 raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def printable(line: str) -> str:
+    """The line with control characters (terminal escape sequences from a file name in a package, a NUL, a
+    carriage return that would overwrite what came before) shown as escapes instead of sent to the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in line)
+
+
 def _interrupted_line(signum: int) -> str:
     return f"interrupted by {_signal_name(signum)}; temporary files were removed"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _main_thread() -> bool:

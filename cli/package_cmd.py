@@ -10,7 +10,7 @@ import typer
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .errors import one_line_errors
+from .errors import one_line_errors, printable
 from .extras import require_targets_extra
 
 
@@ -116,14 +116,14 @@ def verify_cmd(
 
     problems = verify_package(path)
     for problem in problems:
-        typer.echo(problem)
+        typer.echo(printable(problem))
     if not graph_checks_available():
         typer.echo('note: the graphs\' inputs and outputs were not checked against the manifest (that needs onnx: '
                    'pip install "rwkv-deploy[export]")', err=True)
     if problems:
-        typer.echo(f"FAILED: {path} ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
+        typer.echo(printable(f"FAILED: {path} ({len(problems)} problem{'s' if len(problems) > 1 else ''})"))
         raise typer.Exit(1)
-    typer.echo(f"OK: {path}")
+    typer.echo(printable(f"OK: {path}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -24,12 +24,16 @@ def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None:
         return default
+    text = raw.strip().replace("_", "")
     try:
-        value = int(float(raw))
+        value = int(text) if text.isdigit() else float(text)
     except ValueError:
-        raise LimitError(f"environment variable {name}={raw!r}: expected a whole number") from None
-    if value < 1:
-        raise LimitError(f"environment variable {name}={raw!r}: must be at least 1")
+        raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number") from None
+    if isinstance(value, float) and not (value.is_integer() and 1 <= value <= 2**62):  # nan, inf, 1e400, 2.5
+        raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number from 1 to 2**62")
+    value = int(value)
+    if not 1 <= value <= 2**62:
+        raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number from 1 to 2**62")
     return value
 
 
@@ -45,7 +49,7 @@ DEFAULT_STATE_BYTES = 4 * GIB  # recurrent state per sequence a manifest or stat
 MAX_VOCAB = 1 << 24
 MAX_LAYERS = 4096
 MAX_WIDTH = 1 << 20
-PROMPT_BYTES = 256 * MIB  # `generate --prompt-file` / stdin
+PROMPT_BYTES = 16 * MIB  # `generate --prompt-file` / stdin: about 4 M tokens, already hours of prefill on a CPU
 
 
 def max_params() -> int:

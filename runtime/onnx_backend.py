@@ -41,6 +41,9 @@ def default_providers() -> list[str]:
     return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
 
 
+MAX_THREADS = 256  # intra-op threads one session may ask for (each is an OS thread; 4,000 is a typo, not a plan)
+
+
 def session_options(threads: int | None, spin_wait: bool = False) -> ort.SessionOptions:
     """All graph optimizations; `threads` intra-op threads (None: ORT's default, one per core); no spinning
     unless `spin_wait`.
@@ -59,8 +62,8 @@ def session_options(threads: int | None, spin_wait: bool = False) -> ort.Session
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if threads is not None:
-        if threads < 1:
-            raise BackendError(f"threads must be at least 1, got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise BackendError(f"threads must be 1 to {MAX_THREADS}, got {threads}")
         options.intra_op_num_threads = threads
     return options
 
