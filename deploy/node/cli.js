@@ -3,7 +3,9 @@
 // Generates from an rwkv-deploy package with onnxruntime-node (CPU) and streams the text to stdout.
 // Bad input gets one line on stderr naming the file and exit code 2; other failures exit 1.
 
-import { writeFile } from "node:fs/promises";
+import { closeSync, constants, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import path from "node:path";
 import { parseArgs } from "node:util";
 
 import { samplingParams } from "./src/sampling.js";
@@ -36,7 +38,13 @@ class UsageError extends Error {
   }
 }
 
-function number(values, name, parse = Number, check = () => true) {
+// Plain decimal numbers only, as Python's CLI takes them: no hex (0x41), no exponent in an integer (1e2), no "".
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+const INTEGER = /^[+-]?\d+$/;
+const decimal = (raw) => (DECIMAL.test(raw.trim()) ? Number(raw) : NaN);
+const integer = (raw) => (INTEGER.test(raw.trim()) ? Number(raw) : NaN);
+
+function number(values, name, parse = decimal, check = () => true) {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const value = parse(raw);
@@ -45,6 +53,44 @@ function number(values, name, parse = Number, check = () => true) {
 }
 
 const isInt = (v) => Number.isInteger(v);
+
+/** Whether every argument of this process was valid UTF-8 (Node turns invalid bytes into U+FFFD silently). */
+function argumentsAreUtf8() {
+  try {
+    const raw = readFileSync("/proc/self/cmdline");
+    const fatal = new TextDecoder("utf-8", { fatal: true });
+    let start = 0;
+    for (let i = 0; i < raw.length; i++) {
+      if (raw[i] === 0) {
+        fatal.decode(raw.subarray(start, i));
+        start = i + 1;
+      }
+    }
+    return true;
+  } catch (err) {
+    return err?.code === "ENOENT"; // no /proc (not Linux): nothing more to check
+  }
+}
+
+/** Write `text` to `target` through a new file beside it, renamed over it: never through a link at `target`. */
+function writeReplacing(target, text) {
+  const temporary = path.join(path.dirname(target), `.${path.basename(target)}.tmp-${process.pid}`);
+  const fd = openSync(temporary, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(temporary, target);
+  } catch (err) {
+    rmSync(temporary, { force: true });
+    throw err;
+  }
+}
+
+/** The line with control characters shown as escapes (a name from a package must not drive the terminal). */
+const printable = (line) => line.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 
 async function main(argv) {
   let parsed;
@@ -83,24 +129,27 @@ async function main(argv) {
   }
   if (positionals.length !== 1) throw new UsageError("give exactly one package directory (see --help)");
   if ((values.prompt === undefined) === (values.tokens === undefined)) throw new UsageError("give either --prompt TEXT or --tokens IDS");
-  const maxTokens = number(values, "max-tokens", Number, (v) => isInt(v) && v >= 0) ?? 128;
-  const threads = number(values, "threads", Number, (v) => isInt(v) && v >= 1);
+  const maxTokens = number(values, "max-tokens", integer, (v) => isInt(v) && v >= 0) ?? 128;
+  const threads = number(values, "threads", integer, (v) => isInt(v) && v >= 1 && v <= 4 * (availableParallelism?.() ?? 64));
   const temperature = values.greedy ? 0 : number(values, "temperature") ?? 1.0;
   const options = {
     maxTokens,
     temperature,
     topP: number(values, "top-p") ?? 1.0,
-    topK: number(values, "top-k", Number, isInt) ?? 0,
+    topK: number(values, "top-k", integer, isInt) ?? 0,
     presencePenalty: number(values, "presence-penalty") ?? 0,
     frequencyPenalty: number(values, "frequency-penalty") ?? 0,
-    seed: number(values, "seed", Number, (v) => Number.isSafeInteger(v) && v >= 0) ?? null,
+    seed: number(values, "seed", integer, (v) => Number.isSafeInteger(v) && v >= 0) ?? null,
     stopStrings: values.stop ?? [],
   };
   samplingParams(options); // refuse bad settings before loading anything
+  if (values.prompt?.includes("\ufffd") && !argumentsAreUtf8()) {
+    throw new UsageError("--prompt: not valid UTF-8 (the tokenizers take text; give ids with --tokens)");
+  }
   let prompt = values.prompt;
   if (values.tokens !== undefined) {
-    prompt = values.tokens.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
-    if (!prompt.every(isInt)) throw new UsageError(`--tokens: expected comma-separated integers, got ${JSON.stringify(values.tokens)}`);
+    prompt = values.tokens.split(",").map((s) => s.trim()).filter(Boolean).map(integer);
+    if (!prompt.length || !prompt.every(isInt)) throw new UsageError(`--tokens: expected comma-separated integers, got ${JSON.stringify(values.tokens)}`);
   }
 
   let loadPackage;
@@ -127,7 +176,7 @@ async function main(argv) {
   }
   if (!values.json) process.stdout.write("\n");
   if (values["dump-logits"]) {
-    await writeFile(values["dump-logits"], JSON.stringify({ prompt_ids: result.promptIds, token_ids: result.tokenIds, logits: steps }));
+    writeReplacing(values["dump-logits"], JSON.stringify({ prompt_ids: result.promptIds, token_ids: result.tokenIds, logits: steps }));
   }
   if (!values.quiet) {
     const s = result.stats;
@@ -142,7 +191,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err) => {
-    const line = String(err?.message ?? err).split("\n")[0];
+    const line = printable(String(err?.message ?? err).split("\n")[0]);
     process.stderr.write(`error: ${line}\n`);
     process.exitCode = err?.exitCode ?? 1;
   },

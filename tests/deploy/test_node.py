@@ -391,7 +391,8 @@ def test_a_flipped_byte_is_refused_unless_hashing_is_skipped(node, bundled_pkg, 
 
 
 def test_bad_arguments(node, bundled_pkg):
-    assert_refused(node, bundled_pkg, "temperature must be a finite number", "--prompt", "x", "--temperature", "Infinity")
+    assert_refused(node, bundled_pkg, "--temperature: invalid value \"Infinity\"", "--prompt", "x", "--temperature",
+                   "Infinity")
     assert_refused(node, bundled_pkg, "presence_penalty must be a finite number", "--prompt", "x",
                    "--presence-penalty", "1000")
     assert_refused(node, bundled_pkg, "top_p must be in (0, 1]", "--prompt", "x", "--top-p", "1.5")

@@ -126,3 +126,62 @@ def test_an_npz_bomb_is_refused_before_it_is_inflated(node, tuned_pkg, tmp_path,
     assert hashlib.sha256((pkg / entry["init_file"]).read_bytes()).hexdigest() in json.dumps(
         json.loads((pkg / "manifest.json").read_text())["files"])  # listed with its true hash: only the size lies
     assert "\n" not in line
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, expect", [
+    (["--tokens", "0x41,1e2"], "--tokens: expected comma-separated integers"),
+    (["--tokens", "1,,"], None),  # empty items are skipped: ids 1
+    (["--tokens", "65,66", "--max-tokens", "1e1"], "--max-tokens: invalid value"),
+    (["--tokens", "65", "--seed", "0x10"], "--seed: invalid value"),
+    (["--tokens", "65", "--temperature", "0x1"], "--temperature: invalid value"),
+    (["--tokens", "65", "--threads", "100000"], "--threads: invalid value"),
+])
+def test_numbers_are_plain_decimals_as_in_python(node, bundled_pkg, args, expect):
+    from tests.deploy.jsutil import CLI, run_node
+
+    extra = [] if "--max-tokens" in args else ["--max-tokens", "1"]
+    out = run_node(node, CLI, bundled_pkg, *args, *extra, "--quiet")
+    if expect is None:
+        assert out.returncode == 0, out.stderr
+        return
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and expect in out.stderr, out.stderr
+
+
+def test_an_invalid_utf8_prompt_is_refused_like_python(node, bundled_pkg):
+    import subprocess
+
+    from tests.deploy.jsutil import CLI
+
+    done = subprocess.run([node, str(CLI), str(bundled_pkg), "--prompt", b"caf\xe9 au lait", "--max-tokens", "1"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == "error: --prompt: not valid UTF-8 (the tokenizers take text; give ids " \
+                                           "with --tokens)"
+    fine = subprocess.run([node, str(CLI), str(bundled_pkg), "--prompt", "café \ufffd ok", "--max-tokens", "1",
+                           "--quiet"], capture_output=True, timeout=120)
+    assert fine.returncode == 0, fine.stderr  # a real U+FFFD in valid UTF-8 is text like any other
+
+
+def test_dump_logits_never_writes_through_a_link(node, bundled_pkg, tmp_path):
+    from tests.deploy.jsutil import CLI, run_node
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file\n")
+    link = tmp_path / "dump.json"
+    os.symlink(victim, link)
+    out = run_node(node, CLI, bundled_pkg, "--tokens", "65,66", "--max-tokens", "2", "--dump-logits", link, "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert victim.read_text() == "the user's file\n"  # untouched
+    assert not link.is_symlink() and json.loads(link.read_text())["prompt_ids"] == [65, 66]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.json", "victim.txt"]  # no temporary left
+
+
+def test_control_characters_in_an_error_are_escaped(node, tmp_path):
+    from tests.deploy.jsutil import CLI, run_node
+
+    hostile = tmp_path / "pkg\x1b[2J"
+    hostile.mkdir()
+    out = run_node(node, CLI, hostile, "--tokens", "1")
+    assert out.returncode == 2 and "\x1b" not in out.stderr and "\\x1b[2J" in out.stderr, out.stderr
