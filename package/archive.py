@@ -32,7 +32,7 @@ from typing import BinaryIO
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.fileio import UnsafePathError, is_link, open_regular_file, write_atomically
-from rwkv_deploy.staging import staged_directory
+from rwkv_deploy.staging import staged_directory, target_lock
 
 from .names import ALIGNMENT, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME, MANIFEST_NAME
 from .schema import parse_index, read_capped
@@ -71,12 +71,14 @@ def create_archive(package_dir: str | Path, archive: str | Path, force: bool = F
     unless `force`."""
     package_dir, archive = Path(package_dir), Path(archive)
     _check_paths(package_dir, archive, force)
-    problems = verify_package(package_dir)
-    if problems:
-        raise ArchiveError(_refusal(f"{package_dir}: not packaged", package_dir, problems))
-    members = _plan_members(package_dir)
-    index = index_json(members).encode()
-    write_atomically(archive, lambda f: _write_zip(f, package_dir, members, index))
+    with target_lock(archive):  # one writer per archive: a second run fails at once instead of both "succeeding"
+        _check_paths(package_dir, archive, force)  # again, inside the lock: the first writer may have finished
+        problems = verify_package(package_dir)
+        if problems:
+            raise ArchiveError(_refusal(f"{package_dir}: not packaged", package_dir, problems))
+        members = _plan_members(package_dir)
+        index = index_json(members).encode()
+        write_atomically(archive, lambda f: _write_zip(f, package_dir, members, index))
     return members
 
 

@@ -118,5 +118,42 @@ def package_directory(path: str | os.PathLike) -> Iterator[Path]:
         return
     from rwkv_deploy.package.archive import extract_package
 
-    with tempfile.TemporaryDirectory(prefix="rwkv-deploy-package-") as tmp:
+    remove_dead_extractions()
+    with tempfile.TemporaryDirectory(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-") as tmp:
+        (Path(tmp) / EXTRACT_MARKER).write_text(f"{os.getpid()} {os.getuid()}\n")
         yield extract_package(path, Path(tmp) / "package")
+
+
+EXTRACT_PREFIX = "rwkv-deploy-package-"
+EXTRACT_MARKER = ".rwkv-deploy-extraction"
+
+
+def remove_dead_extractions(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove what a killed `generate ARCHIVE` (SIGKILL: no cleanup ran) left in the temporary folder: folders
+    named by our prefix and a pid that no longer runs, owned by us, holding our marker with that pid."""
+    import re
+    import shutil
+
+    from rwkv_deploy.fileio import process_alive
+
+    root = Path(root or tempfile.gettempdir())
+    pattern = re.compile(re.escape(EXTRACT_PREFIX) + r"(\d+)-[A-Za-z0-9_]+$")
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False) or process_alive(int(match.group(1))):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            marker = (Path(entry.path) / EXTRACT_MARKER).read_text(errors="replace").split()
+        except OSError:
+            continue
+        if marker == [match.group(1), str(os.getuid())]:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed

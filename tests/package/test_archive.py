@@ -223,3 +223,47 @@ def test_members_whose_bytes_overlap_are_refused(package: Path, tmp_path: Path) 
         extract_package(tmp_path / "bomb.zip", tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
     assert verify_package(tmp_path / "tiny.zip") == []  # the honest archive has no overlap
+
+
+def test_a_second_run_writing_the_same_archive_is_refused(package: Path, tmp_path: Path) -> None:
+    from rwkv_deploy.staging import target_lock
+
+    archive = tmp_path / "tiny.zip"
+    with target_lock(archive):  # another run is writing it
+        result = runner.invoke(app, ["package", str(package), "-o", str(archive)])
+    assert result.exit_code == 2 and "another rwkv-deploy run" in result.output
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written, the lock file gone with its holder
+
+
+KILLED_READER = """
+import os, signal, sys
+from rwkv_deploy.runtime.package import package_directory
+with package_directory(sys.argv[1]) as folder:
+    print(folder, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_killed_generate_extracted_is_removed_by_the_next_run(package: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    from rwkv_deploy.runtime.package import package_directory
+
+    create_archive(package, tmp_path / "tiny.zip")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run([sys.executable, "-c", KILLED_READER, str(tmp_path / "tiny.zip")], capture_output=True,
+                          text=True, env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == -9
+    left = Path(done.stdout.strip()).parent
+    assert left.is_dir() and left.parent == temp
+    theirs = temp / "rwkv-deploy-package-999999999-abc"  # same name pattern, no marker: not ours
+    theirs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with package_directory(tmp_path / "tiny.zip") as folder:
+        assert (folder / "manifest.json").is_file()
+        assert not left.exists() and theirs.is_dir()
+    assert sorted(p.name for p in temp.iterdir()) == [theirs.name]
