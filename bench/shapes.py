@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +35,25 @@ class ModelShape:
         return f"{self.version}:{self.n_layer}:{self.n_embd}:{self.vocab_size}:{self.head_size}"
 
     def write_random_checkpoint(self, path: Path, seed: int = 0) -> Path:
-        """A BlinkDL-format checkpoint of this shape with random (well-scaled) weights."""
+        """A BlinkDL-format checkpoint of this shape with random (well-scaled) weights; ShapeError (one line)
+        when its fp32 weights would not fit this machine's memory, before anything is allocated."""
         from rwkv_deploy.models.random_checkpoint import make_checkpoint, save_checkpoint
 
+        need, have = 4 * self.parameters, physical_memory()
+        if have and need > have:
+            raise ShapeError(f"--shape {self.label}: its random fp32 weights need about {need / 2**30:.0f} GiB, "
+                             f"more than this machine's {have / 2**30:.0f} GiB of memory")
         sd = make_checkpoint(self.version, n_layer=self.n_layer, n_embd=self.n_embd, head_size=self.head_size,
                              vocab_size=self.vocab_size, seed=seed)
         return save_checkpoint(sd, path)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def parse_shape(text: str) -> ModelShape:

@@ -109,6 +109,9 @@ class ZipReader(PackageReader):
         return self.zf.open(name)  # type: ignore[return-value]
 
 
+MAX_FOLDER_DEPTH = 32
+
+
 def scan_directory(root: Path) -> tuple[list[str], list[str]]:
     """(regular files as relative posix names, problems): links (to files or folders) and special files
     are never followed or listed, only reported."""
@@ -116,6 +119,10 @@ def scan_directory(root: Path) -> tuple[list[str], list[str]]:
     for folder, dirs, files in os.walk(root, onerror=lambda exc: problems.append(f"{exc.filename}: unreadable "
                                                                                 f"({exc.strerror})")):
         base = Path(folder)
+        if dirs and len(base.relative_to(root).parts) >= MAX_FOLDER_DEPTH:  # os.walk recurses: bound it
+            problems.append(f"{base.relative_to(root).as_posix()}: folders nested deeper than {MAX_FOLDER_DEPTH} "
+                            "levels (a package needs 2)")
+            dirs[:] = []
         for name in sorted(dirs):
             if os.path.islink(base / name):
                 problems.append(f"{(base / name).relative_to(root).as_posix()}: is a symbolic link (a package "

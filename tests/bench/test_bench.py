@@ -223,3 +223,22 @@ def test_rwkvcpp_that_cannot_be_had_is_a_note_not_a_crash(tmp_path):
     assert any("rwkv.cpp: skipped" in n and "missing.so" in n for n in data["notes"])
     unknown = runner.invoke(app, ["bench", str(tmp_path / "pkg"), "--baselines", "ollama", "-q"])
     assert unknown.exit_code == 2 and "ollama" in unknown.output and "llama.cpp" in unknown.output  # the choices
+
+
+def test_a_shape_too_large_for_this_machines_memory_is_one_line_before_anything_is_allocated(tmp_path):
+    """40 B parameters pass the plausibility cap (50 B) but not a 23 GiB machine: one line, exit 2, no traceback."""
+    result = runner.invoke(app, ["bench", "--shape", "7:48:8192:65536", "--baselines", "", "--contexts", "",
+                                 "--work-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "-q"])
+    have = machine_memory()
+    if have is not None and 4 * parse_shape("7:48:8192:65536").parameters <= have:
+        pytest.skip("this machine could hold the weights")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "need about" in lines[0] and "GiB of memory" in lines[0]
+    assert not list((tmp_path / "c").glob("*.pth"))
+
+
+def machine_memory():
+    from rwkv_deploy.bench.shapes import physical_memory
+
+    return physical_memory()

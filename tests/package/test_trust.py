@@ -84,3 +84,31 @@ def test_verifying_an_archive_with_a_deflated_giant_manifest_costs_little_memory
         tracemalloc.stop()
     assert "manifest.json: compressed; members must be stored so runtimes can read them in place" in problems
     assert peak < 32 << 20, f"verify allocated {peak / 2**20:.0f} MiB"
+
+
+def test_folders_nested_thousands_deep_are_one_problem_not_a_recursion_error(tmp_path):
+    from rwkv_deploy.package.trust import MAX_FOLDER_DEPTH, scan_directory
+
+    root = tmp_path / "pkg"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    try:  # 1,500 levels made through descriptors: the path itself would pass PATH_MAX
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            next_fd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    finally:
+        os.close(fd)
+    try:
+        names, problems = scan_directory(root)
+        assert names == [] and len(problems) == 1
+        assert problems[0].endswith(f"folders nested deeper than {MAX_FOLDER_DEPTH} levels (a package needs 2)")
+    finally:  # take the tree apart from the top, one level at a time (a recursive removal would itself overflow)
+        while (root / "d").exists():
+            if (root / "d" / "d").exists():
+                os.rename(root / "d" / "d", root / "x")
+                os.rmdir(root / "d")
+                os.rename(root / "x", root / "d")
+            else:
+                os.rmdir(root / "d")
