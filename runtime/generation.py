@@ -18,7 +18,7 @@ import codecs
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -44,8 +44,8 @@ class GenerationError(RwkvDeployError, ValueError):
 class StepBackend(Protocol):
     """What generation needs from an inference engine (ONNX Runtime, TensorRT).
 
-    A backend may also offer `has_prefill: bool` and `prefill(tokens [B, T], state) -> (logits [B, vocab],
-    state)`; prompts then go through it in one call per block instead of one step per token."""
+    A backend may also be a `PrefillBackend`; prompts then go through its prefill graph in one call per
+    block instead of one step per token (`can_prefill`)."""
 
     @property
     def vocab_size(self) -> int: ...
@@ -55,6 +55,23 @@ class StepBackend(Protocol):
     def step(self, tokens: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
         """tokens int64 [B] -> logits float32 [B, vocab] and the state after those tokens."""
         ...
+
+
+@runtime_checkable
+class PrefillBackend(StepBackend, Protocol):
+    """A StepBackend with a prefill graph: many tokens per sequence in one call."""
+
+    @property
+    def has_prefill(self) -> bool: ...
+
+    def prefill(self, tokens: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+        """tokens int64 [B, T] -> logits float32 [B, vocab] after the last token, and the state after it."""
+        ...
+
+
+def can_prefill(backend: object) -> bool:
+    """Whether prompts can go through `backend`'s prefill graph (a PrefillBackend whose package has one)."""
+    return isinstance(backend, PrefillBackend) and bool(backend.has_prefill)
 
 
 @dataclass(frozen=True)
@@ -177,7 +194,7 @@ class Generator:
     def _feed(self, block: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
         """Tokens [rows, T] into the backend: prefill calls of at most `prefill_chunk` tokens when it has a
         prefill graph (the state carried between them), else T steps."""
-        if block.shape[1] > 1 and getattr(self.backend, "has_prefill", False):
+        if block.shape[1] > 1 and can_prefill(self.backend):
             for start in range(0, block.shape[1], self.prefill_chunk):
                 logits, state = feed_chunk(self.backend, block[:, start:start + self.prefill_chunk], state)
             return logits, state

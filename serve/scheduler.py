@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rwkv_deploy.runtime.generation import TextStream, check_finite_logits, feed_chunk, finish_reason
+from rwkv_deploy.runtime.generation import TextStream, can_prefill, check_finite_logits, feed_chunk, finish_reason
 from rwkv_deploy.runtime.sampling import SamplingParams, count_token, sample_token
 from rwkv_deploy.runtime.state import RecurrentState
 
@@ -113,7 +113,7 @@ class Scheduler:
         self.metrics, self.cache = metrics, cache
         self.seen = SeenPrefixes()  # the scheduler thread's own
         self.max_batch, self.max_queue, self.chunk = max_batch, max_queue, prefill_chunk
-        self.uses_prefill_graph = bool(getattr(backend, "has_prefill", False))
+        self.uses_prefill_graph = can_prefill(backend)
         self._release = getattr(backend, "release", None)  # remote state (Triton): end it when a request leaves
         eos = tokenizer.eos_token_id if tokenizer is not None else None
         self._stop_tokens = frozenset() if eos is None else frozenset({eos})

@@ -204,3 +204,22 @@ def test_zero_max_tokens_only_reads_the_prompt(generator):
     assert result.token_ids == [] and result.text == "" and result.finish_reason == "length"
     for a, b in zip(result.state.numpy().values, state.numpy().values):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_backend_with_a_prefill_graph_is_a_prefill_backend_and_one_without_is_not(shared_package):
+    from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend, PrefillBackend, can_prefill
+    from tests.helpers.small_packages import shared
+
+    with_graph = OnnxStepBackend(DeploymentPackage.open(shared(shared_package, "7")), threads=1)
+    without = OnnxStepBackend(DeploymentPackage.open(shared(shared_package, "7", prefill=False)), threads=1)
+    assert isinstance(with_graph, PrefillBackend) and can_prefill(with_graph)
+    assert not can_prefill(without)  # the same class, but its package has no prefill graph
+
+    class StepsOnly:
+        vocab_size = 3
+
+        def fresh_state(self, batch=1): ...
+
+        def step(self, tokens, state): ...
+
+    assert not can_prefill(StepsOnly())
