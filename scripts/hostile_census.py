@@ -6,6 +6,7 @@ crafted size cannot exhaust the machine), on inputs this checkout builds. Usage:
 
     .venv/bin/python scripts/hostile_census.py                      # this checkout
     .venv/bin/python scripts/hostile_census.py --python OLD/python --pythonpath OLD_TREE   # another checkout
+    .venv/bin/python scripts/hostile_census.py --node [--node-cli OLD_TREE/deploy/node/cli.js]  # the Node runner
 """
 
 from __future__ import annotations
@@ -120,13 +121,63 @@ def interrupt_scenarios(python: str, pythonpath: str | None, material: Material,
     return rows
 
 
+def node_census(cli: Path, pattern: str) -> int:
+    """Issue 23's Node.js cases (tests/helpers/hostile_node.py) through `node CLI`, one process each: clean = the
+    expected exit code with exactly one `error:` line naming the problem (or success), nothing harmed; dangerous =
+    accepted although it should be refused, or a user's file harmed; bad = anything else."""
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from tests.helpers.hostile_node import CASES as NODE_CASES, NodeMaterial
+    from tests.helpers.random_checkpoints import make_checkpoint
+    import torch
+
+    counts = defaultdict(int)
+    with tempfile.TemporaryDirectory(prefix="hostile-node-") as tmp:
+        tmp = Path(tmp)
+        package = export_small(tmp, "7", "fp32", tokenizer="bytes")
+        torch.save(make_checkpoint("6", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=5, time_state=True),
+                   tmp / "tuned6.pth")
+        export_package(tmp / "tuned6.pth", tmp / "tuned", ExportOptions(tokenizer="none"))
+        material = NodeMaterial(package, tmp / "tuned")
+        for index, case in enumerate(c for c in NODE_CASES if pattern in c.name):
+            root = tmp / f"node{index}"
+            root.mkdir()
+            argv = case.build(root, material)
+            try:
+                done = subprocess.run(["node", str(cli), *argv], capture_output=True, timeout=300, cwd=root)
+            except subprocess.TimeoutExpired:
+                verdict, code, lines = "bad", "hung", []
+            else:
+                code, err = done.returncode, done.stderr.decode(errors="replace")
+                lines = [line for line in err.splitlines() if line.strip()]
+                harmed = case.intact is not None and not case.intact(root)
+                if harmed or (case.exit_code and code == 0):
+                    verdict = "dangerous"
+                elif case.exit_code == 0:
+                    verdict = "clean" if code == 0 else "bad"
+                else:
+                    verdict = "clean" if (code == case.exit_code and len(lines) == 1 and lines[0].startswith("error: ")
+                                          and case.message in lines[0]) else "bad"
+            counts[verdict] += 1
+            print(f"{verdict:9s} {case.name:35s} exit {code} {lines[-1][:100] if lines else ''}", file=sys.stderr)
+    total = sum(counts.values())
+    print("| runner | tried | clean | bad | dangerous |")
+    print("|---|---|---|---|---|")
+    print(f"| node | {total} | {counts['clean']} | {counts['bad']} | {counts['dangerous']} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", default=sys.executable, help="interpreter of the checkout under test")
     parser.add_argument("--pythonpath", default=None, help="PYTHONPATH that makes `rwkv_deploy` that checkout")
     parser.add_argument("--json", type=Path, default=None, help="also write every case's verdict here")
     parser.add_argument("-k", default="", help="only cases whose name contains this")
+    parser.add_argument("--node", action="store_true", help="issue 23's Node.js runner cases instead")
+    parser.add_argument("--node-cli", type=Path, default=REPO / "deploy" / "node" / "cli.js",
+                        help="the Node runner under test (another checkout's deploy/node/cli.js)")
     args = parser.parse_args()
+    if args.node:
+        return node_census(args.node_cli, args.k)
     rows, counts = [], defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
     with tempfile.TemporaryDirectory(prefix="hostile-census-") as tmp:
         tmp = Path(tmp)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.deploy.jsutil import node_greedy, python_greedy
+from tests.deploy.jsutil import node_greedy, python_greedy, run_node
 from tests.deploy.test_node import (assert_fresh_state_equals_python, assert_refused, assert_same_run, copy_package,
                                     edit_manifest, relist)
 
@@ -185,3 +185,56 @@ def test_control_characters_in_an_error_are_escaped(node, tmp_path):
     hostile.mkdir()
     out = run_node(node, CLI, hostile, "--tokens", "1")
     assert out.returncode == 2 and "\x1b" not in out.stderr and "\\x1b[2J" in out.stderr, out.stderr
+
+
+SWAP_AFTER_CHECK = """
+import {{ writeFileSync }} from "node:fs";
+import {{ loadPackage, ort }} from {module};
+const create = ort.InferenceSession.create.bind(ort.InferenceSession);
+// the moment between the hash check and ONNX Runtime's load: the attacker swaps the file
+ort.InferenceSession.create = async (...args) => {{ writeFileSync({victim}, "swapped"); return create(...args); }};
+const pkg = await loadPackage({pkg}, {{ threads: 1 }});
+const result = await pkg.generator.generate([1, 2, 3], {{ maxTokens: 6, temperature: 0 }});
+console.log(JSON.stringify(result.tokenIds));
+"""
+
+
+@pytest.mark.parametrize("fixture, victim", [("bundled_pkg", "graph"), ("external_pkg", "weights")])
+def test_a_file_swapped_after_the_hash_check_is_not_used(node, request, tmp_path, fixture, victim):
+    """ONNX Runtime loads the bytes that were hashed: it never opens the graph or its weights again by path."""
+    pkg = copy_package(request.getfixturevalue(fixture), tmp_path / "pkg")
+    step = json.loads((pkg / "manifest.json").read_text())["graphs"]["step"]
+    target = pkg / step["path"]
+    if victim == "weights":
+        target = target.parent / step["external_data"]
+    script = tmp_path / "swap.mjs"
+    module = (Path(__file__).resolve().parents[2] / "deploy" / "node" / "src" / "node.js").as_uri()
+    script.write_text(SWAP_AFTER_CHECK.format(module=json.dumps(module), victim=json.dumps(str(target)),
+                                              pkg=json.dumps(str(pkg))))
+    reference = python_greedy(request.getfixturevalue(fixture), [1, 2, 3], 6)
+    out = run_node(node, script)
+    assert out.returncode == 0, out.stderr
+    assert target.read_bytes() == b"swapped"
+    assert json.loads(out.stdout) == reference.token_ids
+
+
+def world_vocab_of(pkg: Path) -> Path:
+    return pkg / json.loads((pkg / "manifest.json").read_text())["tokenizer"]["files"][0]
+
+
+@pytest.mark.parametrize("hostile, expect", [
+    ("long token", "token of 2000 bytes, more than 1024"),
+    ("large file", "larger than 16 MiB"),
+])
+def test_a_world_vocab_beyond_pythons_bounds_is_refused(node, world_pkg, tmp_path, hostile, expect):
+    """The World vocab bounds of tokenization/untrusted.py: 16 MiB a file, 1024 bytes a token (listed and hashed)."""
+    pkg = copy_package(world_pkg, tmp_path / "pkg")
+    vocab = world_vocab_of(pkg)
+    text = vocab.read_text()
+    if hostile == "long token":
+        text += f"65000 b'{'x' * 2000}' 2000\n"
+    else:
+        text += "\n" * (16 << 20)
+    vocab.write_text(text)
+    relist(pkg, vocab.relative_to(pkg).as_posix())
+    assert_refused(node, pkg, vocab, expect=expect)

@@ -11,8 +11,8 @@ import path from "node:path";
 
 import ort from "onnxruntime-node";
 
-import { MAX_MANIFEST_BYTES, MANIFEST_NAME, PackageError, own } from "./manifest.js";
-import { openPackage } from "./package.js";
+import { MAX_MANIFEST_BYTES, MANIFEST_NAME, PackageError, externalDataLocation, own } from "./manifest.js";
+import { hashCheckedFiles, openPackage } from "./package.js";
 
 export { ort };
 
@@ -60,7 +60,7 @@ function packageFiles(dir, { hashes }) {
   return {
     describe,
     readText: (rel) => read(rel, "utf8", rel === MANIFEST_NAME ? MAX_MANIFEST_BYTES : Infinity),
-    readBytes: async (rel) => new Uint8Array(await read(rel)),
+    readBytes: async (rel, limit = Infinity) => new Uint8Array(await read(rel, undefined, limit)),
     exists: async (rel) => (await lstat(describe(rel)).catch(() => null))?.isFile() ?? false,
     // The trust rules of the Python runtime (package/trust.py): no links or special files anywhere, every file
     // outside validation/ listed in `files`, every listed file present and (unless hashes is false) hashed.
@@ -115,12 +115,17 @@ export async function loadPackage(dir, { threads = null, verify = true } = {}) {
     ort,
     files,
     createSession: async (manifest) => {
-      const graph = files.describe(manifest.graphs.step.path);
+      // ONNX Runtime gets the bytes that were hashed, never a path it would open again later (a graph or its
+      // weights swapped after the check are not used): graph and external data are read once, checked, passed.
+      const reader = verify ? hashCheckedFiles(files, manifest) : files;
+      const step = manifest.graphs.step;
+      const graph = files.describe(step.path);
       const options = { executionProviders: ["cpu"], graphOptimizationLevel: "all", executionMode: "sequential", interOpNumThreads: 1 };
       if (threads) options.intraOpNumThreads = threads;
+      const bytes = await reader.readBytes(step.path);
+      if (step.externalData) options.externalData = [{ path: externalDataLocation(step), data: await reader.readBytes(step.externalData) }];
       try {
-        // From a path, ONNX Runtime finds the external data file (graphs.step.external_data) next to the graph.
-        return await ort.InferenceSession.create(graph, options);
+        return await ort.InferenceSession.create(bytes, options);
       } catch (err) {
         throw new PackageError(`${graph}: onnxruntime-node cannot load the graph (${String(err.message).split("\n")[0]})`);
       }

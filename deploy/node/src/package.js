@@ -97,9 +97,16 @@ export function hashCheckedFiles(files, manifest) {
   };
   return {
     ...files,
-    readBytes: async (rel) => checked(rel, await files.readBytes(rel)),
-    readText: async (rel) => new TextDecoder().decode(await checked(rel, await files.readBytes(rel))),
+    readBytes: async (rel, limit) => checked(rel, await files.readBytes(rel, limit)),
+    readText: async (rel, limit) => new TextDecoder().decode(await checked(rel, await files.readBytes(rel, limit))),
   };
+}
+
+/** Text of a file of at most `limit` bytes (the Node reader refuses before reading; others are checked after). */
+async function boundedText(files, rel, limit) {
+  const bytes = await files.readBytes(rel, limit);
+  if (bytes.length > limit) throw new PackageError(`${files.describe(rel)}: larger than ${limit / 1024 ** 2} MiB; refusing to read it`);
+  return new TextDecoder().decode(bytes);
 }
 
 /**
@@ -127,7 +134,7 @@ export async function openPackage({ ort, files: rawFiles, createSession }) {
   if (manifest.tokenizer.kind === "hf") {
     tokenizerProblem = `${manifestName}: tokenizer kind "hf" (Hugging Face tokenizer.json) is not supported by the JS runtime; give the prompt as token ids`;
   } else {
-    tokenizer = await makeTokenizer(manifest.tokenizer, async (rel) => [await files.readText(rel), files.describe(rel)], manifestName);
+    tokenizer = await makeTokenizer(manifest.tokenizer, async (rel, limit) => [await boundedText(files, rel, limit), files.describe(rel)], manifestName);
   }
   const initialArrays = Object.create(null);
   const npzCache = new Map(); // keyed by package-supplied names: a Map has no inherited keys

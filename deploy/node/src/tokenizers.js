@@ -138,6 +138,12 @@ export function parsePythonLiteral(literal) {
 export const WORLD_VOCAB_SIZE = 65536;
 export const END_OF_DOCUMENT_ID = 0;
 
+// Bounds of a package's World vocab, as in the Python reader (tokenization/untrusted.py): a package is untrusted.
+export const MAX_WORLD_BYTES = 16 * 1024 * 1024;
+export const MAX_WORLD_LINES = 65535;
+export const MAX_LINE_CHARS = 8192;
+export const MAX_TOKEN_BYTES = 1024;
+
 /** Id -> token bytes from the text of a World vocab file; errors name `where` and the line. */
 export function readWorldVocab(text, where = "vocab") {
   const vocab = new Map();
@@ -146,6 +152,12 @@ export function readWorldVocab(text, where = "vocab") {
   for (let n = 0; n < lines.length; n++) {
     const line = lines[n];
     if (!line) continue;
+    if (vocab.size >= MAX_WORLD_LINES) throw new TokenizerError(`${where}:${n + 1}: more than ${MAX_WORLD_LINES} tokens`);
+    if (line.length > MAX_LINE_CHARS) throw new TokenizerError(`${where}:${n + 1}: bad World vocab line: line of ${line.length} characters, more than ${MAX_LINE_CHARS}`);
+    const declared = line.slice(line.lastIndexOf(" ") + 1);
+    if (/^[0-9]+$/.test(declared) && Number(declared) > MAX_TOKEN_BYTES) {
+      throw new TokenizerError(`${where}:${n + 1}: bad World vocab line: token of ${declared} bytes, more than ${MAX_TOKEN_BYTES}`);
+    }
     const first = line.indexOf(" ");
     const last = line.lastIndexOf(" ");
     const fail = (why) => {
@@ -261,7 +273,7 @@ export async function makeTokenizer(info, readText, where = "manifest.json") {
       return null;
     case "world": {
       if (!info.files.length) throw new TokenizerError(`${where}: tokenizer kind "world" lists no vocab file`);
-      const [text, path] = await readText(info.files[0]);
+      const [text, path] = await readText(info.files[0], MAX_WORLD_BYTES);
       return new WorldTokenizer(text, path);
     }
     case "hf":
