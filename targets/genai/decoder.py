@@ -1,15 +1,17 @@
 """The GenAI decoder graph: our step graph wrapped in GenAI's input/output conventions.
 
-GenAI feeds `input_ids` [batch, seq], `attention_mask` [batch, total] and, per layer, the two state tensors its
+GenAI feeds `input_ids` [batch, seq] and, per layer, the two state tensors its
 RecurrentState keeps ("conv" and "recurrent", zero-initialised, only the batch axis dynamic); it wants `logits`
 [batch, seq', vocab] and the present states back. The graph:
 
 - unpacks each layer's "conv" tensor [batch, 2, C] into att_shift (index 0) and ffn_shift (index 1); the wkv
   state is the "recurrent" one;
 - `If` seq == 1: the step graph once (decoding: no loop, no masking — the per-token path);
-- else: a `Loop` over the positions running the step graph, where a position whose attention_mask is 0 leaves
-  the state and the carried logits unchanged (masked state updates), so left-padded prompts of unequal length
-  in one batch give the same result as each prompt alone;
+- else: a `Loop` over the positions running the step graph, where a position holding the pad id (vocab_size)
+  leaves the state and the carried logits unchanged (masked state updates), so padded prompts of unequal
+  length in one batch give the same result as each prompt alone. The mask comes from the ids, not from
+  GenAI's attention_mask: masking by the attention_mask 0.18 fed this model type still let the padding into
+  the state (tried), so the graph takes no attention_mask input;
 - packs the states back and returns the last logits as [batch, 1, vocab + 1]: the extra logit, at -1e30
   (fp16: -65504), is the id GenAI pads with and stops at (vocab_size), so it is never chosen.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-INPUT_IDS, ATTENTION_MASK, LOGITS = "input_ids", "attention_mask", "logits"
+INPUT_IDS, LOGITS = "input_ids", "logits"
 PAST_CONV, PAST_RECURRENT = "past.%d.conv", "past.%d.recurrent"
 PRESENT_CONV, PRESENT_RECURRENT = "present.%d.conv", "present.%d.recurrent"
 STATE_PARTS = ("att_shift", "wkv", "ffn_shift")
@@ -77,7 +79,7 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
     # the pad id (vocab_size, see PAD_LOGIT) would index past the embedding: clamp it to a real row (a padded
     # position is masked out; a finished sequence's next logits are not used)
     vocab_dim = next(o for o in g.output if o.name == logits_output).type.tensor_type.shape.dim[-1].dim_value
-    nodes += [_const("g/last_id", vocab_dim - 1, dims=[]),
+    nodes += [_const("g/last_id", vocab_dim - 1, dims=[]), _const("g/pad_id", vocab_dim, dims=[]),
               helper.make_node("Min", [INPUT_IDS, "g/last_id"], ["g/ids"])]
     # seq == 1 ?
     nodes += [helper.make_node("Shape", [INPUT_IDS], ["g/ids_shape"]),
@@ -117,12 +119,10 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
     body_graph = helper.make_graph(body, "masked_position", body_in, body_out)
 
     else_nodes = [
-        # the mask of this call's positions: the last `seq` columns of attention_mask
-        _const("e/axis0", [0]), _const("e/big", [2**62]), _const("e/axis1", [1]),
-        helper.make_node("Neg", ["g/seq"], ["e/neg_seq"]),
-        helper.make_node("Unsqueeze", ["e/neg_seq", "e/axis0"], ["e/start"]),
-        helper.make_node("Slice", [ATTENTION_MASK, "e/start", "e/big", "e/axis1"], ["e/mask_cols"]),
-        helper.make_node("Cast", ["e/mask_cols"], ["e/mask_tail"], to=TensorProto.BOOL),
+        # a position is real unless it holds the pad id (vocab_size): GenAI pads prompts with it
+        _const("e/axis0", [0]),
+        helper.make_node("Equal", [INPUT_IDS, "g/pad_id"], ["e/is_pad"]),
+        helper.make_node("Not", ["e/is_pad"], ["e/mask_tail"]),
         # logits carried from zeros [batch, vocab]
         helper.make_node("Gather", ["g/ids_shape", "g/idx0"], ["e/batch"], axis=0),
         helper.make_node("Unsqueeze", ["e/batch", "e/axis0"], ["e/batch1"]),
@@ -160,8 +160,7 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
         value = next(v for v in list(g.input) + list(g.output) if v.name == name)
         return [d.dim_value or "batch" for d in value.type.tensor_type.shape.dim]
 
-    inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence_length"]),
-              helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "total_sequence_length"])]
+    inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence_length"])]
     outputs = [helper.make_tensor_value_info(LOGITS, logits_type, ["batch", 1, vocab_dim + 1])]
     for i in range(n_layer):
         conv = dims(state_inputs[f"layer{i}.att_shift"])

@@ -56,7 +56,7 @@ def refusal(manifest: Manifest) -> str | None:
 
 def genai_config(manifest: Manifest, context_length: int = 1 << 20) -> dict:
     """genai_config.json: GenAI's names for our decoder's inputs and outputs (see decoder.py)."""
-    from .decoder import (ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_CONV, PAST_RECURRENT, PRESENT_CONV,
+    from .decoder import (INPUT_IDS, LOGITS, PAST_CONV, PAST_RECURRENT, PRESENT_CONV,
                           PRESENT_RECURRENT)
 
     m = manifest.model
@@ -65,7 +65,7 @@ def genai_config(manifest: Manifest, context_length: int = 1 << 20) -> dict:
         "bos_token_id": 0, "context_length": context_length,
         "decoder": {"session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                     "filename": DECODER_FILE, "head_size": m.head_size or m.n_embd, "hidden_size": m.n_embd,
-                    "inputs": {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK,
+                    "inputs": {"input_ids": INPUT_IDS,
                                "past_conv_names": PAST_CONV, "past_recurrent_names": PAST_RECURRENT},
                     "outputs": {"logits": LOGITS, "present_conv_names": PRESENT_CONV,
                                 "present_recurrent_names": PRESENT_RECURRENT},
