@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ DECODER_FILE = "model.onnx"
 DECODER_DATA = "model.onnx.data"
 CONFIG_FILE = "genai_config.json"
 RECORD_FILE = "rwkv-deploy-genai.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 GENAI_MODEL_TYPE = "qwen3_5_text"  # its RecurrentState: conv + recurrent per "linear_attention" layer
 LAYER_TYPE = "linear_attention"
 SUPPORTED_VERSIONS = ("5.0", "5.1", "5.2", "6", "7")
@@ -122,6 +123,11 @@ def write_genai_folder(package_dir: str | Path, out: str | Path, force: bool = F
         onnx.save_model(model, str(tmp / DECODER_FILE), save_as_external_data=external,
                         location=DECODER_DATA if external else None, all_tensors_to_one_file=True)
         (tmp / CONFIG_FILE).write_text(json.dumps(genai_config(manifest), indent=2) + "\n")
+        if manifest.tokenizer.kind == "hf":  # og.Tokenizer reads tokenizer.json (+ tokenizer_config.json)
+            for name in manifest.tokenizer.files:  # verified above: relative, inside the package, hashed
+                shutil.copyfile(package_dir / name, tmp / Path(name).name)
+            if not (tmp / TOKENIZER_CONFIG).exists():
+                (tmp / TOKENIZER_CONFIG).write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n")
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in staged_files(tmp)}
         record = {"format_version": 1, "producer": "rwkv-deploy", "target": "onnxruntime-genai==0.18.0",
                   "source": {"package": package_dir.resolve().name,

@@ -59,3 +59,30 @@ def test_packages_genai_cannot_run_are_refused_in_one_line(shared_package, small
     assert result.exit_code == 2
     assert why in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_hugging_face_tokenizer_package_tokenizes_through_og_tokenizer(tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+    from rwkv_deploy.targets.genai.folder import check_folder, write_genai_folder
+    from tests.helpers.small_packages import small_checkpoint
+
+    text = "hello world, the quick brown fox"
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    hf.train_from_iterator([text] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    package = tmp_path / "pkg"
+    export_package(small_checkpoint(tmp_path / "v7.pth", "7", vocab_size=320), package,
+                             ExportOptions(tokenizer=str(tmp_path / "tokenizer.json"), prefill=True))
+    folder = write_genai_folder(package, tmp_path / "genai").path
+    assert check_folder(folder) == []
+
+    tokenizer = og.Tokenizer(og.Model(str(folder)))
+    ids = [int(i) for i in tokenizer.encode(text)]
+    assert ids == hf.encode(text).ids
+    assert tokenizer.decode(ids) == text
