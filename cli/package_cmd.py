@@ -41,6 +41,8 @@ def package_cmd(
     package_dir: Path = typer.Argument(..., help="package directory written by `rwkv-deploy export`"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="archive file to write, e.g. model.zip"),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Triton model repository directory to write"),
+    genai: Optional[Path] = typer.Option(None, "--genai", help="ONNX Runtime GenAI model folder to write (for C, "
+                                         "C++ and C# applications; needs a package exported with --prefill)"),
     force: bool = typer.Option(False, "--force", help="replace an existing archive / non-empty Triton directory"),
     triton_name: Optional[str] = typer.Option(None, help="Triton model name (default: the package folder's name)"),
     instances: Optional[int] = typer.Option(None, "--triton-instances", "--instances",
@@ -67,10 +69,11 @@ def package_cmd(
                                                    help="a sequence idle this long is ended and its state "
                                                    "dropped, seconds (default 30)"),
 ) -> None:
-    """Pack a verified package directory into one reproducible zip archive (-o) and/or a Triton Inference
-    Server model repository (--triton)."""
-    if out is None and triton is None:
-        raise PackageUsageError("package: give -o FILE (archive), --triton DIR (Triton repository), or both")
+    """Pack a verified package directory into one reproducible zip archive (-o), a Triton Inference Server
+    model repository (--triton) and/or an ONNX Runtime GenAI folder (--genai)."""
+    if out is None and triton is None and genai is None:
+        raise PackageUsageError("package: give -o FILE (archive), --triton DIR (Triton repository) and/or "
+                                "--genai DIR (ONNX Runtime GenAI folder)")
     given = {"--triton-name": triton_name, "--triton-instances": instances, "--triton-kind": kind,
              "--triton-intra-op-threads": intra_op_threads, "--triton-inter-op-threads": inter_op_threads,
              "--triton-max-batch-size": max_batch_size, "--triton-preferred-batch-sizes": preferred_batch_sizes,
@@ -97,6 +100,12 @@ def package_cmd(
         members = create_archive(package_dir, out, force=force)
         total = sum(m.size for m in members)
         typer.echo(f"wrote {out} ({len(members)} files and the PACKAGE.json index, {total / 2**20:.1f} MiB)")
+    if genai is not None:
+        require_targets_extra("package --genai")
+        from rwkv_deploy.targets.genai.folder import write_genai_folder
+
+        folder = write_genai_folder(package_dir, genai, force=force)
+        typer.echo(f"wrote ONNX Runtime GenAI folder {genai} ({', '.join(folder.files)})")
     if triton is not None:
         from rwkv_deploy.targets.triton import write_repository
 
