@@ -18,12 +18,13 @@ import torch
 
 from rwkv_deploy import __version__
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.fileio import create_new_file, is_link
+from rwkv_deploy.fileio import is_link
 from rwkv_deploy.models.checkpoint.lazy import LazyTensor
 from rwkv_deploy.models.loading import open_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.streaming import graph_weights, meta_model, streamed_model
 from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
+from rwkv_deploy.package.manifest_file import write_manifest
 from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS,
                                        PREFILL_LOGITS_ALL, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
 from rwkv_deploy.staging import staged_directory, staged_files
@@ -167,6 +168,6 @@ def export_package(
             source={"checkpoint": Path(checkpoint).name, "format": source_format, "sha256": source_sha,
                     "ln_x_eps": cfg.ln_x_eps},
         )
-        create_new_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
+        write_manifest(tmp, manifest)
         check_target(out_dir, [checkpoint, *tokenizer_file], options.force)  # still true after minutes of work?
     return manifest

@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.quantize import (KEEP_FLOAT, QUANT_CONFIGS, QuantConfig, config_for, dequantize_matmul_weight,

@@ -135,7 +135,7 @@ def _initial_state(model_dir: Path, state: model_config_pb2.ModelSequenceBatchin
 def test_initial_state_files_hold_the_manifests_initial_values(repos: dict[str, Path], packages: dict[str, Path],
                                                                kind: str) -> None:
     model_dir, package = repos[kind], packages[kind]
-    from rwkv_deploy.package.manifest import read_manifest
+    from rwkv_deploy.package.manifest_file import read_manifest
 
     manifest = read_manifest(package)
     tuned = load_initial_arrays(manifest, package)

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.package.manifest import read_manifest, sha256_file
+from rwkv_deploy.package.manifest import sha256_file
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.targets.tensorrt import builder as builder_module
 from rwkv_deploy import tensorrt_library as environment
