@@ -19,6 +19,8 @@ from rwkv_deploy.runtime.sampling import SamplingParams
 from rwkv_deploy.targets.triton import CPU_THREADS_DEFAULT, BatchingOptions, InstanceOptions
 from rwkv_deploy.validate.result import ValidateOptions
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 COMMANDS = typer.main.get_command(app).commands
 LIBRARY_DEFAULTS = {
     "export": ExportOptions(),

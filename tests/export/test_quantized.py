@@ -27,6 +27,8 @@ from rwkv_deploy.validate.thresholds import thresholds_for
 from tests.helpers.small_packages import small_checkpoint
 from tests.helpers.onnx_compare import run_both
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ["4", "5.2", "6", "7"]
 QUANTIZED = ["int8", "int5", "int4"]
 STEPS = 32

@@ -31,6 +31,8 @@ from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from rwkv_deploy.staging import MARKER, TargetError, target_lock
 from tests.helpers.small_packages import v7_manifest
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 VERSIONS = ["4", "5.2", "6", "7"]
 KINDS = VERSIONS + ["6-tuned", "7-external"]

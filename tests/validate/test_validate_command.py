@@ -24,6 +24,8 @@ from rwkv_deploy.validate import ValidateOptions, validate_package, write_report
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.validate.test_fidelity import export_once
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 STEPS = 64
 

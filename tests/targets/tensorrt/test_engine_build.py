@@ -35,6 +35,8 @@ from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.runtime.package import DeploymentPackage
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 trt = pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13; it is missing here")
 
 runner = CliRunner()
