@@ -18,7 +18,7 @@ import codecs
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 import numpy as np
 
@@ -44,8 +44,8 @@ class GenerationError(RwkvDeployError, ValueError):
 class StepBackend(Protocol):
     """What generation needs from an inference engine (ONNX Runtime, TensorRT).
 
-    A backend may also offer `has_prefill: bool` and `prefill(tokens [B, T], state) -> (logits [B, vocab],
-    state)`; prompts then go through it in one call per block instead of one step per token."""
+    A backend may also be a `PrefillBackend` (ask `can_prefill(backend)`); prompts then go through its
+    prefill graph in one call per block instead of one step per token."""
 
     @property
     def vocab_size(self) -> int: ...
@@ -56,6 +56,22 @@ class StepBackend(Protocol):
         """tokens int64 [B] -> logits float32 [B, vocab] and the state after those tokens."""
         ...
 
+
+
+class PrefillBackend(StepBackend, Protocol):
+    """A step backend that can also take many tokens per call (a package exported with `--prefill`)."""
+
+    @property
+    def has_prefill(self) -> bool: ...
+
+    def prefill(self, tokens: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
+        """tokens int64 [B, T] -> logits float32 [B, vocab] after the last token, and the state after them."""
+        ...
+
+
+def can_prefill(backend: object) -> TypeGuard[PrefillBackend]:
+    """Whether `backend` offers a prefill graph now (a backend may have the method but not the graph)."""
+    return bool(getattr(backend, "has_prefill", False)) and callable(getattr(backend, "prefill", None))
 
 @dataclass(frozen=True)
 class GenerationStats:
@@ -177,7 +193,7 @@ class Generator:
     def _feed(self, block: np.ndarray, state: RecurrentState) -> tuple[np.ndarray, RecurrentState]:
         """Tokens [rows, T] into the backend: prefill calls of at most `prefill_chunk` tokens when it has a
         prefill graph (the state carried between them), else T steps."""
-        if block.shape[1] > 1 and getattr(self.backend, "has_prefill", False):
+        if block.shape[1] > 1 and can_prefill(self.backend):
             for start in range(0, block.shape[1], self.prefill_chunk):
                 logits, state = feed_chunk(self.backend, block[:, start:start + self.prefill_chunk], state)
             return logits, state
@@ -328,6 +344,8 @@ def feed_chunk(backend: StepBackend, chunk: np.ndarray, state: RecurrentState) -
     logits [rows, vocab] after the last token and the state after it."""
     chunk = np.ascontiguousarray(chunk)
     if chunk.shape[1] > 1:
+        if not can_prefill(backend):
+            raise TypeError(f"{type(backend).__name__} has no prefill graph: feed it one token at a time")
         return backend.prefill(chunk, state)
     return backend.step(np.ascontiguousarray(chunk[:, 0]), state)
 
