@@ -1,6 +1,6 @@
 # Two commands for a new user on a fresh machine:
 #   make demo   set up .venv and run the main job on the bundled checkpoint
-#   make test   set up .venv and run the tests
+#   make test   set up .venv and run the tests (make test-fast: only those not marked slow)
 # On a GPU machine pick another PyTorch build, e.g.  make test TORCH_SPEC="torch==2.11.0"
 
 PYTHON ?= python3
@@ -20,7 +20,7 @@ TARGETS_VENV ?= .venv-targets
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
 LLAMA_CPP_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 
-.PHONY: setup setup-python demo test clean
+.PHONY: setup setup-python demo test test-fast clean
 
 # demo needs Python only; the tests also need the Node.js side, Chromium and a runtime-only install.
 setup-python: $(VENV)/.installed
@@ -85,6 +85,10 @@ demo: setup-python
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
+
+# the fast tier: every test not marked `slow` (the slow ones export packages at run time); `make test` runs all
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) $(RUNTIME_VENV) $(TARGETS_VENV) $(DEMO_OUT) .pytest_cache deploy/node/node_modules deploy/web/node_modules

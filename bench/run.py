@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 
 from . import machine

@@ -17,31 +17,26 @@ import onnx
 import torch
 
 from rwkv_deploy import __version__
-from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.fileio import create_new_file, is_link
+from rwkv_deploy.fileio import is_link
 from rwkv_deploy.models.checkpoint.lazy import LazyTensor
 from rwkv_deploy.models.loading import open_checkpoint
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.models.streaming import graph_weights, meta_model, streamed_model
 from rwkv_deploy.package.manifest import GraphInfo, Manifest, ModelInfo, StateEntry, sha256_file
-from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS,
-                                       PREFILL_LOGITS_ALL, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
+from rwkv_deploy.package.manifest_file import write_manifest
+from rwkv_deploy.package.names import (LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_GRAPH, PREFILL_LOGITS_ALL,
+                                       STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
 from rwkv_deploy.staging import staged_directory, staged_files
 
 from .onnx_graph import export_prefill_graph, export_step_graph
 from .onnx_checks import check_onnx_file, check_opset
-from .options import PRECISIONS, QUANTIZED_PRECISIONS, ExportOptions
+from .options import MIN_OPSET, QUANTIZED_PRECISIONS, ExportError, ExportOptions
 from .precision import apply_precision
 from .quantize import quantize_staged_graph
 from .shared_weights import share_weights
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
 
 INITIAL_STATE_FILE = "initial_state.npz"
-MIN_OPSET = 18  # torch.onnx's exporter (dynamo) writes opset 18 and later
-
-
-class ExportError(RwkvDeployError):
-    exit_code = 2
 
 
 def _write_graph(
@@ -112,13 +107,7 @@ def export_package(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> Manifest:
     """Export `checkpoint` into the package directory `out_dir` and return its manifest."""
-    if options.prefill_logits not in PREFILL_LOGITS:
-        raise ExportError(f"unknown prefill logits {options.prefill_logits!r}; expected {' or '.join(PREFILL_LOGITS)}")
-    if options.ln_x_eps is not None and not 0 < options.ln_x_eps < 1:
-        raise ExportError(f"--ln-x-eps {options.ln_x_eps}: must be a small positive number (BlinkDL 64e-5, rwkv.cpp 1e-5)")
-    if options.precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if not MIN_OPSET <= options.opset <= onnx.defs.onnx_opset_version():
+    if options.opset > onnx.defs.onnx_opset_version():  # the rest is checked by ExportOptions itself
         raise ExportError(f"--opset {options.opset}: the exporter writes opsets {MIN_OPSET} to "
                           f"{onnx.defs.onnx_opset_version()}")
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
@@ -167,6 +156,6 @@ def export_package(
             source={"checkpoint": Path(checkpoint).name, "format": source_format, "sha256": source_sha,
                     "ln_x_eps": cfg.ln_x_eps},
         )
-        create_new_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
+        write_manifest(tmp, manifest)
         check_target(out_dir, [checkpoint, *tokenizer_file], options.force)  # still true after minutes of work?
     return manifest

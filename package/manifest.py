@@ -97,13 +97,6 @@ class Manifest:
             del data["engines"]  # packages without engines keep the manifest they always had
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        """The manifest of parsed JSON, through the strict schema (package/schema.py): SchemaError otherwise."""
-        from .schema import manifest_from_json
-
-        return manifest_from_json(data)
-
 
 def external_data_path(graph_path: str, name: str) -> str:
     """The package path of a graph's external data file `name`: ONNX resolves it relative to the graph's folder."""
@@ -114,26 +107,6 @@ def external_data_path(graph_path: str, name: str) -> str:
 def shape_text(shape: list | None) -> str:
     """A manifest shape for messages: `[batch, 4, 64]`, or `unknown`."""
     return "unknown" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def read_manifest(package_dir: str | Path) -> Manifest:
-    """manifest.json of `package_dir`, read capped (never through a link) and parsed by the strict schema.
-
-    This checks the manifest alone; a package about to be used goes through `trust.open_package_dir`,
-    which also checks every file it names."""
-    from rwkv_deploy.fileio import UnsafePathError, open_regular_file
-
-    from .schema import parse_manifest, read_capped
-
-    path = Path(package_dir) / MANIFEST_NAME
-    try:
-        with open_regular_file(path) as f:
-            data = read_capped(f, str(path))
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest.json (is {package_dir} an rwkv-deploy package?)") from None
-    except (OSError, UnsafePathError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
-    return parse_manifest(data, str(path))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -18,7 +18,7 @@ import codecs
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class PrefillBackend(StepBackend, Protocol):
         ...
 
 
-def can_prefill(backend: object) -> bool:
+def can_prefill(backend: object) -> TypeGuard[PrefillBackend]:
     """Whether prompts can go through `backend`'s prefill graph (a PrefillBackend whose package has one)."""
     return isinstance(backend, PrefillBackend) and bool(backend.has_prefill)
 
@@ -345,6 +345,8 @@ def feed_chunk(backend: StepBackend, chunk: np.ndarray, state: RecurrentState) -
     logits [rows, vocab] after the last token and the state after it."""
     chunk = np.ascontiguousarray(chunk)
     if chunk.shape[1] > 1:
+        if not can_prefill(backend):
+            raise TypeError(f"{type(backend).__name__} has no prefill graph: feed it one token at a time")
         return backend.prefill(chunk, state)
     return backend.step(np.ascontiguousarray(chunk[:, 0]), state)
 

@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry, read_manifest
+from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import STEP_GRAPH
 from rwkv_deploy.staging import staged_directory, staged_files
 

@@ -13,6 +13,8 @@ import pytest
 from rwkv_deploy.runtime import DeploymentPackage, Generator
 from rwkv_deploy.runtime.backends import make_backend
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_VENV = ROOT / ".venv-runtime"
 PROMPT = "def main():"

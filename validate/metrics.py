@@ -1,4 +1,5 @@
-"""Fidelity metrics on plain numpy arrays: no model, no runtime, so each one can be checked by hand.
+"""Error metrics on plain numpy arrays: no model, no runtime, so each one can be checked by hand. KL,
+log-softmax and top-1 live in rwkv_deploy.fidelity, shared with bench.
 
 Convention: `ref` is the PyTorch reference, `art` the exported artifact. Errors are computed in float64
 so that the metric itself adds no rounding. NaN or Inf in `art` makes the error metrics NaN or Inf,
@@ -7,12 +8,9 @@ which fails every threshold (a comparison with NaN is never "within limit").
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, TypeVar
-
 import numpy as np
 
-F = TypeVar("F", bound=Callable)
+from ..fidelity import nonfinite_ok
 
 RELATIVE_FLOOR = 1.0
 """Denominator floor of relative errors: |art - ref| / max(|ref|, floor). Logits and RWKV state values
@@ -20,26 +18,17 @@ are O(1) and up; below the floor the error is judged absolutely, so values near 
 logits close to 0) do not turn a 1e-7 difference into a huge meaningless ratio."""
 
 
-def _nonfinite_ok(fn: F) -> F:
-    """NaN / Inf inputs are an expected outcome to measure, not a numpy warning to print."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            return fn(*args, **kwargs)
-    return wrapper  # type: ignore[return-value]
-
-
 def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-@_nonfinite_ok
+@nonfinite_ok
 def max_abs_error(ref: np.ndarray, art: np.ndarray) -> float:
     """max |art - ref| over all elements (NaN if either holds NaN, Inf if only one is infinite)."""
     return float(np.max(np.abs(_f64(art) - _f64(ref))))
 
 
-@_nonfinite_ok
+@nonfinite_ok
 def max_relative_error(ref: np.ndarray, art: np.ndarray, floor: float = RELATIVE_FLOOR) -> float:
     """max |art - ref| / max(|ref|, floor): relative for large values, absolute below `floor`."""
     ref64 = _f64(ref)
@@ -52,37 +41,7 @@ def nanmax(values: object) -> float:
     return float(np.max(arr)) if arr.size else 0.0
 
 
-def count_nonfinite(x: np.ndarray) -> int:
-    """How many elements are NaN or +-Inf."""
-    return int(x.size - np.count_nonzero(np.isfinite(x)))
-
-
-@_nonfinite_ok
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable log-softmax over the last axis, in float64."""
-    x = _f64(logits)
-    shifted = x - np.max(x, axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
-@_nonfinite_ok
-def kl_divergence(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
-    """KL(softmax(ref) || softmax(art)) per row [..., V] -> [...], in nats.
-
-    The direction weights errors by the reference's probabilities: what matters is how much the
-    artifact misjudges the tokens the reference model would actually sample.
-    """
-    log_p = log_softmax(ref_logits)
-    log_q = log_softmax(art_logits)
-    return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def top1_matches(ref_logits: np.ndarray, art_logits: np.ndarray) -> np.ndarray:
-    """Per row: whether both sides put the same token first (bool array of the batch shape)."""
-    return np.argmax(ref_logits, axis=-1) == np.argmax(art_logits, axis=-1)
-
-
-@_nonfinite_ok
+@nonfinite_ok
 def growth_slope(errors: np.ndarray, floor: float) -> float:
     """Least-squares slope of log10(max(error, floor)) against step: decades of error gained per step.
 

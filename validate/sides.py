@@ -20,8 +20,8 @@ from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.models.reference.base import RWKVModel
 from rwkv_deploy.package.manifest import Manifest
 from rwkv_deploy.runtime import DeploymentPackage, StepBackend, backends
+from rwkv_deploy.runtime.generation import can_prefill
 from rwkv_deploy.runtime.state import RecurrentState, host
-from rwkv_deploy.runtime.generation import PrefillBackend, can_prefill
 
 from .result import ValidationError
 
@@ -111,9 +111,10 @@ class ArtifactSide:
 
     def prefill(self, tokens: np.ndarray, state: RecurrentState) -> tuple[Outputs, RecurrentState]:
         """Tokens [batch, T] through the backend's prefill graph (only when `has_prefill`)."""
-        if not isinstance(self.backend, PrefillBackend):
-            raise TypeError(f"{type(self.backend).__name__} has no prefill graph")
-        return self._outputs(*self._run(self.backend.prefill, tokens, state))
+        backend = self.backend
+        if not can_prefill(backend):
+            raise TypeError(f"{type(backend).__name__} has no prefill graph")
+        return self._outputs(*self._run(backend.prefill, tokens, state))
 
     def _run(self, call: Any, tokens: np.ndarray, state: RecurrentState) -> tuple[Any, RecurrentState]:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import fidelity
 from . import metrics
 from .metrics import nanmax
 from .sides import Outputs, Side
@@ -89,7 +90,7 @@ class StreamLog:
 
     def add(self, ref: Outputs, art: Outputs) -> None:
         r, a = ref[self.logits_name], art[self.logits_name]
-        kl, top1 = metrics.kl_divergence(r, a), metrics.top1_matches(r, a)
+        kl, top1 = fidelity.kl_divergence(r, a), fidelity.top1_matches(r, a)
         self.kl_rows.append(kl)
         self.top1_rows.append(top1)
         self.curves["logits_max_abs"].append(metrics.max_abs_error(r, a))
@@ -97,11 +98,11 @@ class StreamLog:
         self.curves["kl_mean"].append(float(np.mean(kl)))
         self.curves["kl_max"].append(float(np.max(kl)))
         self.curves["top1_agreement"].append(float(np.mean(top1)))
-        self.nonfinite += metrics.count_nonfinite(a)
+        self.nonfinite += fidelity.count_nonfinite(a)
         for output, name in self.state_names.items():
             self.state_abs[name].append(metrics.max_abs_error(ref[output], art[output]))
             self.state_rel[name].append(metrics.max_relative_error(ref[output], art[output]))
-            self.nonfinite += metrics.count_nonfinite(art[output])
+            self.nonfinite += fidelity.count_nonfinite(art[output])
         self.curves["state_max_rel"].append(nanmax([v[-1] for v in self.state_rel.values()]))
 
     def result(self, stream: TokenStream, thresholds: Thresholds, failed_steps: list[int], seconds: float) -> StreamResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
 from rwkv_deploy.package.profiles import OptimizationProfile, make_profiles, parse_batch_ranges, parse_token_range
 from rwkv_deploy.tensorrt_library import TENSORRT_RTX

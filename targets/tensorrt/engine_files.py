@@ -3,7 +3,8 @@ record read by `rwkv_deploy.package.engines`), both hashed into manifest.json an
 section (`package.manifest.EngineEntry`).
 
 Every file is replaced atomically (temporary file + rename), so a crash never leaves a half-written plan or
-manifest; manifest.json is rewritten last, from its raw JSON, so keys this version does not know survive.
+manifest; manifest.json is rewritten last, through `package.manifest_file.write_manifest`, from the typed
+manifest on disk edited with `dataclasses.replace` (the schema admits no unknown keys, so none are lost).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from rwkv_deploy import __version__
 from rwkv_deploy.fileio import write_bytes_atomically
 from rwkv_deploy.package.engines import info_path, plan_path
 from rwkv_deploy.package.manifest import EngineEntry, Manifest
-from rwkv_deploy.package.names import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINES_DIR, MANIFEST_NAME
+from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
+from rwkv_deploy.package.names import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINES_DIR
 from rwkv_deploy.tensorrt_library import GpuInfo
 
 
@@ -76,9 +78,9 @@ def install_engines(package_dir: str | Path, manifest: Manifest, plans: Sequence
     graphs not rebuilt are kept when built with the same TensorRT; otherwise they are dropped from the
     manifest (a package holds the engines of one TensorRT). Returns the records."""
     package_dir = Path(package_dir)
-    raw = json.loads((package_dir / MANIFEST_NAME).read_text())
-    files = dict(raw["files"])
-    engines = dict(raw.get("engines") or {})
+    on_disk = read_manifest(package_dir)  # the manifest as it is now, through the capped reader and schema
+    files = dict(on_disk.files)
+    engines = dict(on_disk.engines)
     writes: list[tuple[str, Any]] = []
     records = []
     for built in plans:
@@ -87,25 +89,23 @@ def install_engines(package_dir: str | Path, manifest: Manifest, plans: Sequence
         info = (json.dumps(record, indent=2) + "\n").encode()
         files[record["plan"]] = record["plan_sha256"]
         files[info_path(record["plan"]).as_posix()] = hashlib.sha256(info).hexdigest()
-        engines[built.graph] = asdict(manifest_entry(record))
+        engines[built.graph] = manifest_entry(record)
         writes += [(record["plan"], data), (info_path(record["plan"]).as_posix(), info)]
         records.append(record)
     library = (records[0]["library"]["flavour"], records[0]["library"]["version"]) if records else None
     rebuilt = {p.graph for p in plans}
     stale_files = []
     for graph, entry in list(engines.items()):
-        entry = entry if isinstance(entry, Mapping) else {}
-        if graph not in rebuilt and (entry.get("library"), entry.get("version")) != library:
-            for key in ("plan", "info"):
-                if files.pop(entry.get(key), None) is not None:
-                    stale_files.append(entry[key])
+        if graph not in rebuilt and (entry.library, entry.version) != library:
+            for key in (entry.plan, entry.info):
+                if files.pop(key, None) is not None:
+                    stale_files.append(key)
             del engines[graph]
-    raw["files"] = dict(sorted(files.items()))
-    raw["engines"] = dict(sorted(engines.items()))
+    updated = replace(on_disk, files=dict(sorted(files.items())), engines=dict(sorted(engines.items())))
     (package_dir / ENGINES_DIR).mkdir(exist_ok=True)
     for rel, data in writes:
         write_bytes_atomically(package_dir / rel, data)
-    write_bytes_atomically(package_dir / MANIFEST_NAME, (json.dumps(raw, indent=2) + "\n").encode())
+    write_manifest(package_dir, updated)
     for rel in stale_files:  # files of the engines just dropped from the manifest (listed, so ours)
         path = package_dir / rel
         if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(package_dir.resolve()):

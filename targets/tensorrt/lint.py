@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import STATE_INPUT_PREFIX, STATE_OUTPUT_PREFIX, STEP_GRAPH, TIME_AXIS
 from rwkv_deploy.tensorrt_library import FLAVOUR_NAMES, TENSORRT, TENSORRT_RTX
 

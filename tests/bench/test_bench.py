@@ -24,6 +24,8 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.models import load_model
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 QUICK = ["--batches", "1,2", "--prefill", "4", "--contexts", "8,16", "--min-seconds", "0.05"]
 ROW_KEYS = {"engine", "precision", "mode", "batch", "tokens", "threads", "tokens_per_s", "kl_mean", "top1"}

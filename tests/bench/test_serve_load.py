@@ -12,6 +12,8 @@ from rwkv_deploy.cli.main import app
 from tests.helpers.serve_process import start_serve
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def server(shared_package, tmp_path_factory):

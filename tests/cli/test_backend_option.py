@@ -22,6 +22,8 @@ from rwkv_deploy.runtime import tensorrt_backend
 from tests.helpers.gpu_standin_tensorrt import build_rtx_engines, use_gpu_standin_backend
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 
 

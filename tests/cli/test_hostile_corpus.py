@@ -19,6 +19,8 @@ from rwkv_deploy.package.archive import create_archive
 from tests.helpers.hostile import Case, Material, Outcome, judge, run_subprocess, snapshot
 from tests.helpers.hostile_cases import CASES
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def material(shared_package, tmp_path_factory) -> Material:

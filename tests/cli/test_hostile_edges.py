@@ -13,6 +13,8 @@ from rwkv_deploy import limits
 from rwkv_deploy.cli.errors import printable
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 CLI = [sys.executable, "-m", "rwkv_deploy.cli.main"]
 
 

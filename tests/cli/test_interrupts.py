@@ -21,6 +21,8 @@ from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.staging import MARKER
 from tests.helpers.small_packages import small_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 def cli(*args: str | Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rwkv_deploy.cli.main", *map(str, args)], stdout=subprocess.PIPE,

@@ -5,6 +5,7 @@ so `rwkv-deploy X` and the Python API do the same thing when nothing is given.""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -15,7 +16,10 @@ from rwkv_deploy.cli.main import app
 from rwkv_deploy.export.options import ExportOptions
 from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
 from rwkv_deploy.runtime.sampling import SamplingParams
+from rwkv_deploy.targets.triton import CPU_THREADS_DEFAULT, BatchingOptions, InstanceOptions
 from rwkv_deploy.validate.result import ValidateOptions
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
 COMMANDS = typer.main.get_command(app).commands
 LIBRARY_DEFAULTS = {
@@ -52,3 +56,26 @@ def test_every_mirrored_option_defaults_to_the_librarys_value(command: str) -> N
 
 def test_the_backend_defaults_agree() -> None:
     assert cli_defaults("generate")["backend"] == DEFAULT_BACKEND == ValidateOptions().backend
+
+
+def help_default(command: str, option: str) -> str:
+    """What `rwkv-deploy COMMAND --help` says an option defaults to: the text after "default" in its help."""
+    (param,) = [p for p in COMMANDS[command].params if option in p.opts]
+    assert param.default is None, f"{command} {option}: None, so the library decides"
+    match = re.search(r"default:? ([^()]*)\)$", param.help or "")
+    assert match, f"{command} {option}: its help names no default"
+    return match.group(1)
+
+
+def test_package_triton_help_states_the_triton_writers_defaults() -> None:
+    batching, instances = BatchingOptions(), InstanceOptions()
+    assert help_default("package", "--triton-max-batch-size") == str(batching.max_batch_size)
+    assert help_default("package", "--triton-preferred-batch-sizes") == as_cli_text(batching.preferred_batch_sizes)
+    assert help_default("package", "--triton-max-queue-delay-us") == str(batching.max_queue_delay_us)
+    assert help_default("package", "--triton-max-sequences") == str(batching.max_sequences)
+    assert help_default("package", "--triton-idle-timeout") == f"{batching.sequence_idle_us / 1e6:g}"
+    assert help_default("package", "--triton-instances") == str(instances.count)
+    assert help_default("package", "--triton-kind") == instances.kind
+    gpu = InstanceOptions(kind="gpu").onnxruntime_parameters()
+    for option in ("--triton-intra-op-threads", "--triton-inter-op-threads"):
+        assert help_default("package", option) == f"{CPU_THREADS_DEFAULT} on cpu, 0 on gpu" and gpu == ()

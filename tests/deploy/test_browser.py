@@ -15,6 +15,8 @@ import pytest
 
 from tests.deploy.jsutil import REPO, WEB_DIR, python_greedy
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 DOCS_SCREENSHOT = REPO / "docs" / "images" / "browser-demo.png"
 
 

@@ -17,6 +17,8 @@ from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from rwkv_deploy.runtime.sampling import softmax, top_k_mask, top_p_mask
 from tests.deploy.jsutil import CLI, NODE_DIR, node_greedy, python_greedy, run_node
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 LOGIT_TOLERANCE = 1e-4
 
 TRICKY_TEXTS = [

@@ -20,6 +20,8 @@ from tests.deploy.jsutil import node_greedy, python_greedy, run_node
 from tests.deploy.test_node import (assert_fresh_state_equals_python, assert_refused, assert_same_run, copy_package,
                                     edit_manifest, relist)
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 def rename_graph(pkg: Path, new: str, listed: bool) -> None:
     manifest = json.loads((pkg / "manifest.json").read_text())

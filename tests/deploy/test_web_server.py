@@ -20,6 +20,8 @@ from tests.deploy.jsutil import WEB_DIR
 from tests.deploy.test_browser import load_serve_module
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 serve = load_serve_module()
 
 

@@ -10,6 +10,8 @@ from rwkv_deploy.models import load_checkpoint
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from tests.helpers.onnx_compare import run_both
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):

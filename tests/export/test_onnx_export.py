@@ -16,6 +16,8 @@ from tests.helpers.small_packages import small_checkpoint
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.helpers.onnx_compare import run_both
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ["4", "5.2", "6", "7"]
 STEPS = 64
 

@@ -23,6 +23,8 @@ from rwkv_deploy.models import load_model
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
 from tests.helpers.small_packages import shared, small_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ["4", "5.0", "5.1", "5.2", "6", "7"]
 VOCAB = 256
 LIMIT = 1e-4

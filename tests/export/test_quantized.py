@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.package.manifest import read_manifest
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.export.quantize import (KEEP_FLOAT, QUANT_CONFIGS, QuantConfig, config_for, dequantize_matmul_weight,
@@ -26,6 +26,8 @@ from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.validate.thresholds import thresholds_for
 from tests.helpers.small_packages import small_checkpoint
 from tests.helpers.onnx_compare import run_both
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
 VERSIONS = ["4", "5.2", "6", "7"]
 QUANTIZED = ["int8", "int5", "int4"]

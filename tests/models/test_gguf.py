@@ -21,6 +21,8 @@ import torch
 
 from tests.helpers.llama_cpp import sdist_missing_reason
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 if sdist_missing_reason():
     pytest.skip(sdist_missing_reason(), allow_module_level=True)
 pytest.importorskip("rwkv7_hf")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 pytest.importorskip("rwkv7_hf")
 
 from rwkv_deploy.errors import CheckpointError  # noqa: E402

@@ -24,6 +24,8 @@ from rwkv_deploy.package.names import ALIGNMENT, INDEX_NAME
 from rwkv_deploy.package.verify import verify_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 VALIDATION = {"validation/report.json": b'{"ok": true}\n', "validation/report.md": b"# ok\n",
               "validation/report.png": b"\x89PNG\r\n\x1a\nfake"}

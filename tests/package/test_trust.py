@@ -17,6 +17,8 @@ from rwkv_deploy.package.schema import SchemaError, nesting_depth, parse_json
 from rwkv_deploy.package.trust import PackageError, open_package_dir
 from rwkv_deploy.package.verify import verify_package
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture
 def pkg(shared_package, tmp_path) -> Path:

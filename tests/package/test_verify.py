@@ -24,6 +24,8 @@ from rwkv_deploy.package.names import INDEX_NAME
 from rwkv_deploy.package.verify import VerifyError, verify_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 GRAPH = "tiny.onnx"
 

@@ -14,6 +14,8 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 SUMMARY = re.compile(r"^\[(\d+) tokens, \d+\.\d tokens/s\]$")
 

@@ -20,6 +20,8 @@ from rwkv_deploy.runtime.package import DeploymentPackage
 from rwkv_deploy.runtime.state import RecurrentState
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 PROMPTS = ["a", "Hello there", "RWKV is"]
 
 

@@ -19,6 +19,8 @@ from rwkv_deploy.models import load_model
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 STEPS = 20_000
 EVERY = 50
 CHUNK = 500

@@ -22,6 +22,8 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.models import load_model
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 TOKENS = np.random.default_rng(0).integers(0, 256, size=(16, 2)).tolist()  # 16 steps, batch 2
 
 

@@ -23,6 +23,8 @@ from rwkv_deploy.runtime.package import DeploymentPackage, InputError
 from rwkv_deploy.runtime.state import RecurrentState, StateError
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ["4", "5.2", "6", "7"]
 VOCAB = 256
 STEPS = 64

@@ -17,6 +17,8 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.runtime.package import DeploymentPackage, InputError, PackageError
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def package_dir(tmp_path_factory) -> Path:

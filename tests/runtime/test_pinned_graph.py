@@ -15,6 +15,8 @@ from rwkv_deploy.package.trust import PackageFilesChanged
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from tests.helpers.small_packages import export_small
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 TOKENS = np.array([[1, 2, 3, 4, 5, 6]], np.int64)
 
 

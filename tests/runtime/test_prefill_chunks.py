@@ -7,6 +7,8 @@ import pytest
 
 from rwkv_deploy.runtime import DeploymentPackage, GenerationError, Generator, OnnxStepBackend
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 class CountingBackend:
     """The real backend, recording the length of every prefill call."""

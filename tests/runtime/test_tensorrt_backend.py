@@ -34,6 +34,8 @@ from rwkv_deploy.runtime.tensorrt_plan import IOBindingPlan, NumpyBufferOps, Sta
 from tests.helpers.gpu_standin_tensorrt import STANDIN_GPU, GpuStandInTensorRT, HostDevice, build_rtx_engines
 from tests.helpers.small_packages import VOCAB, shared, v7_manifest
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13; the engines are built with it")
 GPU = STANDIN_GPU
 BATCHES = ["1:1:1", "2:3:4"]  # two profiles: decode of one sequence, and small batches

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 

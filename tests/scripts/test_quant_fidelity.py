@@ -9,6 +9,10 @@ from pathlib import Path
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from tests.helpers.small_packages import small_checkpoint
 
+import pytest
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "quant_fidelity.py"
 
 

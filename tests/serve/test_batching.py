@@ -12,6 +12,8 @@ import pytest
 from tests.helpers.serve_process import serving
 from tests.serve.conftest import oracle
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 PROMPTS = [f"Request {i}: " + "lorem ipsum dolor " * (i % 5) + "sit amet" * (i % 3) for i in range(16)]
 MAX_TOKENS = 48
 

@@ -13,6 +13,8 @@ from rwkv_deploy.runtime.generation import feed_chunk
 from rwkv_deploy.serve.prefix_cache import CUT_GRANULE
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 PACKAGES = [("4", "fp32"), ("5.2", "fp32"), ("6", "fp32"), ("7", "fp32"), ("7", "fp16"), ("7", "int8")]
 
 

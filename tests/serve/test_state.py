@@ -16,6 +16,8 @@ from rwkv_deploy.serve.chat_template import Message
 from tests.helpers.serve_process import serving
 from tests.serve.conftest import oracle
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 CHUNK = 16
 
 

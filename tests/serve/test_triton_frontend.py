@@ -11,6 +11,8 @@ import pytest
 from tests.helpers.serve_process import serving, start_serve
 from tests.serve.conftest import oracle
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def front_end(shared_package, triton_server, tmp_path_factory):

@@ -31,6 +31,8 @@ from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from rwkv_deploy.staging import MARKER, TargetError, target_lock
 from tests.helpers.small_packages import v7_manifest
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 runner = CliRunner()
 VERSIONS = ["4", "5.2", "6", "7"]
 KINDS = VERSIONS + ["6-tuned", "7-external"]
@@ -135,7 +137,7 @@ def _initial_state(model_dir: Path, state: model_config_pb2.ModelSequenceBatchin
 def test_initial_state_files_hold_the_manifests_initial_values(repos: dict[str, Path], packages: dict[str, Path],
                                                                kind: str) -> None:
     model_dir, package = repos[kind], packages[kind]
-    from rwkv_deploy.package.manifest import read_manifest
+    from rwkv_deploy.package.manifest_file import read_manifest
 
     manifest = read_manifest(package)
     tuned = load_initial_arrays(manifest, package)

@@ -13,6 +13,8 @@ from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.validate import Fp32Thresholds, ValidateOptions, ValidationResult, validate_package
 from tests.helpers.random_checkpoints import make_checkpoint
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ("4", "5.2", "6", "7")
 STEPS = 64
 

@@ -15,6 +15,10 @@ from rwkv_deploy.validate.sides import ArtifactSide, ReferenceSide
 from rwkv_deploy.validate.streams import TokenStream
 from tests.helpers.random_checkpoints import make_checkpoint
 
+import pytest
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 
 def test_prefill_graph_is_checked_and_a_wrong_one_is_caught(tmp_path):
     for seed in (1, 2):

@@ -15,6 +15,8 @@ from rwkv_deploy.runtime import backends
 from rwkv_deploy.validate import ValidateOptions, validate_package
 from tests.helpers.small_packages import small_checkpoint_path
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 STEPS, BATCH, GREEDY = 16, 2, 4
 SHIFT = 1e-2  # added to every logit of one graph: 10x the fp32 logits limit, invisible to KL and top-1
 

@@ -18,10 +18,13 @@ from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.package.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from rwkv_deploy.package.manifest import MANIFEST_NAME, sha256_file
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.validate import ValidateOptions, validate_package, write_report
 from tests.helpers.random_checkpoints import make_checkpoint
 from tests.validate.test_fidelity import export_once
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
 runner = CliRunner()
 STEPS = 64

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rwkv_deploy.cli.main import app
-from rwkv_deploy.package.manifest import read_manifest, sha256_file
+from rwkv_deploy.package.manifest import sha256_file
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.export.package_builder import ExportOptions, export_package
 from rwkv_deploy.targets.tensorrt import builder as builder_module
 from rwkv_deploy import tensorrt_library as environment
@@ -33,6 +34,8 @@ from rwkv_deploy.package.verify import verify_package
 from rwkv_deploy.models.bundled import bundled_checkpoint
 from rwkv_deploy.runtime.package import DeploymentPackage
 from tests.helpers.small_packages import shared
+
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
 trt = pytest.importorskip("tensorrt_rtx", reason="the test extra installs tensorrt-rtx-cu13; it is missing here")
 

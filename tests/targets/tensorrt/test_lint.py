@@ -22,6 +22,8 @@ from rwkv_deploy.targets.tensorrt import lint
 from rwkv_deploy.targets.tensorrt.lint import Finding, lint_model, lint_package
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
+
 VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
 EXPORTS = [(v, p) for v in VERSIONS for p in ("fp32", "fp16")]
 runner = CliRunner()
