@@ -16,6 +16,7 @@ from rwkv_deploy.tokenization.world import WORLD_VOCAB_FILE, WorldTokenizer, rea
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 from rwkv_deploy.runtime.sampling import softmax, top_k_mask, top_p_mask
 from tests.deploy.jsutil import CLI, NODE_DIR, node_greedy, python_greedy, run_node
+from tests.helpers.hostile_node import copy_package, edit_manifest, relist  # noqa: F401 (used by the tests below)
 
 pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
@@ -269,22 +270,10 @@ def test_npz_reader(node, tmp_path, compressed):
 
 # -- bad input: one line naming the file, exit code 2 ---------------------------------------------------
 
-def copy_package(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
-def edit_manifest(pkg: Path, change) -> None:
-    manifest = json.loads((pkg / "manifest.json").read_text())
-    change(manifest)
-    (pkg / "manifest.json").write_text(json.dumps(manifest))
 
 
-def relist(pkg: Path, *names: str) -> None:
-    import hashlib
-
-    edit_manifest(pkg, lambda m: m["files"].update({n: hashlib.sha256((pkg / n).read_bytes()).hexdigest()
-                                                    for n in names}))
 
 
 def assert_refused(node, pkg: Path, names: Path | str, *args: str, expect: str = "") -> str:

@@ -5,11 +5,8 @@ refused in one line naming the file, exit code 2, or (a legal but tricky name) r
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +14,12 @@ import onnx
 import pytest
 
 from tests.deploy.jsutil import node_greedy, python_greedy, run_node
-from tests.deploy.test_node import (assert_fresh_state_equals_python, assert_refused, assert_same_run, copy_package,
-                                    edit_manifest, relist)
+from tests.deploy.test_node import assert_fresh_state_equals_python, assert_refused, assert_same_run
+from tests.helpers.hostile_node import copy_package, edit_manifest, npy_header, npz_with_member, relist, rename_graph
 
 pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
 
 
-def rename_graph(pkg: Path, new: str, listed: bool) -> None:
-    manifest = json.loads((pkg / "manifest.json").read_text())
-    old = manifest["graphs"]["step"]["path"]
-    (pkg / old).rename(pkg / new)
-
-    def change(m):
-        m["graphs"]["step"]["path"] = new
-        digest = m["files"].pop(old)
-        if listed:
-            m["files"][new] = digest
-    edit_manifest(pkg, change)
 
 
 @pytest.mark.parametrize("name", ["constructor", "__proto__", "valueOf", "toString", "hasOwnProperty"])
@@ -91,25 +77,8 @@ def test_a_state_named_like_an_inherited_property_starts_from_its_own_init(node,
                     "state named valueOf")
 
 
-def npz_with_member(name: str, payload: bytes, declared: int | None = None) -> bytes:
-    """A deflated .npz holding one member; `declared` overwrites the member's uncompressed size in its headers
-    (a lying zip: a small declared size, a huge inflation)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(f"{name}.npy", payload)
-    data = bytearray(buffer.getvalue())
-    if declared is not None:
-        local = data.index(b"PK\x03\x04")
-        struct.pack_into("<I", data, local + 22, declared)
-        central = data.index(b"PK\x01\x02")
-        struct.pack_into("<I", data, central + 24, declared)
-    return bytes(data)
 
 
-def npy_header(shape: tuple[int, ...]) -> bytes:
-    out = io.BytesIO()
-    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("kind, expect", [("honest", "more than the"), ("lying", "inflates past its declared size")])
