@@ -31,6 +31,8 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
+from .cmake_build import cmake_build
+
 ENGINE = "llama.cpp"
 SDIST_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
@@ -131,16 +133,8 @@ def prepare_tools(work_dir: Path, sdist: Path | None, library_dir: Path | None, 
 
 def build_library(source: Path, build: Path, jobs: int) -> Path:
     """cmake configure + build of the `llama` target (shared, with its ggml libraries)."""
-    if shutil.which("cmake") is None:
-        raise LlamaCppError("llama.cpp: cmake is not installed (apt-get install cmake), or give --llamacpp-lib")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
-    steps = [["cmake", "-S", str(source), "-B", str(build), *generator, *CMAKE_OPTIONS, *isa_options()],
-             ["cmake", "--build", str(build), "--target", "llama", "-j", str(max(1, jobs))]]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-            raise LlamaCppError(f"llama.cpp build failed ({' '.join(step[:2])}): {last}")
+    cmake_build(source, build, "llama", [*CMAKE_OPTIONS, *isa_options()], jobs, "llama.cpp", LlamaCppError,
+                "--llamacpp-lib")
     if not (build / "bin" / LIBRARY).is_file():
         raise LlamaCppError(f"llama.cpp build: {build / 'bin' / LIBRARY} was not produced")
     return build / "bin" / LIBRARY

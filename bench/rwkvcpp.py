@@ -30,6 +30,8 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
+from .cmake_build import cmake_build
+
 ENGINE = "rwkv.cpp"
 PRECISIONS = ("FP32", "FP16", "Q8_0", "Q5_1", "Q4_0")
 QUANTIZED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
@@ -112,16 +114,7 @@ def prepare_tools(work_dir: Path, source: Path | None, library: Path | None, job
 
 def build_library(root: Path, build: Path, jobs: int) -> Path:
     """cmake configure + build of the `rwkv` target only (ggml linked in statically), Ninja when present."""
-    if shutil.which("cmake") is None:
-        raise RwkvCppError("rwkv.cpp: cmake is not installed (apt-get install cmake), or give --rwkvcpp-lib")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
-    steps = [["cmake", "-S", str(root), "-B", str(build), *generator, *CMAKE_OPTIONS],
-             ["cmake", "--build", str(build), "--target", "rwkv", "-j", str(max(1, jobs))]]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-            raise RwkvCppError(f"rwkv.cpp build failed ({' '.join(step[:2])}): {last}")
+    cmake_build(root, build, "rwkv", CMAKE_OPTIONS, jobs, "rwkv.cpp", RwkvCppError, "--rwkvcpp-lib")
     if not (build / LIBRARY).exists():
         raise RwkvCppError(f"rwkv.cpp build: {build / LIBRARY} was not produced")
     return build / LIBRARY
