@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rwkv_deploy.errors import RwkvDeployError
-from rwkv_deploy.package.manifest import Manifest, read_manifest, sha256_file
+from rwkv_deploy.package.manifest import Manifest, sha256_file
+from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.staging import staged_directory, staged_files
 
 DECODER_FILE = "model.onnx"

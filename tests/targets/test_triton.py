@@ -327,7 +327,8 @@ def test_cli_needs_an_archive_or_a_repository(packages: dict[str, Path]) -> None
     result = runner.invoke(app, ["package", str(packages["7"])])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: package: give -o FILE (archive), --triton DIR "
-                                                  "(Triton repository), or both"]
+                                                  "(Triton repository) and/or --genai DIR (ONNX Runtime GenAI "
+                                                  "folder)"]
 
 
 def test_cli_refuses_a_non_empty_output_without_force(packages: dict[str, Path], tmp_path: Path) -> None:
