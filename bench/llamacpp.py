@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .cmake_build import cmake_build
+from .peer_tools import cmake_build, run_tool
 
 ENGINE = "llama.cpp"
 SDIST_VERSION = "0.3.36"
@@ -41,9 +40,7 @@ CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0"}  # what its conve
 QUANTIZER_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K")  # from F32
 VERSIONS = ("6", "7")
 LIBRARY = "libllama.so"
-_VENDOR = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
-_BINDING = f"llama_cpp_python-{SDIST_VERSION}/llama_cpp/"
-_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+_SDIST_ROOT = f"llama_cpp_python-{SDIST_VERSION}"  # the sdist's top folder: llama_cpp/ and vendor/llama.cpp/
 # /proc/cpuinfo flag -> ggml's cmake option (GGML_NATIVE=OFF); AMX deliberately absent (module docstring)
 ISA_OPTIONS = {"sse4_2": "SSE42", "avx": "AVX", "avx2": "AVX2", "bmi2": "BMI2", "fma": "FMA", "f16c": "F16C",
                "avx_vnni": "AVX_VNNI", "avx512f": "AVX512", "avx512_vbmi": "AVX512_VBMI",
@@ -77,7 +74,7 @@ def _unpack(sdist: Path, dest: Path, prefixes: tuple[str, ...]) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=dest.parent))
-    root = f"llama_cpp_python-{SDIST_VERSION}/"
+    root = f"{_SDIST_ROOT}/"
     try:
         with tarfile.open(sdist) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith(tuple(root + p for p in prefixes))
@@ -118,9 +115,8 @@ def prepare_tools(work_dir: Path, sdist: Path | None, library_dir: Path | None, 
         raise LlamaCppError(f"{sdist}: no such llama-cpp-python sdist")
     base = (work_dir / "llamacpp" / sdist.name.removesuffix(".tar.gz")).resolve()
     unpacked = _unpack(sdist, base / "src", ("vendor/llama.cpp/", "llama_cpp/"))
-    source = unpacked / _VENDOR
-    tools = LlamaCppTools(library_dir or base / "build" / "bin", unpacked / _BINDING.rsplit("llama_cpp/", 1)[0],
-                          source)
+    source = unpacked / _SDIST_ROOT / "vendor" / "llama.cpp"
+    tools = LlamaCppTools(library_dir or base / "build" / "bin", unpacked / _SDIST_ROOT, source)
     if library_dir is not None:
         if not (library_dir / LIBRARY).is_file():
             raise LlamaCppError(f"{library_dir}: --llamacpp-lib holds no {LIBRARY}")
@@ -199,10 +195,7 @@ def hf_folder(checkpoint: Path, out_dir: Path, progress: Callable[[str], None]) 
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise LlamaCppError(f"llama.cpp's {what} failed: {last}")
+    run_tool(command, f"llama.cpp's {what} failed", LlamaCppError, env)
 
 
 # -- the C API through the sdist's ctypes binding ------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 
 from rwkv_deploy.errors import RwkvDeployError
 
-from .cmake_build import cmake_build
+from .peer_tools import cmake_build, run_tool
 
 ENGINE = "rwkv.cpp"
 PRECISIONS = ("FP32", "FP16", "Q8_0", "Q5_1", "Q4_0")
@@ -170,10 +169,7 @@ def model_file(tools: RwkvCppTools, checkpoint: Path, precision: str, out_dir: P
 
 
 def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise RwkvCppError(f"rwkv.cpp's {what} failed: {last}")
+    run_tool(command, f"rwkv.cpp's {what} failed", RwkvCppError)
 
 
 # -- the C API through ctypes -------------------------------------------------------------------------------------

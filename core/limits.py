@@ -29,12 +29,9 @@ def _env_int(name: str, default: int) -> int:
         value = int(text) if text.isdigit() else float(text)
     except ValueError:
         raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number") from None
-    if isinstance(value, float) and not (value.is_integer() and 1 <= value <= 2**62):  # nan, inf, 1e400, 2.5
+    if not (1 <= value <= 2**62 and value == int(value)):  # nan, inf, 1e400 and 2.5 fail here too
         raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number from 1 to 2**62")
-    value = int(value)
-    if not 1 <= value <= 2**62:
-        raise LimitError(f"environment variable {name}={raw[:40]!r}: expected a whole number from 1 to 2**62")
-    return value
+    return int(value)
 
 
 MIB = 1 << 20

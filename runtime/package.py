@@ -134,26 +134,24 @@ def remove_dead_extractions(root: str | os.PathLike | None = None) -> list[Path]
     import re
     import shutil
 
-    from rwkv_deploy.fileio import process_alive
+    from rwkv_deploy.fileio import owned_leftover
 
     root = Path(root or tempfile.gettempdir())
     pattern = re.compile(re.escape(EXTRACT_PREFIX) + r"(\d+)-[A-Za-z0-9_]+$")
     removed = []
     try:
-        entries = list(os.scandir(root))
+        entries = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
     except OSError:
         return removed
     for entry in entries:
-        match = pattern.match(entry.name)
-        if not match or not entry.is_dir(follow_symlinks=False) or process_alive(int(match.group(1))):
+        path = Path(entry.path)
+        if not owned_leftover(path, pattern):  # our name pattern, a dead pid, our uid
             continue
         try:
-            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
-                continue
-            marker = (Path(entry.path) / EXTRACT_MARKER).read_text(errors="replace").split()
+            marker = (path / EXTRACT_MARKER).read_text(errors="replace").split()
         except OSError:
             continue
-        if marker == [match.group(1), str(os.getuid())]:
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(Path(entry.path))
+        if marker == [pattern.match(path.name).group(1), str(os.getuid())]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
