@@ -36,7 +36,7 @@ class BenchOptions:
     baselines: tuple[str, ...] = BASELINES
     rwkvcpp_precisions: tuple[str, ...] = RWKVCPP_PRECISIONS
     rwkvcpp_lib: Path | None = None  # a built librwkv.so; None: built once into work_dir from rwkvcpp_source
-    rwkvcpp_source: Path | None = None  # rwkv.cpp's source archive or tree; None: ../shared/vendor/rwkv.cpp
+    rwkvcpp_source: Path | None = None  # rwkv.cpp's source archive or tree; None: the vendored one (rwkvcpp.default_source)
     llamacpp_precisions: tuple[str, ...] = LLAMACPP_PRECISIONS
     llamacpp_lib: Path | None = None  # a folder holding a built libllama.so; None: built once into work_dir
     llamacpp_sdist: Path | None = None  # the llama-cpp-python sdist (its llama.cpp); None: .cache/ of the repository

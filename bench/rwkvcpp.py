@@ -46,9 +46,14 @@ class RwkvCppError(RwkvDeployError):
     exit_code = 2
 
 
+def vendored_folder() -> Path:
+    """Where a checkout's vendored rwkv.cpp sources live: shared/vendor/rwkv.cpp beside the checkout."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "vendor" / "rwkv.cpp"
+
+
 def default_source() -> Path | None:
-    """The vendored source archive beside the repository (`../shared/vendor/rwkv.cpp/*-src.tar.gz`), if present."""
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "vendor" / "rwkv.cpp"
+    """The newest vendored source archive (`rwkv.cpp-*-src.tar.gz` in vendored_folder()), if present."""
+    folder = vendored_folder()
     found = sorted(folder.glob("rwkv.cpp-*-src.tar.gz")) if folder.is_dir() else []
     return found[-1] if found else None
 
@@ -87,8 +92,8 @@ def prepare_tools(work_dir: Path, source: Path | None, library: Path | None, job
     if source is None:
         source = default_source()
     if source is None:
-        raise RwkvCppError("rwkv.cpp: no sources (give --rwkvcpp-source ARCHIVE_OR_DIR; ../shared/vendor/rwkv.cpp "
-                           "is not beside the repository)")
+        raise RwkvCppError(f"rwkv.cpp: no sources (give --rwkvcpp-source ARCHIVE_OR_DIR; none vendored in "
+                           f"{vendored_folder()})")
     if not source.exists():
         raise RwkvCppError(f"{source}: no such rwkv.cpp source archive or folder")
     if source.is_dir():

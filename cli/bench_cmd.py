@@ -56,8 +56,8 @@ def bench_cmd(
     rwkvcpp_lib: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_lib, "--rwkvcpp-lib",
                                                help="a built librwkv.so (default: built once into --work-dir)"),
     rwkvcpp_source: Optional[Path] = typer.Option(DEFAULTS.rwkvcpp_source, "--rwkvcpp-source",
-                                                  help="rwkv.cpp's source archive or tree (default: "
-                                                  "../shared/vendor/rwkv.cpp beside the repository)"),
+                                                  help="rwkv.cpp's source archive or tree (default: the "
+                                                  "sources vendored beside this checkout, if any)"),
     llamacpp_precisions: str = typer.Option(_joined(DEFAULTS.llamacpp_precisions), "--llamacpp-precisions",
                                             help="llama.cpp's GGUF types to measure (F32, F16, Q8_0 from its "
                                             "converter; Q4_0, Q4_K_M, ... from its quantizer)"),

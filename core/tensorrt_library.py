@@ -161,9 +161,5 @@ def require_library_for_build(choice: str = "auto") -> tuple[TensorRTLibrary, Gp
     return library, gpu
 
 
-def tensorrt_version(trt: ModuleType) -> str:
-    return str(getattr(trt, "__version__", "unknown"))
-
-
 def known_flavour(flavour: str) -> bool:
     return flavour in FLAVOUR_NAMES

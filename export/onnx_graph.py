@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
@@ -150,6 +151,7 @@ def _export(
         attach_weights(graph, weights)
         fold_weight_transposes(graph)
         optimize(graph)
+        strip_exporter_metadata(graph)
     for log, level in zip(loggers, levels):
         log.setLevel(level)
     # Always save with external data (each weight read and written in turn); a single file is assembled from
@@ -172,6 +174,24 @@ def _export(
     finally:
         staging.unlink(missing_ok=True)
         staged_data.unlink(missing_ok=True)
+
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+def strip_exporter_metadata(model: ir.Model) -> None:
+    """Drop the exporter's per-node and per-value notes (PyTorch stack traces with this machine's source paths,
+    FX node text, class hierarchies): about 80% of a small graph's bytes, nothing a runtime reads, and a leak of
+    where the package was built. Model-level metadata (ours) stays, and so does each node's module path
+    (`pkg.torch.onnx.name_scopes`, no file paths): quantization names MatMul weights by it."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+            value.metadata_props.clear()
+        for node in graph:
+            for key in [k for k in node.metadata_props if k != NAME_SCOPES_KEY]:
+                del node.metadata_props[key]
+            for value in node.outputs:
+                value.metadata_props.clear()
 
 
 def _rename_external_data(model_path: Path, old: str, new: str) -> None:

@@ -297,10 +297,6 @@ class QuantPlan:
     embedding: str | None  # the token-indexed Gather table, or None
 
     @property
-    def matmul_bits(self) -> dict[str, int]:
-        return {name: q.bits for name, q in self.matmul.items()}
-
-    @property
     def names(self) -> set[str]:
         return set(self.matmul) | ({self.embedding} if self.embedding else set())
 

@@ -1,5 +1,6 @@
 """Make the repository root importable so tests can `import tests.helpers...` under --import-mode=importlib,
-and the session-wide fixtures: small exported packages that tests only read, and one real Triton server."""
+the session-wide fixtures (small exported packages that tests only read, one real Triton server), and the
+guard of the fast tier: a test not marked `slow` that exports at run time fails (tests.helpers.fast_tier)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ import pytest
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+
+from tests.helpers.fast_tier import exports_refused  # noqa: E402  (needs the root on sys.path)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    """Session fixtures are made in the setup of the first test that asks: it is guarded like the test."""
+    with exports_refused(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with exports_refused(item):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ import torch
 from tests.helpers.random_checkpoints import VERSIONS, make_checkpoint, save_checkpoint
 from tests.helpers.rwkv_oracle import OracleJob, PackageRun, run_rwkv_package, run_rwkv_package_jobs
 
+pytestmark = pytest.mark.slow  # runs the rwkv package as an oracle in child processes
+
 SHAPE = {"n_layer": 2, "n_embd": 64, "head_size": 32, "vocab_size": 97}
 # Sequence 0 has 10 tokens, so chunks of 4 leave a short last chunk. Sequence 1 repeats a token,
 # so only the carried state can make its first two outputs differ.

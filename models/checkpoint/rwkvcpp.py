@@ -2,8 +2,8 @@
 
 rwkv.cpp's converter squeezes, transposes, concatenates and pre-exponentiates some tensors; this module
 undoes each of those steps (v4, v5.1 = BlinkDL "5.0", v5.2, v6, v7) so that the result loads like a
-BlinkDL `.pth` checkpoint, in float32. The file layout and the inverse transforms follow
-shared/reference/rwkvcpp/README.md (§3 format, §6 conversion).
+BlinkDL `.pth` checkpoint, in float32. The file layout and the inverse transforms follow rwkv.cpp's own
+converter (`python/convert_pytorch_to_ggml.py` upstream) and its loader (`rwkv_model_loading.inc`).
 """
 
 from __future__ import annotations

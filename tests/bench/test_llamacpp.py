@@ -17,6 +17,8 @@ from rwkv_deploy.bench.llamacpp import isa_options
 from rwkv_deploy.cli.main import app
 from tests.helpers.llama_cpp import sdist_missing_reason
 
+pytestmark = pytest.mark.slow  # builds llama.cpp (minutes) and exports
+
 runner = CliRunner()
 SHAPE = "7:2:64:65536"  # llama.cpp's converter reads the World vocabulary: 65536 tokens
 QUICK = ["--precisions", "fp32,int8", "--batches", "1,4", "--prefill", "16", "--contexts", "", "--threads", "1",

@@ -17,6 +17,8 @@ from rwkv_deploy.bench.triton_load import LoadError, LoadOptions, percentile, se
 from rwkv_deploy.cli.main import app
 from rwkv_deploy.targets.triton import BatchingOptions
 
+pytestmark = pytest.mark.slow  # a real Triton server and exported packages
+
 runner = CliRunner()
 
 

@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from rwkv_deploy.package.archive import create_archive
+from tests.helpers.golden import golden_package
 from tests.helpers.hostile import Case, Material, judge, run_subprocess, snapshot
 from tests.helpers.hostile_cases_23 import CASES_23
 
 
 @pytest.fixture(scope="module")
-def material(shared_package, tmp_path_factory) -> Material:
-    package = shared_package("7", "fp32", tokenizer="bytes", prefill=True)
+def material(tmp_path_factory) -> Material:
+    """The golden RWKV-7 package (no case here reads a checkpoint: the one named does not exist)."""
+    package = golden_package("v7-fp32")
     archive = tmp_path_factory.mktemp("hostile23") / "model.zip"
     create_archive(package, archive)
-    return Material(package, package.parent / "v7-seed0.pth", archive)
+    return Material(package, archive.parent / "no-checkpoint.pth", archive)
 
 
 @pytest.mark.parametrize("case", CASES_23, ids=[c.name for c in CASES_23])

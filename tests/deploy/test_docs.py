@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.deploy.jsutil import REPO
 from tests.helpers.ports import free_port
 
@@ -42,6 +44,7 @@ def run_blocks(blocks: list[str], timeout: float = 300) -> str:
     return out
 
 
+@pytest.mark.slow  # runs Node.js and Chromium
 def test_node_and_browser_examples_run(node, chromium):
     node_blocks, browser_blocks = section_blocks("Node.js"), section_blocks("Browser")
     assert len(node_blocks) >= 2 and len(browser_blocks) >= 1

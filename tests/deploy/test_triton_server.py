@@ -19,6 +19,8 @@ import pytest
 
 from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
 
+pytestmark = pytest.mark.slow  # a real Triton server and exported packages
+
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 

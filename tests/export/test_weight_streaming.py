@@ -20,6 +20,8 @@ from rwkv_deploy.models.streaming import graph_weights, meta_model, streamed_mod
 from rwkv_deploy.package.names import BATCH_AXIS, MAX_BATCH
 from tests.helpers.small_packages import small_checkpoint
 
+pytestmark = pytest.mark.slow  # exports
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

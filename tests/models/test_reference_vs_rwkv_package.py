@@ -15,6 +15,8 @@ from rwkv_deploy.models import load_model
 from tests.helpers.random_checkpoints import make_checkpoint, save_checkpoint
 from tests.helpers.rwkv_oracle import OracleJob, run_rwkv_package_jobs
 
+pytestmark = pytest.mark.slow  # runs the rwkv package as an oracle in child processes
+
 TOLERANCE = 1e-4
 SEQ_LEN = 40
 

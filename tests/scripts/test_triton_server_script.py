@@ -15,6 +15,8 @@ import pytest
 from tests.helpers.ports import free_port
 from tests.helpers.triton_server import SCRIPT, VENDOR, kill_group
 
+pytestmark = pytest.mark.slow  # builds and starts a real Triton server
+
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1 in /proc/net/tcp, and IPv4-mapped in tcp6
 
 

@@ -11,11 +11,12 @@ from rwkv_deploy.runtime import DeploymentPackage, Generator, OnnxStepBackend
 
 
 @pytest.fixture(scope="session")
-def serve_pkg(shared_package) -> Path:
-    """A small RWKV-7 (2 layers, 64 wide, byte tokenizer) with its prefill graph, exported once per session."""
-    from tests.helpers.small_packages import shared
+def serve_pkg() -> Path:
+    """A small RWKV-7 (2 layers, 32 wide, byte tokenizer) with its prefill graph: the committed golden package
+    (read it; servers only read it)."""
+    from tests.helpers.golden import golden_package
 
-    return shared(shared_package, "7")
+    return golden_package("v7-fp32")
 
 
 def oracle(package_dir: Path, prefill_chunk: int | None = None) -> Generator:

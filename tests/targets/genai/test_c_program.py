@@ -13,6 +13,8 @@ import pytest
 from tests.helpers.small_packages import shared
 from tests.targets.genai.genai_runs import ours
 
+pytestmark = pytest.mark.slow  # exports, builds a GenAI folder and compiles a C program
+
 genai = pytest.importorskip("onnxruntime_genai")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -12,6 +12,8 @@ from rwkv_deploy.cli.main import app
 from rwkv_deploy.package.manifest import sha256_file
 from tests.helpers.small_packages import shared
 
+pytestmark = pytest.mark.slow  # exports and builds GenAI folders
+
 pytest.importorskip("onnx")
 
 runner = CliRunner()

@@ -9,6 +9,8 @@ import pytest
 from tests.helpers.small_packages import shared
 from tests.targets.genai.genai_runs import genai, ours
 
+pytestmark = pytest.mark.slow  # exports and builds GenAI folders
+
 pytest.importorskip("onnxruntime_genai")
 pytest.importorskip("onnx")
 

@@ -1,0 +1,114 @@
+"""Write the golden packages the fast test tier reads (tests/golden/): small real exports of seeded random RWKV-4
+and RWKV-7 checkpoints at fp32 and int8, each with the PyTorch fp32 reference's logits on a fixed token stream.
+They let tests run a real package without exporting one (an export costs seconds; `make test-fast` has a
+minute). Run it again when the package format or the exporter changes on purpose; the slow test
+tests/test_golden_data.py fails when a fresh export no longer matches what is committed.
+
+    python scripts/make_golden.py             # rewrite tests/golden/
+    python scripts/make_golden.py --out DIR   # write elsewhere (the slow test does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
+PROMPT = b"Golden data: the quick brown fox jumps over the lazy dog."  # 56 tokens of the bytes tokenizer
+EXPECTED_SUFFIX = ".expected.npz"
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    """One committed package: 2 layers, 32 wide, vocab 256 (bytes tokenizer), with the prefill graph."""
+
+    version: str
+    precision: str
+    seed: int = 0
+    n_layer: int = 2
+    n_embd: int = 32
+    head_size: int = 16
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}-{self.precision}"
+
+
+SPECS = (GoldenSpec("4", "fp32"), GoldenSpec("4", "int8"), GoldenSpec("7", "fp32"), GoldenSpec("7", "int8"))
+
+
+def checkpoint_path(root: Path, spec: GoldenSpec) -> Path:
+    return root / f"v{spec.version}-seed{spec.seed}.pth"
+
+
+def write_checkpoint(path: Path, spec: GoldenSpec) -> None:
+    import torch
+
+    from rwkv_deploy.models.random_checkpoint import make_checkpoint
+
+    sizes = {} if spec.version == "4" else {"head_size": spec.head_size}
+    torch.save(make_checkpoint(spec.version, n_layer=spec.n_layer, n_embd=spec.n_embd, vocab_size=256,
+                               seed=spec.seed, **sizes), path)
+
+
+def reference_logits(checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
+    """[T, vocab] fp32 logits of the PyTorch reference fed `tokens` one at a time from the initial state."""
+    import torch
+
+    from rwkv_deploy.models import load_model
+
+    model = load_model(checkpoint)
+    state, rows = model.init_state(1), []
+    with torch.no_grad():
+        for token in tokens:
+            logits, state = model.step(torch.tensor([int(token)]), state)
+            rows.append(logits[0].float().numpy())
+    return np.stack(rows)
+
+
+def write_golden(out: Path) -> list[Path]:
+    """Export every spec into `out` (replacing what is there) with its `<name>.expected.npz`; return the packages."""
+    from rwkv_deploy.export.package_builder import ExportOptions, export_package
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = np.frombuffer(PROMPT, dtype=np.uint8).astype(np.int64)
+    written = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for spec in SPECS:
+            checkpoint = checkpoint_path(Path(scratch), spec)
+            if not checkpoint.exists():
+                write_checkpoint(checkpoint, spec)
+            package = out / spec.name
+            export_package(checkpoint, package, ExportOptions(precision=spec.precision, tokenizer="bytes",
+                                                              prefill=True, force=True))
+            np.savez(out / f"{spec.name}{EXPECTED_SUFFIX}", tokens=tokens,
+                     reference_logits=reference_logits(checkpoint, tokens))
+            written.append(package)
+    (out / "README.md").write_text(
+        "# Golden packages\n\nWritten by `python scripts/make_golden.py`; do not edit by hand. Each folder is a "
+        "real package (2 layers, 32 wide, vocab 256, bytes tokenizer, prefill graph) of a seeded random "
+        "checkpoint; `<name>.expected.npz` holds the token stream and the PyTorch fp32 reference's logits on "
+        "it.\n\n" + "\n".join(f"- `{s.name}`: RWKV-{s.version}, {s.precision}, seed {s.seed}" for s in SPECS)
+        + "\n")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="folder to write (default: tests/golden)")
+    args = parser.parse_args(argv)
+    packages = write_golden(args.out)
+    total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(json.dumps({"packages": [p.name for p in packages], "bytes": total}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
