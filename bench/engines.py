@@ -78,11 +78,9 @@ class DeployEngine(Engine):
         return lambda: generator.prefill(tokens)
 
     def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
-        state, out = self.backend.fresh_state(1), []
-        for token in tokens:
-            logits, state = self.backend.step(np.array([token], dtype=np.int64), state)
-            out.append(np.asarray(logits[0], dtype=np.float32))
-        return np.stack(out)
+        from rwkv_deploy.runtime import stream_logits
+
+        return stream_logits(self.backend, tokens)
 
     def load_state(self, path: Path) -> Any:
         """A context state made by any precision's package of the same model: the tensors are the same
@@ -142,12 +140,7 @@ class TorchReferenceEngine(Engine):
         return call
 
     def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
-        state, out = self.model.init_state(1), []
-        with self.torch.no_grad():
-            for token in tokens:
-                logits, state = self.model.step(self.torch.tensor([int(token)]), state)
-                out.append(logits[0].float().numpy())
-        return np.stack(out)
+        return self.model.stream_logits(tokens)
 
 
 class RwkvPackageEngine(Engine):

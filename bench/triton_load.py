@@ -239,16 +239,10 @@ def _model_io(client: Any, model: str, url: str, timeout_s: float) -> _ModelIO:
 def reference_logits(package: Path, streams: np.ndarray) -> np.ndarray:
     """[stream, step, vocab] fp32 logits of the Python runtime for each stream, stepped at batch 1 from the
     package's initial state, as a client without Triton would."""
-    from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+    from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend, stream_logits
 
     backend = OnnxStepBackend(DeploymentPackage.open(package), threads=1)
-    out = np.empty((*streams.shape, backend.vocab_size), np.float32)
-    for s, stream in enumerate(streams):
-        state = backend.fresh_state(1)
-        for t, token in enumerate(stream):
-            logits, state = backend.step(np.array([token], np.int64), state)
-            out[s, t] = logits[0]
-    return out
+    return np.stack([stream_logits(backend, stream) for stream in streams])
 
 
 class _Run:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .generation import (GenerationError, GenerationResult, GenerationStats, Generator, PrefillBackend, StepBackend,
-                         TextStream, can_prefill)
+                         TextStream, can_prefill, stream_logits)
 from .package import DeploymentPackage, InputError, PackageError
 from .sampling import NonFiniteError, SamplingError, SamplingParams, sample_token
 from .state import RecurrentState, StateError
@@ -21,7 +21,7 @@ from .state import RecurrentState, StateError
 __all__ = [
     "BackendError", "DeploymentPackage", "GenerationError", "GenerationResult", "GenerationStats", "Generator",
     "InputError", "NonFiniteError", "OnnxStepBackend", "PackageError", "RecurrentState", "SamplingError", "SamplingParams",
-    "StateError", "StepBackend", "PrefillBackend", "TextStream", "can_prefill", "sample_token",
+    "StateError", "StepBackend", "PrefillBackend", "TextStream", "can_prefill", "sample_token", "stream_logits",
 ]
 
 _LAZY = {"OnnxStepBackend", "BackendError"}

@@ -351,6 +351,16 @@ def feed_chunk(backend: StepBackend, chunk: np.ndarray, state: RecurrentState) -
     return backend.step(np.ascontiguousarray(chunk[:, 0]), state)
 
 
+def stream_logits(backend: StepBackend, tokens: Sequence[int]) -> np.ndarray:
+    """[T, vocab] fp32 logits of one sequence stepped a token at a time from the package's initial state: the
+    artifact side of every fidelity measure that walks a stream (bench, the Triton load check, the golden data)."""
+    state, rows = backend.fresh_state(1), []
+    for token in tokens:
+        logits, state = backend.step(np.array([token], dtype=np.int64), state)
+        rows.append(np.asarray(logits[0], dtype=np.float32))
+    return np.stack(rows)
+
+
 def finish_reason(stream: TextStream | None, generated: int, max_tokens: int) -> str | None:
     """Why a sequence ends after its latest fed token: "stop" (a stop string completed), "length" (max_tokens
     generated), or None (it goes on). A stop token ends it before being fed (the caller's check)."""

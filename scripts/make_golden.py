@@ -60,17 +60,9 @@ def write_checkpoint(path: Path, spec: GoldenSpec) -> None:
 
 def reference_logits(checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
     """[T, vocab] fp32 logits of the PyTorch reference fed `tokens` one at a time from the initial state."""
-    import torch
-
     from rwkv_deploy.models import load_model
 
-    model = load_model(checkpoint)
-    state, rows = model.init_state(1), []
-    with torch.no_grad():
-        for token in tokens:
-            logits, state = model.step(torch.tensor([int(token)]), state)
-            rows.append(logits[0].float().numpy())
-    return np.stack(rows)
+    return load_model(checkpoint).eval().stream_logits(tokens)
 
 
 def write_golden(out: Path) -> list[Path]:

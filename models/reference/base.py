@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -119,3 +120,13 @@ class RWKVModel(nn.Module):
         """tokens [B] -> logits [B, V] and the new state: one recurrent step."""
         logits, new_state = self.forward(tokens.unsqueeze(1), state)
         return logits[:, 0], new_state
+
+    @torch.no_grad()
+    def stream_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """[T, vocab] fp32 logits of one sequence fed a token at a time from the initial state: the reference
+        side of every fidelity measure that walks a stream (bench, the golden data)."""
+        state, rows = self.init_state(1), []
+        for token in tokens:
+            logits, state = self.step(torch.tensor([int(token)]), state)
+            rows.append(logits[0].float().numpy())
+        return np.stack(rows)

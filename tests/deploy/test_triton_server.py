@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend
+from rwkv_deploy.runtime import DeploymentPackage, OnnxStepBackend, stream_logits
 
 pytestmark = pytest.mark.slow  # a real Triton server and exported packages
 
@@ -35,12 +35,7 @@ def _backend(package: Path) -> OnnxStepBackend:
 
 def runtime_logits(package: Path, tokens: list[int]) -> np.ndarray:
     """[len(tokens), vocab] logits of the Python runtime, from the package's initial state."""
-    backend = _backend(package)
-    state, out = backend.fresh_state(1), []
-    for token in tokens:
-        logits, state = backend.step(np.array([token], np.int64), state)
-        out.append(logits[0])
-    return np.stack(out)
+    return stream_logits(_backend(package), tokens)
 
 
 def request(client, model: str, token: int, sequence_id: int, start: bool = False, end: bool = False,

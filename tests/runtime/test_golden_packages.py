@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rwkv_deploy.fidelity import kl_divergence, top1_matches
-from rwkv_deploy.runtime import DeploymentPackage
+from rwkv_deploy.runtime import DeploymentPackage, stream_logits
 from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
 from tests.helpers.golden import NAMES, golden_expected, golden_package
 
@@ -16,14 +16,6 @@ from tests.helpers.golden import NAMES, golden_expected, golden_package
 FP32_MAX_ABS = 1e-5
 INT8_KL_MEAN = 5e-4
 INT8_TOP1 = 0.95
-
-
-def _stepped_logits(backend: OnnxStepBackend, tokens: np.ndarray) -> np.ndarray:
-    state, rows = backend.fresh_state(1), []
-    for token in tokens:
-        logits, state = backend.step(np.array([token], np.int64), state)
-        rows.append(logits[0])
-    return np.stack(rows).astype(np.float32)
 
 
 def _assert_close(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -38,7 +30,7 @@ def _assert_close(name: str, got: np.ndarray, want: np.ndarray) -> None:
 def test_stepping_the_golden_package_gives_the_references_logits(name: str) -> None:
     tokens, want = golden_expected(name)
     backend = OnnxStepBackend(DeploymentPackage.open(golden_package(name)), threads=1)
-    _assert_close(name, _stepped_logits(backend, tokens), want)
+    _assert_close(name, stream_logits(backend, tokens), want)
 
 
 @pytest.mark.parametrize("name", NAMES)
