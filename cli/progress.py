@@ -21,6 +21,11 @@ def stage_printer(enabled: bool = True) -> Iterator[Callable[[str], None]]:
             print(f"[{now - start:6.1f}s] {stage} ...", file=sys.stderr, end="", flush=True)
         last[0], last[1] = now, stage
 
-    yield report
+    try:
+        yield report
+    except BaseException:
+        if enabled and last[1] is not None:  # end the open stage's line, so the error gets a line of its own
+            print("  failed", file=sys.stderr, flush=True)
+        raise
     if enabled and last[1] is not None:
         print(f"  done in {time.perf_counter() - last[0]:.1f}s", file=sys.stderr)

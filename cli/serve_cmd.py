@@ -64,6 +64,13 @@ def serve_cmd(
                                          "`package --triton` repository of PKG: be its front end, the state held "
                                          "by Triton (needs the [triton] extra)"),
     triton_model: Optional[str] = typer.Option(None, "--model", help="with --triton: the model's name there"),
+    request_timeout: float = typer.Option(30.0, "--request-timeout", help="seconds a client has to send a "
+                                          "request's head (else the connection is closed), then its body (else 408)"),
+    max_connections: int = typer.Option(1024, "--max-connections", help="open connections and requests beyond "
+                                        "this get 503"),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="a Host name a server on loopback also answers "
+                                         "(repeatable; '*' any): for a reverse proxy that keeps the client's Host. "
+                                         "Otherwise only localhost, 127.0.0.1 and [::1] (against DNS rebinding)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip hashing the packages' files (trusted local "
                                    "packages); the path rules are always checked"),
 ) -> None:
@@ -79,6 +86,8 @@ def serve_cmd(
                            state_cache_mib=state_cache_mib, max_sessions=max_sessions,
                            prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, chat_templates=per_model,
                            default_template=default, drain_seconds=drain_seconds, access_log=access_log,
-                           verify=not no_verify, triton=triton, triton_model=triton_model)
+                           verify=not no_verify, triton=triton, triton_model=triton_model,
+                           request_timeout=request_timeout, max_connections=max_connections,
+                           allowed_hosts=tuple(allow_host))
     import rwkv_deploy.runtime.onnx_backend  # noqa: F401  (loaded before an archive is extracted, as generate does)
     run_server(packages, options)

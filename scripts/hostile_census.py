@@ -1,5 +1,6 @@
-"""Run issue 14's hostile-input corpus (tests/helpers/hostile_cases.py) against any checkout of rwkv-deploy and
-count, by class: tried / one clean line / traceback / written or lost / code run / accepted.
+"""Run the hostile-input corpora against any checkout of rwkv-deploy and count, by class: issue 14's and issue
+23's CLI cases (tests/helpers/hostile_cases.py, hostile_cases_23.py: tried / one clean line / traceback /
+written or lost / code run / accepted), the Node.js runner's (--node) and the HTTP server's (--serve).
 
 Every case runs as `PYTHON -m rwkv_deploy.cli.main ...` in its own process (8 GiB address-space limit, so a
 crafted size cannot exhaust the machine), on inputs this checkout builds. Usage:
@@ -7,11 +8,16 @@ crafted size cannot exhaust the machine), on inputs this checkout builds. Usage:
     .venv/bin/python scripts/hostile_census.py                      # this checkout
     .venv/bin/python scripts/hostile_census.py --python OLD/python --pythonpath OLD_TREE   # another checkout
     .venv/bin/python scripts/hostile_census.py --node [--node-cli OLD_TREE/deploy/node/cli.js]  # the Node runner
+    .venv/bin/python scripts/hostile_census.py --serve [--pythonpath OLD_TREE]   # `serve` over raw HTTP
+
+An old checkout is made importable as `rwkv_deploy` by a folder of links laid out like pyproject.toml's
+package-dir (scripts/hostile_census.py --mirror OLD_TREE DEST writes one).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from rwkv_deploy.package.archive import create_archive  # noqa: E402
 from tests.helpers.hostile import Material, judge, run_subprocess, snapshot  # noqa: E402
-from tests.helpers.hostile_cases import CASES  # noqa: E402
+from tests.helpers.hostile_cases import CASES as CASES_14  # noqa: E402
+from tests.helpers.hostile_cases_23 import CASES_23  # noqa: E402
+
+CASES = [*CASES_14, *(dataclasses.replace(c, klass=f"23 {c.klass}") for c in CASES_23)]
 from tests.helpers.small_packages import export_small  # noqa: E402
 
 COLUMNS = ("tried", "clean", "traceback", "written", "code", "accepted")
@@ -166,6 +175,89 @@ def node_census(cli: Path, pattern: str) -> int:
     return 0
 
 
+def serve_census(python: str, pythonpath: str | None, pattern: str) -> int:
+    """The HTTP cases (tests/helpers/hostile_http.py) against `serve` of the golden RWKV-7 package: clean = the
+    expected answer, the server healthy after it and no traceback logged; dangerous = the server down or hung,
+    or a request from a foreign origin answered; bad = anything else."""
+    import httpx
+
+    from tests.helpers.golden import golden_package
+    from tests.helpers.hostile_http import CASES as HTTP_CASES, MODEL, REQUEST_TIMEOUT, status_of
+    from tests.helpers.ports import free_port
+
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    with tempfile.TemporaryDirectory(prefix="hostile-serve-") as tmp:
+        log_path, port = Path(tmp) / "serve.log", free_port()
+        base = ["serve", f"{MODEL}={golden_package('v7-fp32')}", "--port", str(port), "--threads", "1",
+                "--max-body-mib", "0.25"]
+        server = None
+        for extra in (["--request-timeout", str(REQUEST_TIMEOUT)], []):  # an old checkout lacks the option
+            with open(log_path, "wb") as log:
+                server = _cli_to(python, pythonpath, [*base, *extra], log)
+            if _wait_for(lambda: _healthy(httpx, port), server, timeout=60):
+                break
+            server.kill()
+            server.wait()
+        try:
+            for case in (c for c in HTTP_CASES if pattern in c.name):
+                logged = log_path.read_text(errors="replace").count("Traceback")
+                try:
+                    outcome = status_of(case.send("127.0.0.1", port))
+                except OSError as exc:
+                    outcome = type(exc).__name__
+                healthy = _healthy(httpx, port)
+                traceback = log_path.read_text(errors="replace").count("Traceback") > logged
+                if not healthy or outcome == "hung" or (case.klass == "origin" and outcome == 200):
+                    verdict = "dangerous"
+                elif case.accepts(outcome) and not traceback:
+                    verdict = "clean"
+                else:
+                    verdict = "bad"
+                counts[case.klass][verdict] += 1
+                counts["all"][verdict] += 1
+                print(f"{verdict:9s} {case.name:30s} answer {outcome} (want {case.expect})"
+                      f"{' traceback logged' if traceback else ''}", file=sys.stderr)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    print("| class | tried | clean | bad | dangerous |")
+    print("|---|---|---|---|---|")
+    for klass in sorted(counts, key=lambda k: (k == "all", k)):
+        c = counts[klass]
+        print(f"| {klass} | {sum(c.values())} | {c['clean']} | {c['bad']} | {c['dangerous']} |")
+    return 0
+
+
+def _healthy(httpx, port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _cli_to(python: str, pythonpath: str | None, args: list[str], log) -> subprocess.Popen:
+    environ = dict(os.environ, PYTHONUNBUFFERED="1")
+    if pythonpath:
+        environ["PYTHONPATH"] = pythonpath
+    return subprocess.Popen([python, "-m", "rwkv_deploy.cli.main", *args], stdout=log, stderr=subprocess.STDOUT,
+                            env=environ)
+
+
+def write_mirror(tree: Path, dest: Path) -> None:
+    """`dest`/rwkv_deploy: links laid out as `tree`'s pyproject.toml package-dir maps them, so that PYTHONPATH=dest
+    imports that checkout's code (its own folders: no install needed)."""
+    import tomllib
+
+    mapping = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    root = dest / "rwkv_deploy"
+    root.mkdir(parents=True)
+    for entry in (tree / mapping["rwkv_deploy"]).iterdir():
+        (root / entry.name).symlink_to(entry.resolve())
+    for package, folder in mapping.items():
+        if package != "rwkv_deploy":
+            (root / package.split(".", 1)[1]).symlink_to((tree / folder).resolve())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", default=sys.executable, help="interpreter of the checkout under test")
@@ -173,18 +265,30 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write every case's verdict here")
     parser.add_argument("-k", default="", help="only cases whose name contains this")
     parser.add_argument("--node", action="store_true", help="issue 23's Node.js runner cases instead")
+    parser.add_argument("--corpus", choices=("14", "23", "all"), default="all",
+                        help="which CLI corpus: issue 14's, issue 23's Python-side classes, or both")
+    parser.add_argument("--serve", action="store_true", help="the HTTP server's cases instead")
+    parser.add_argument("--mirror", nargs=2, type=Path, metavar=("TREE", "DEST"),
+                        help="write DEST/rwkv_deploy for checkout TREE and stop")
     parser.add_argument("--node-cli", type=Path, default=REPO / "deploy" / "node" / "cli.js",
                         help="the Node runner under test (another checkout's deploy/node/cli.js)")
     args = parser.parse_args()
+    if args.mirror:
+        write_mirror(*args.mirror)
+        return 0
     if args.node:
         return node_census(args.node_cli, args.k)
+    if args.serve:
+        return serve_census(args.python, args.pythonpath, args.k)
     rows, counts = [], defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
     with tempfile.TemporaryDirectory(prefix="hostile-census-") as tmp:
         tmp = Path(tmp)
         package = export_small(tmp, "7", "fp32", tokenizer="bytes", prefill=True)
         create_archive(package, tmp / "model.zip")
         material = Material(package, tmp / "v7-seed0.pth", tmp / "model.zip")
-        for index, case in enumerate(c for c in CASES if args.k in c.name):
+        chosen = [c for c in CASES if args.k in c.name
+                  and args.corpus in ("all", "23" if c.klass.startswith("23 ") else "14")]
+        for index, case in enumerate(chosen):
             root = tmp / f"case{index}"
             root.mkdir()
             argv = case.build(root, material)
@@ -213,7 +317,7 @@ def main() -> int:
                 c["accepted"] += verdict.accepted
             mark = "ok " if verdict.ok else ("ok~" if one_line and not verdict.written and not verdict.accepted else "BAD")
             print(f"{mark} {case.name:45s} exit {outcome.exit_code:3d} {row['stderr_tail'][:1]}", file=sys.stderr)
-        if not args.k:
+        if not args.k and args.corpus != "23":
             for row in interrupt_scenarios(args.python, args.pythonpath, material, tmp):
                 rows.append(row)
                 ok = row["clean"] and not row["written"]

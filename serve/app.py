@@ -18,14 +18,14 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rwkv_deploy.runtime.package import DeploymentPackage
 
 from . import chat_template
-from .errors import ApiError, bad_request, draining, model_not_found, too_large
+from .errors import ApiError, bad_request, client_gone, draining, model_not_found, request_timeout, too_large
 from .metrics import Metrics
 from .options import ServeOptions
 from .prefix_cache import PrefixCache
@@ -68,18 +68,29 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-async def _read_body(request: Request, cap: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `cap` bytes (before reading the rest)."""
+async def _read_body(request: Request, cap: int, seconds: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes `cap` bytes (before reading the rest), and with
+    408 when it has not all arrived within `seconds` (a client that declares more than it sends)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise too_large(f"the request body ({int(declared)} bytes) is larger than the {cap}-byte limit",
                         "body_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise too_large(f"the request body is larger than the {cap}-byte limit", "body_too_large")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise too_large(f"the request body is larger than the {cap}-byte limit", "body_too_large")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), seconds)
+    except asyncio.TimeoutError:
+        raise request_timeout(seconds) from None
+    except ClientDisconnect:
+        raise client_gone() from None
     return b"".join(chunks)
 
 
@@ -236,7 +247,8 @@ def build_app(server: ServerState) -> Starlette:
         model_id = "-"
         call = None
         try:
-            body = parse_body(await _read_body(request, int(server.options.max_body_mib * (1 << 20))))
+            cap = int(server.options.max_body_mib * (1 << 20))
+            body = parse_body(await _read_body(request, cap, server.options.request_timeout))
             req = parse_request(body, endpoint)
             served = server.model(req.model)
             model_id = served.model_id

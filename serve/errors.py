@@ -35,6 +35,17 @@ def queue_full(model: str, depth: int) -> ApiError:
                     "server_busy", "queue_full")
 
 
+def request_timeout(seconds: float) -> ApiError:
+    return ApiError(408, f"the request body did not arrive within {seconds:g} seconds", "invalid_request_error",
+                    "request_timeout")
+
+
+def client_gone() -> ApiError:
+    """The client closed the connection while sending its request (nobody reads the answer)."""
+    return ApiError(400, "the client closed the connection before its request was complete",
+                    "invalid_request_error", "client_disconnected")
+
+
 def draining() -> ApiError:
     return ApiError(503, "the server is shutting down and takes no new requests", "server_unavailable", "draining")
 

@@ -35,15 +35,19 @@ class ServeOptions:
     verify: bool = True  # hash the packages' files at start (the trust boundary `generate` uses)
     triton: str | None = None  # HOST:PORT of a Triton server (gRPC): front-end mode, the state held by Triton
     triton_model: str | None = None  # the model's name in that server
+    request_timeout: float = 30.0  # seconds for a request's head (else closed), then for its body (else 408)
+    max_connections: int = 1024  # open connections and requests beyond this get 503
+    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback server answers besides localhost ("*": any)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_sessions", "prefill_chunk"):
+        for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_sessions", "prefill_chunk", "max_connections"):
             if getattr(self, name) < 1:
                 raise ServeOptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.port < 65536:
             raise ServeOptionError(f"--port must be in 1..65535, got {self.port}")
-        if self.state_cache_mib < 0 or self.max_body_mib <= 0 or self.drain_seconds < 0:
-            raise ServeOptionError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib > 0")
+        if self.state_cache_mib < 0 or self.max_body_mib <= 0 or self.drain_seconds < 0 or self.request_timeout <= 0:
+            raise ServeOptionError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib and "
+                                   "--request-timeout > 0")
         if (self.triton is None) != (self.triton_model is None):
             raise ServeOptionError("--triton HOST:PORT and --model NAME go together")
         for template in (self.default_template, *self.chat_templates.values()):

@@ -60,17 +60,50 @@ class CompletionRequest:
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 for anything else (invalid JSON, NaN, not an object)."""
+    """The body as a JSON object; 400 for anything else: not UTF-8 (JSON's only encoding on the wire, RFC 8259
+    section 8.1; json.loads alone would also take UTF-16 and UTF-32), invalid JSON, NaN, a string holding an
+    unpaired surrogate (a "\\ud800" escape: no text can contain it), too deep, not an object."""
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        body = json.loads(raw, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})",
+                          code="invalid_json") from None
+    try:
+        body = json.loads(text, parse_constant=no_constants)
+    except RecursionError:
+        raise bad_request("the request body is not valid JSON (nested too deeply)", code="invalid_json") from None
+    except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    _check_strings(body)
     return body
+
+
+def _check_strings(body: dict[str, Any]) -> None:
+    """Every key and string value encodes as UTF-8 (walked without recursion: json.loads bounds the depth)."""
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str):
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise bad_request("the request body holds a string with an unpaired surrogate escape "
+                                          f"(\\u{ord(_surrogate(text)):04x})",
+                                          code="invalid_json") from None
+            if isinstance(item, (dict, list)):
+                pending.append(item)
+
+
+def _surrogate(text: str) -> str:
+    return next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 def _number(body: dict, name: str, default: float) -> float:

@@ -135,12 +135,17 @@ def run_server(specs: Sequence[str], options: ServeOptions) -> None:
     """Serve until SIGTERM/SIGINT has drained the requests in flight."""
     import uvicorn
 
+    from .http_edge import LoopbackHostGuard, is_loopback, make_protocol
+
     metrics = Metrics()
     with open_models(specs, options, metrics) as models:
         state = ServerState(models, metrics, options)
-        config = uvicorn.Config(build_app(state), host=options.host, port=options.port, lifespan="off",
-                                access_log=options.access_log, log_level="warning",
-                                timeout_graceful_shutdown=5)
+        app = build_app(state)
+        if is_loopback(options.host):
+            app = LoopbackHostGuard(app, options.allowed_hosts)
+        config = uvicorn.Config(app, host=options.host, port=options.port, lifespan="off",
+                                access_log=options.access_log, log_level="warning", timeout_graceful_shutdown=5,
+                                http=make_protocol(options.request_timeout), limit_concurrency=options.max_connections)
         if options.access_log:  # uvicorn logs requests at INFO; everything else stays at WARNING
             logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         server = _server_class()(config)

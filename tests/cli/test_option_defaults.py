@@ -16,6 +16,7 @@ from rwkv_deploy.cli.main import app
 from rwkv_deploy.export.options import ExportOptions
 from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
 from rwkv_deploy.runtime.sampling import SamplingParams
+from rwkv_deploy.serve.options import ServeOptions
 from rwkv_deploy.targets.triton import CPU_THREADS_DEFAULT, BatchingOptions, InstanceOptions
 from rwkv_deploy.validate.result import ValidateOptions
 
@@ -27,8 +28,10 @@ LIBRARY_DEFAULTS = {
     "validate": ValidateOptions(),
     "generate": SamplingParams(),  # the sampling options
     "bench": BENCH_DEFAULTS,
+    "serve": ServeOptions(),
 }
-LEFT_TO_THE_LIBRARY = {("export", "external_data"), ("bench", "packages"), ("bench", "threads")}
+LEFT_TO_THE_LIBRARY = {("export", "external_data"), ("bench", "packages"), ("bench", "threads"),
+                       ("serve", "prefill_chunk"), ("serve", "threads"), ("serve", "triton"), ("serve", "triton_model")}
 
 
 def cli_defaults(command: str) -> dict[str, Any]:

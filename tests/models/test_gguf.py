@@ -306,3 +306,29 @@ def test_bad_gguf_is_one_line_naming_the_file(files: dict[str, Path], q8_layout:
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(path)), message
     assert fragment in message, message
+
+
+def test_every_bad_gguf_through_the_real_cli_is_one_line_exit_2_and_no_output(files: dict[str, Path],
+                                                                               q8_layout: dict,
+                                                                               tmp_path: Path) -> None:
+    """The census class for GGUF: `rwkv-deploy export` on each damaged file, in its own process."""
+    import subprocess
+    import sys
+
+    data = files["v7-q8_0"].read_bytes()
+
+    def run(case: str) -> tuple[str, subprocess.CompletedProcess, Path]:
+        edit, _ = _bad_cases(data, q8_layout)[case]
+        folder = tmp_path / case.replace(" ", "-")
+        folder.mkdir()
+        (folder / "model.gguf").write_bytes(edit(bytearray(data)))
+        done = subprocess.run([sys.executable, "-m", "rwkv_deploy.cli.main", "export", str(folder / "model.gguf"),
+                               "--out", str(folder / "out"), "--quiet"], capture_output=True, text=True, timeout=300)
+        return case, done, folder
+
+    with ThreadPoolExecutor(4) as pool:
+        for case, done, folder in pool.map(run, BAD):
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            assert done.returncode == 2, (case, done.stderr[-2000:])
+            assert len(lines) == 1 and lines[0].startswith("error: ") and "model.gguf" in lines[0], (case, lines)
+            assert sorted(p.name for p in folder.iterdir()) == ["model.gguf"], case  # nothing written
