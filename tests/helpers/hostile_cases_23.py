@@ -117,6 +117,30 @@ def staging_lookalike(root: Path, m: Material) -> list[str]:
     return ["package", str(m.package), "-o", str(root / "out.zip")]
 
 
+# -- 5: the GenAI folder, a new writer: the same rules as every other output -------------------------------------
+
+
+def genai_into_link(root: Path, m: Material) -> list[str]:
+    victim = root / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("a user's file\n")
+    (root / "out").symlink_to(victim)
+    return ["package", str(m.package), "--genai", str(root / "out")]
+
+
+def genai_over_a_users_folder(root: Path, m: Material) -> list[str]:
+    (root / "out").mkdir()
+    (root / "out" / "notes.txt").write_text("a user's file\n")
+    return ["package", str(m.package), "--genai", str(root / "out")]
+
+
+def genai_of_a_tampered_package(root: Path, m: Material) -> list[str]:
+    pkg = copy_package(root, m)
+    graph = pkg / manifest_of(pkg)["graphs"]["step"]["path"]
+    graph.write_bytes(graph.read_bytes() + b"\0")  # not relisted: the hash no longer matches
+    return ["package", str(pkg), "--genai", str(root / "out")]
+
+
 # -- the smaller edges ------------------------------------------------------------------------------------------
 
 
@@ -147,6 +171,9 @@ CASES_23: list[Case] = [
     _case("archive-overlapping-members", "dangerous", archive_overlap, 1, "overlap", on_stdout=True),
     _case("generate-archive-overlapping-members", "dangerous", generate_archive_overlap, 1, "overlap"),
     _case("staging-user-lookalike-folder", "dangerous", staging_lookalike, 0, allowed=("out.zip",)),
+    _case("genai-into-a-symlink", "dangerous", genai_into_link, 2, "symbolic link"),
+    _case("genai-over-a-users-folder", "dangerous", genai_over_a_users_folder, 2, "not an empty directory"),
+    _case("genai-of-a-tampered-package", "dangerous", genai_of_a_tampered_package, 2, "sha256"),
     _case("limit-variable-1e400", "traceback", generate_with(), 2, "RWKV_DEPLOY",
           env={"RWKV_DEPLOY_MAX_STATE_BYTES": "1e400"}),
     _case("threads-2000", "traceback", generate_with("--threads", "2000"), 2, "threads"),
