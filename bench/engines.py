@@ -1,5 +1,5 @@
 """The things `bench` times, behind one small interface: this project's exported package, the PyTorch
-reference model, BlinkDL's `rwkv` package (cpu fp32), rwkv.cpp and llama.cpp. Each runs in its own worker process
+reference model, BlinkDL's `rwkv` package (cpu fp32), rwkv.cpp, llama.cpp and ONNX Runtime GenAI. Each runs in its own worker process
 (`bench.worker`), so its peak memory and thread settings are its own."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .options import DEPLOY, DEPLOY_SPIN, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
 __all__ = ["DEPLOY", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
-           "RwkvPackageEngine", "RwkvCppEngine", "LlamaCppEngine"]
+           "RwkvPackageEngine", "RwkvCppEngine", "LlamaCppEngine", "GenaiEngine"]
 
 
 class Engine(ABC):
@@ -252,4 +252,46 @@ class LlamaCppEngine(Engine):
         for token in tokens:
             context.decode(np.array([token]))
             out.append(context.logits(0))
+        return np.stack(out)
+
+
+class GenaiEngine(Engine):
+    """ONNX Runtime GenAI's Generator on a package's GenAI folder, greedy, one sequence: what a C, C++ or C#
+    application calls per token (`generate_next_token`: the decoder graph at seq 1, then the search). Its ORT
+    session takes `threads` intra-op threads; GenAI has no setting for ORT's spin-waiting, so its threads spin
+    (ORT's default): compare it with the rwkv-deploy-spin rows at 2 threads and more."""
+
+    name = GENAI
+    max_decode_batch = 1
+
+    def __init__(self, folder: Path, threads: int, vocab_size: int, seed: int) -> None:
+        super().__init__(vocab_size, seed)
+        import json
+
+        import onnxruntime_genai as og
+
+        config = og.Config(str(folder))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        self.og, self.model = og, og.Model(config)
+
+    def _generator(self) -> Any:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=1 << 20, do_sample=False)
+        return self.og.Generator(self.model, params)
+
+    def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
+        generator = self._generator()
+        generator.append_tokens(self.tokens(1).tolist())
+        return generator.generate_next_token
+
+    def prefill_call(self, length: int) -> Callable[[], None]:
+        tokens = self.tokens(length).tolist()
+        return lambda: self._generator().append_tokens(tokens)
+
+    def stream_logits(self, tokens: np.ndarray) -> np.ndarray:
+        generator, out = self._generator(), []
+        for token in tokens:
+            generator.append_tokens([int(token)])
+            out.append(np.asarray(generator.get_logits(), dtype=np.float32).reshape(-1)[:self.vocab_size])
         return np.stack(out)

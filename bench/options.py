@@ -12,6 +12,7 @@ from .shapes import ModelShape
 DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP = "rwkv-deploy", "torch-reference", "rwkv-package", "rwkv.cpp"
 LLAMACPP = "llama.cpp"
 DEPLOY_SPIN = "rwkv-deploy-spin"  # our packages with ONNX Runtime's spin-waiting threads (`spin_wait`)
+GENAI = "onnxruntime-genai"  # our packages' GenAI folders (`package --genai`) run by ONNX Runtime GenAI
 BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP)  # the default set
 KNOWN_BASELINES = BASELINES + (LLAMACPP,)  # llama.cpp on request: its first run builds it (minutes)
 RWKVCPP_PRECISIONS = ("FP32", "FP16", "Q8_0", "Q5_1", "Q4_0")
@@ -44,6 +45,9 @@ class BenchOptions:
     # also measure the packages with spin-waiting ONNX Runtime threads (engine DEPLOY_SPIN, decode at batch 1, at
     # each thread count above 1), the way rwkv.cpp's threads wait; the runtime's default does not spin
     spin_wait: bool = False
+    # also measure each package's ONNX Runtime GenAI folder (engine GENAI: decode at batch 1, prefill, fidelity),
+    # as a C, C++ or C# application runs it; needs the onnxruntime-genai package
+    genai: bool = False
     threads: tuple[int, ...] = field(default_factory=default_threads)  # each thread count measured in turn
     rounds: int = 3  # each measurement split over this many rounds; engine order reversed every round
     min_seconds: float = 3.0  # timed seconds per measurement, over all rounds

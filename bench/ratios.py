@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import DEPLOY, DEPLOY_SPIN, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 
 DECODE_VS_RWKV_PACKAGE = {"fp32": 1.7, "int8": 3.0, "int4": 4.0}
 BATCH16_VS_BATCH1 = 8.0
@@ -27,6 +27,7 @@ KL_VS_RWKVCPP = 1.0  # our KL mean over rwkv.cpp's counterpart's, on the same st
 LLAMACPP_COUNTERPART = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
 DECODE_VS_LLAMACPP = 1.0
 KL_VS_LLAMACPP = 1.0
+GENAI_DECODE_COST = 1.1  # GenAI's time per token over our runtime's, on the same package
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,13 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     add(f"prefill{length}_vs_llamacpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(LLAMACPP, "prefill", 1, length, counterpart), None,
                         f"prefill tokens/s at T={length} over llama.cpp {counterpart}'s (one batch)")
+            genai = row(GENAI, "decode", 1, 0, p)
+            add("genai_decode_b1_cost", p, decode1, genai, GENAI_DECODE_COST,
+                "ONNX Runtime GenAI's time per token at batch 1 over our runtime's (its threads spin, ours do not)",
+                higher=False)
+            add("genai_decode_b1_cost_vs_spinning", p, row(DEPLOY_SPIN, "decode", 1, 0, p), genai, GENAI_DECODE_COST,
+                "ONNX Runtime GenAI's time per token at batch 1 over our runtime's with spin-waiting threads (as "
+                "GenAI's wait)", higher=False)
             add("decode_b16_vs_b1", p, row(DEPLOY, "decode", 16, 0, p), decode1, BATCH16_VS_BATCH1,
                 "decode tokens/s at batch 16 over batch 1")
             prefill64 = row(DEPLOY, "prefill", 1, 64, p)

@@ -23,7 +23,7 @@ from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 from . import machine
 from .fidelity import FIELDS as FIDELITY_FIELDS
 from .fidelity import token_stream
-from .options import (BASELINES, DEPLOY, DEPLOY_SPIN, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
+from .options import (BASELINES, DEPLOY, DEPLOY_SPIN, GENAI, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
                       BenchOptions)
 from .ratios import Ratio, compute_ratios
 
@@ -41,6 +41,9 @@ class BenchError(RwkvDeployError):
 # Writes the package of `checkpoint` at `precision` (step and prefill graphs, no tokenizer) into `out`. Bench
 # runs packages and never imports the exporter; the command passes it in for `--shape`.
 Exporter = Callable[[Path, Path, str], None]
+# Writes the ONNX Runtime GenAI folder of a package (`package --genai`) into a folder, replacing it; raises an
+# RwkvDeployError for a package GenAI cannot run. The command passes it in: bench does not import the targets.
+GenaiWriter = Callable[[Path, Path], None]
 Progress = Callable[[str], None]
 
 
@@ -60,8 +63,9 @@ class BenchResult:
 
 
 def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
-              export: Exporter | None = None) -> BenchResult:
-    """Measure every engine; `export` makes the packages when `options.shape` asks for random weights."""
+              export: Exporter | None = None, write_genai: GenaiWriter | None = None) -> BenchResult:
+    """Measure every engine; `export` makes the packages when `options.shape` asks for random weights,
+    `write_genai` their GenAI folders when `options.genai` asks for GenAI."""
     started = time.perf_counter()
     _check(options)
     options.work_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +83,7 @@ def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
              "batches": list(options.batches), "prefill_lengths": list(options.prefill_lengths),
              "context_states": context_states} for p in packages]
     jobs += _baseline_jobs(options, checkpoint, version, common, notes, progress)
+    jobs += _genai_jobs(options, jobs, notes, progress, write_genai)
     fidelity = _fidelity(options, jobs, checkpoint, vocab, progress, notes)
     jobs += _spinning_jobs(options, jobs, notes)
     rows = _measure(options, jobs, progress)
@@ -223,6 +228,30 @@ def _llamacpp_jobs(options: BenchOptions, checkpoint: Path, version: str, common
     return [{**common, "engine": LLAMACPP, "precision": p, "binding_dir": str(tools.binding_dir),
              "library_dir": str(tools.library_dir), "model_file": str(f), "batches": list(options.batches),
              "prefill_lengths": list(options.prefill_lengths)} for p, f in files.items()]
+
+
+def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str], progress: Progress,
+                write_genai: GenaiWriter | None) -> list[dict[str, Any]]:
+    """One job per package GenAI can run: its GenAI folder in the work folder, decode at batch 1 and prefill."""
+    if not options.genai:
+        return []
+    if write_genai is None or importlib.util.find_spec("onnxruntime_genai") is None:
+        notes.append("onnxruntime-genai: skipped (pip install onnxruntime-genai)")
+        return []
+    found = []
+    for job in (j for j in jobs if j["engine"] == DEPLOY):
+        folder = options.work_dir / "genai" / f"{Path(job['package']).name}"
+        progress(f"GenAI folder of {Path(job['package']).name}")
+        try:
+            write_genai(Path(job["package"]), folder)
+        except RwkvDeployError as exc:
+            notes.append(f"onnxruntime-genai {job['precision']}: skipped ({exc})")
+            continue
+        found.append({**job, "engine": GENAI, "genai_folder": str(folder), "batches": [1], "context_states": {}})
+    if found:
+        notes.append("onnxruntime-genai: each package's `package --genai` folder run by GenAI's Generator (greedy, "
+                     "one sequence); GenAI cannot turn off ONNX Runtime's spin-waiting, so its threads spin")
+    return found
 
 
 def _spinning_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:

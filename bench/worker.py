@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import fidelity
-from .engines import (DEPLOY, DEPLOY_SPIN, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine,
+from .engines import (DEPLOY, DEPLOY_SPIN, GENAI, GenaiEngine, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine,
                       LlamaCppEngine, RwkvCppEngine, RwkvPackageEngine, TorchReferenceEngine)
 
 
@@ -36,6 +36,8 @@ def make_engine(job: dict[str, Any]) -> Engine:
         return RwkvPackageEngine(Path(job["checkpoint"]), job["version"], job["vocab_size"], job["seed"])
     if job["engine"] == RWKVCPP:
         return RwkvCppEngine(Path(job["library"]), Path(job["model_file"]), job["threads"], job["vocab_size"], job["seed"])
+    if job["engine"] == GENAI:
+        return GenaiEngine(Path(job["genai_folder"]), job["threads"], job["vocab_size"], job["seed"])
     if job["engine"] == LLAMACPP:
         return LlamaCppEngine(Path(job["binding_dir"]), Path(job["library_dir"]), Path(job["model_file"]),
                               job["threads"], job["vocab_size"], job["seed"], max(job["prefill_lengths"], default=1))

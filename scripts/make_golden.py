@@ -15,47 +15,17 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.golden import GOLDEN_DIR, SPECS, checkpoint_path, write_checkpoint  # noqa: E402
+
 PROMPT = b"Golden data: the quick brown fox jumps over the lazy dog."  # 56 tokens of the bytes tokenizer
 EXPECTED_SUFFIX = ".expected.npz"
-
-
-@dataclass(frozen=True)
-class GoldenSpec:
-    """One committed package: 2 layers, 32 wide, vocab 256 (bytes tokenizer), with the prefill graph."""
-
-    version: str
-    precision: str
-    seed: int = 0
-    n_layer: int = 2
-    n_embd: int = 32
-    head_size: int = 16
-
-    @property
-    def name(self) -> str:
-        return f"v{self.version}-{self.precision}"
-
-
-SPECS = (GoldenSpec("4", "fp32"), GoldenSpec("4", "int8"), GoldenSpec("7", "fp32"), GoldenSpec("7", "int8"))
-
-
-def checkpoint_path(root: Path, spec: GoldenSpec) -> Path:
-    return root / f"v{spec.version}-seed{spec.seed}.pth"
-
-
-def write_checkpoint(path: Path, spec: GoldenSpec) -> None:
-    import torch
-
-    from rwkv_deploy.models.random_checkpoint import make_checkpoint
-
-    sizes = {} if spec.version == "4" else {"head_size": spec.head_size}
-    torch.save(make_checkpoint(spec.version, n_layer=spec.n_layer, n_embd=spec.n_embd, vocab_size=256,
-                               seed=spec.seed, **sizes), path)
 
 
 def reference_logits(checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
