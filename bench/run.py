@@ -240,8 +240,9 @@ def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[s
         return []
     found = []
     for job in (j for j in jobs if j["engine"] == DEPLOY):
-        folder = options.work_dir / "genai" / f"{Path(job['package']).name}"
-        progress(f"GenAI folder of {Path(job['package']).name}")
+        name = Path(job["package"]).name
+        folder = options.work_dir / "genai" / name
+        progress(f"GenAI folder of {name}")
         try:
             write_genai(Path(job["package"]), folder)
         except RwkvDeployError as exc:

@@ -59,12 +59,14 @@ def _one_line(case, outcome) -> bool:
     return len(lines) == 1 and lines[0].startswith("error: ")
 
 
-def _cli(python: str, pythonpath: str | None, *args, env: dict | None = None) -> subprocess.Popen:
+def _cli(python: str, pythonpath: str | None, *args, env: dict | None = None, log=None) -> subprocess.Popen:
+    """`rwkv-deploy ARGS` of the checkout under test; its output piped back, or into the open file `log`."""
     environ = dict(os.environ, **(env or {}))
     if pythonpath:
         environ["PYTHONPATH"] = pythonpath
-    return subprocess.Popen([python, "-m", "rwkv_deploy.cli.main", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=environ)
+    outputs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if log is None else {
+        "stdout": log, "stderr": subprocess.STDOUT}
+    return subprocess.Popen([python, "-m", "rwkv_deploy.cli.main", *map(str, args)], env=environ, **outputs)
 
 
 def _wait_for(condition, process, timeout: float = 300) -> bool:
@@ -193,7 +195,7 @@ def serve_census(python: str, pythonpath: str | None, pattern: str) -> int:
         server = None
         for extra in (["--request-timeout", str(REQUEST_TIMEOUT)], []):  # an old checkout lacks the option
             with open(log_path, "wb") as log:
-                server = _cli_to(python, pythonpath, [*base, *extra], log)
+                server = _cli(python, pythonpath, *base, *extra, env={"PYTHONUNBUFFERED": "1"}, log=log)
             if _wait_for(lambda: _healthy(httpx, port), server, timeout=60):
                 break
             server.kill()
@@ -233,14 +235,6 @@ def _healthy(httpx, port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _cli_to(python: str, pythonpath: str | None, args: list[str], log) -> subprocess.Popen:
-    environ = dict(os.environ, PYTHONUNBUFFERED="1")
-    if pythonpath:
-        environ["PYTHONPATH"] = pythonpath
-    return subprocess.Popen([python, "-m", "rwkv_deploy.cli.main", *args], stdout=log, stderr=subprocess.STDOUT,
-                            env=environ)
 
 
 def write_mirror(tree: Path, dest: Path) -> None:

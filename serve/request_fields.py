@@ -94,16 +94,11 @@ def _check_strings(body: dict[str, Any]) -> None:
                 if isinstance(text, str):
                     try:
                         text.encode("utf-8")
-                    except UnicodeEncodeError:
+                    except UnicodeEncodeError as exc:  # the first unpaired surrogate is text[exc.start]
                         raise bad_request("the request body holds a string with an unpaired surrogate escape "
-                                          f"(\\u{ord(_surrogate(text)):04x})",
-                                          code="invalid_json") from None
+                                          f"(\\u{ord(text[exc.start]):04x})", code="invalid_json") from None
             if isinstance(item, (dict, list)):
                 pending.append(item)
-
-
-def _surrogate(text: str) -> str:
-    return next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 def _number(body: dict, name: str, default: float) -> float:

@@ -203,7 +203,7 @@ def test_fidelity_is_kl_of_the_reference_against_the_engine_and_top1_agreement()
 def test_the_command_line_takes_its_defaults_from_bench_options(monkeypatch):
     seen = []
 
-    def capture(options, progress, export=None):
+    def capture(options, progress, **writers):  # export=, write_genai=
         seen.append(options)
         raise RuntimeError("captured")
     monkeypatch.setattr("rwkv_deploy.bench.run.run_bench", capture)

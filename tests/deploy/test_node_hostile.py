@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from tests.deploy.jsutil import node_greedy, python_greedy, run_node
 from tests.deploy.test_node import assert_fresh_state_equals_python, assert_refused, assert_same_run
+from tests.helpers.hostile import rename_state
 from tests.helpers.hostile_node import copy_package, edit_manifest, npy_header, npz_with_member, relist, rename_graph
 
 pytestmark = pytest.mark.slow  # exports a package at run time (the fast tier: make test-fast)
@@ -43,25 +43,6 @@ def test_state_names_outside_the_schemas_grammar_are_refused(node, bundled_pkg, 
     edit_manifest(pkg, lambda m: m["state"][0].update(name=hostile, input=f"state_in.{hostile}",
                                                         output=f"state_out.{hostile}"))
     assert_refused(node, pkg, pkg / "manifest.json", expect="state[0].name")
-
-
-def rename_state(pkg: Path, old: str, new: str) -> None:
-    """Rename a state everywhere (manifest and graph I/O), rehashing the graph: a legal, consistent package."""
-    manifest = json.loads((pkg / "manifest.json").read_text())
-    graph_path = pkg / manifest["graphs"]["step"]["path"]
-    model = onnx.load(str(graph_path))
-    renames = {f"state_in.{old}": f"state_in.{new}", f"state_out.{old}": f"state_out.{new}"}
-    for value in [*model.graph.input, *model.graph.output]:
-        value.name = renames.get(value.name, value.name)
-    for node_ in model.graph.node:
-        node_.input[:] = [renames.get(n, n) for n in node_.input]
-        node_.output[:] = [renames.get(n, n) for n in node_.output]
-    onnx.save(model, str(graph_path))
-    for entry in manifest["state"]:
-        if entry["name"] == old:
-            entry.update(name=new, input=f"state_in.{new}", output=f"state_out.{new}")
-    (pkg / "manifest.json").write_text(json.dumps(manifest))
-    relist(pkg, graph_path.name)
 
 
 def test_a_state_named_like_an_inherited_property_starts_from_its_own_init(node, v4_pkg, tmp_path):

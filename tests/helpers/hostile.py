@@ -185,6 +185,29 @@ def relist(pkg: Path, *names: str) -> None:
     edit(pkg, lambda d: d["files"].update({n: sha256(pkg / n) for n in names}))
 
 
+def rename_state(pkg: Path, old: str, new: str) -> None:
+    """Rename state `old` to `new` everywhere (the manifest and every graph's inputs, outputs and their uses),
+    rehashing the graphs: a consistent package in which only the name can be wrong."""
+    import onnx
+
+    data = manifest_of(pkg)
+    renames = {f"state_in.{old}": f"state_in.{new}", f"state_out.{old}": f"state_out.{new}"}
+    graphs = list(dict.fromkeys(g["path"] for g in data["graphs"].values()))
+    for graph in graphs:
+        model = onnx.load(str(pkg / graph), load_external_data=False)  # external weights stay where they are
+        for value in [*model.graph.input, *model.graph.output]:
+            value.name = renames.get(value.name, value.name)
+        for node in model.graph.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+        onnx.save(model, str(pkg / graph))
+    for entry in data["state"]:
+        if entry["name"] == old:
+            entry.update(name=new, input=f"state_in.{new}", output=f"state_out.{new}")
+    write_manifest(pkg, data)
+    relist(pkg, *graphs)
+
+
 def step_graph(pkg: Path) -> str:
     return manifest_of(pkg)["graphs"]["step"]["path"]
 

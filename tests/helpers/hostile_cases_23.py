@@ -10,22 +10,9 @@ import struct
 import zipfile
 from pathlib import Path
 
-from tests.helpers.hostile import Case, Material, copy_package, edit, generate, manifest_of, relist
+from tests.helpers.hostile import Case, Material, copy_package, edit, generate, manifest_of, relist, rename_state
 
 # -- 4: the Triton writer: state names become file names and config.pbtxt text, numbers are written as given ------
-
-
-def rename_graph_io(graph: Path, renames: dict[str, str]) -> None:
-    """Rename graph inputs/outputs (and every use of them) in place; external weights stay where they are."""
-    import onnx
-
-    model = onnx.load(str(graph), load_external_data=False)
-    for value in [*model.graph.input, *model.graph.output]:
-        value.name = renames.get(value.name, value.name)
-    for node in model.graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    onnx.save(model, str(graph))
 
 
 def triton_state_name(hostile: str):
@@ -33,17 +20,7 @@ def triton_state_name(hostile: str):
     name is wrong, so only the name check can refuse it."""
     def build(root: Path, m: Material) -> list[str]:
         pkg = copy_package(root, m)
-        data = manifest_of(pkg)
-        entry = data["state"][0]
-        renames = {entry["input"]: f"state_in.{hostile}", entry["output"]: f"state_out.{hostile}"}
-        graphs = [g["path"] for g in data["graphs"].values()]
-        for graph in graphs:
-            rename_graph_io(pkg / graph, renames)
-
-        def rename(data: dict) -> None:
-            data["state"][0].update(name=hostile, input=f"state_in.{hostile}", output=f"state_out.{hostile}")
-        edit(pkg, rename)
-        relist(pkg, *graphs)
+        rename_state(pkg, manifest_of(pkg)["state"][0]["name"], hostile)
         return ["package", str(pkg), "--triton", str(root / "repo")]
     return build
 
