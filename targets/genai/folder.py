@@ -81,18 +81,24 @@ def genai_config(manifest: Manifest, context_length: int = 1 << 20) -> dict:
 
 
 def build_decoder(package_dir: Path, manifest: Manifest):
+    """The decoder model of a verified package: its step graph for decoding, its prefill graph for prompts."""
     import onnx
 
-    from rwkv_deploy.package.names import STEP_GRAPH
+    from rwkv_deploy.package.names import (PREFILL_GRAPH, PREFILL_LOGITS_ALL, PREFILL_TOKENS_INPUT,
+                                           STEP_GRAPH)
 
-    from .decoder import decoder_graph
+    from .decoder import PrefillGraph, decoder_graph
 
-    step = onnx.load(str(package_dir / manifest.graphs[STEP_GRAPH].path), load_external_data=True)
+    def load(graph: str) -> onnx.ModelProto:
+        return onnx.load(str(package_dir / manifest.graphs[graph].path), load_external_data=True)
+
     types = {s.name: {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}[s.dtype]
              for s in manifest.state}
-    return decoder_graph(step, manifest.model.n_layer, manifest.token_input, manifest.logits_output,
+    prefill = PrefillGraph(load(PREFILL_GRAPH), PREFILL_TOKENS_INPUT, manifest.logits_output,
+                           manifest.graphs[PREFILL_GRAPH].logits == PREFILL_LOGITS_ALL)
+    return decoder_graph(load(STEP_GRAPH), manifest.model.n_layer, manifest.token_input, manifest.logits_output,
                          {s.name: s.input for s in manifest.state}, {s.name: s.output for s in manifest.state},
-                         types)
+                         types, prefill)
 
 
 def write_genai_folder(package_dir: str | Path, out: str | Path, force: bool = False) -> GenaiFolder:

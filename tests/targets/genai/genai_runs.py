@@ -8,14 +8,18 @@ import numpy as np
 
 
 def ours(package_dir: Path, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy tokens and the logits before each of them, from our runtime's step graph (one token at a time)."""
+    """Greedy tokens and the logits before each of them, from our runtime as `generate` runs it: the prompt
+    through the prefill graph when the package has one, then the step graph one token at a time."""
     from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
     from rwkv_deploy.runtime.package import DeploymentPackage
 
     backend = OnnxStepBackend(DeploymentPackage.open(package_dir), threads=1)
     state = backend.fresh_state(1)
-    for token in prompt:
-        logits, state = backend.step(np.array([token], dtype=np.int64), state)
+    if backend.has_prefill:
+        logits, state = backend.prefill(np.array([prompt], dtype=np.int64), state)
+    else:
+        for token in prompt:
+            logits, state = backend.step(np.array([token], dtype=np.int64), state)
     tokens, seen = [], []
     for _ in range(n):
         seen.append(np.asarray(logits[0], dtype=np.float32))
