@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .peer_tools import cmake_build, run_tool
 
@@ -51,8 +51,8 @@ CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML
                  "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF")
 
 
-class LlamaCppError(RwkvDeployError):
-    exit_code = 2
+class LlamaCppError(RefusedError):
+    """llama.cpp cannot be built, loaded or fed the checkpoint."""
 
 
 def default_sdist() -> Path | None:

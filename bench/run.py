@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError, RwkvDeployError
 from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 
@@ -34,8 +34,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 ROW_KEY = ("engine", "precision", "mode", "batch", "tokens", "threads")
 
 
-class BenchError(RwkvDeployError):
-    exit_code = 2
+class BenchError(RefusedError):
+    """Bench options that do not fit together, or a package bench cannot measure."""
 
 
 # Writes the package of `checkpoint` at `precision` (step and prefill graphs, no tokenizer) into `out`. Bench

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .peer_tools import cmake_build, run_tool
 
@@ -42,8 +42,8 @@ CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DRWKV_BUILD_SHARED_LIBRARY=ON",
                  "-DCMAKE_POSITION_INDEPENDENT_CODE=ON")
 
 
-class RwkvCppError(RwkvDeployError):
-    exit_code = 2
+class RwkvCppError(RefusedError):
+    """rwkv.cpp cannot be built, loaded or fed the checkpoint."""
 
 
 def vendored_folder() -> Path:

@@ -21,15 +21,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .triton_load import percentile
 
 PROMPT_ID_RANGE = (1, 256)  # prompt token ids: valid in every RWKV vocabulary (byte tokens of World, bytes)
 
 
-class ServeLoadError(RwkvDeployError):
-    exit_code = 2
+class ServeLoadError(RefusedError):
+    """The server load cannot run: bad options, or no server answering."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rwkv_deploy import limits
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
 
 
-class ShapeError(RwkvDeployError, ValueError):
-    exit_code = 2
+class ShapeError(RefusedError, ValueError):
+    """A --shape that is not version:layers:width:vocab[:heads] in range."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .server_process import RssSampler, cpu_seconds
 
@@ -40,10 +40,8 @@ MAX_ERROR_KINDS = 10  # distinct error messages kept in the result
 MAX_REFERENCE_BYTES = 1 << 30  # the --package check holds the runtime's logits of every stream in memory
 
 
-class LoadError(RwkvDeployError):
+class LoadError(RefusedError):
     """The load cannot run: bad options, no tritonclient, or the server or model is not there."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

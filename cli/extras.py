@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 TORCH_HINT = "install PyTorch first (its CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
 
 
-class MissingExtraError(RwkvDeployError):
-    exit_code = 2
+class MissingExtraError(RefusedError):
+    """A command whose install extra is not installed: names the extra to install."""
 
 
 def require_modules(command: str, *modules: str, extra: str = "export") -> None:

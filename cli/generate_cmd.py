@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
 from rwkv_deploy.runtime.sampling import SamplingParams
 
@@ -20,21 +20,9 @@ from .errors import one_line_errors
 SAMPLING = SamplingParams()  # the library's defaults are the CLI's
 
 
-class NoTokenizerError(RwkvDeployError):
-    exit_code = 2
-
-
-class BackendOptionError(RwkvDeployError):
-    exit_code = 2
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the app."""
     app.command("generate")(generate_cmd)
-
-
-class PromptError(RwkvDeployError):
-    exit_code = 2
 
 
 def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
@@ -43,7 +31,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     from rwkv_deploy import limits
 
     if (prompt is None) == (prompt_file is None):
-        raise PromptError("give the prompt with exactly one of --prompt TEXT, --prompt - (stdin) or --prompt-file PATH")
+        raise RefusedError("give the prompt with exactly one of --prompt TEXT, --prompt - (stdin) or --prompt-file PATH")
     if prompt is not None and prompt != "-":
         data, where = os.fsencode(prompt), "--prompt"  # argv bytes as the shell passed them
     else:
@@ -55,13 +43,13 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
                 with open(prompt_file, "rb") as f:  # a file, a pipe (<(cmd)) or a link: the user's own path
                     data = f.read(limits.PROMPT_BYTES + 1)
         except OSError as exc:
-            raise PromptError(f"{where}: cannot read the prompt ({exc.strerror or exc})") from None
+            raise RefusedError(f"{where}: cannot read the prompt ({exc.strerror or exc})") from None
         if len(data) > limits.PROMPT_BYTES:
-            raise PromptError(f"{where}: the prompt is larger than {limits.PROMPT_BYTES // limits.MIB} MiB")
+            raise RefusedError(f"{where}: the prompt is larger than {limits.PROMPT_BYTES // limits.MIB} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptError(f"{where}: the prompt is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+        raise RefusedError(f"{where}: the prompt is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
                           f"{exc.start})") from None
 
 
@@ -114,11 +102,11 @@ def generate_cmd(
     with package_directory(package_dir) as directory:
         package = DeploymentPackage.open(directory, verify=not no_verify)
         if package.tokenizer is None:
-            raise NoTokenizerError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
+            raise RefusedError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
         if cuda_graphs and backend != "tensorrt":
-            raise BackendOptionError("--cuda-graphs applies to --backend tensorrt only")
+            raise RefusedError("--cuda-graphs applies to --backend tensorrt only")
         if (threads is not None or spin_wait) and backend != "onnxruntime":
-            raise BackendOptionError("--threads and --spin-wait apply to --backend onnxruntime only")
+            raise RefusedError("--threads and --spin-wait apply to --backend onnxruntime only")
         options = {"cuda_graphs": True} if cuda_graphs else thread_options(backend, threads, spin_wait)
         start = RecurrentState.load(load_state, package.manifest) if load_state is not None else None
         generator = Generator(make_backend(backend, package, **options), package.tokenizer)

@@ -8,27 +8,23 @@ from typing import Optional
 
 import typer
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .errors import one_line_errors, printable
 from .extras import require_targets_extra
-
-
-class PackageUsageError(RwkvDeployError):
-    exit_code = 2
 
 
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise PackageUsageError(f"--triton-preferred-batch-sizes {text!r}: expected whole numbers separated by "
+        raise RefusedError(f"--triton-preferred-batch-sizes {text!r}: expected whole numbers separated by "
                                 "commas, e.g. 4,8") from None
 
 
 def _idle_us(seconds: float) -> int:
     if not math.isfinite(seconds) or seconds <= 0 or seconds * 1e6 >= 2**63:
-        raise PackageUsageError(f"--triton-idle-timeout {seconds:g}: expected a positive number of seconds")
+        raise RefusedError(f"--triton-idle-timeout {seconds:g}: expected a positive number of seconds")
     return max(1, round(seconds * 1e6))
 
 
@@ -72,7 +68,7 @@ def package_cmd(
     """Pack a verified package directory into one reproducible zip archive (-o), a Triton Inference Server
     model repository (--triton) and/or an ONNX Runtime GenAI folder (--genai)."""
     if out is None and triton is None and genai is None:
-        raise PackageUsageError("package: give -o FILE (archive), --triton DIR (Triton repository) and/or "
+        raise RefusedError("package: give -o FILE (archive), --triton DIR (Triton repository) and/or "
                                 "--genai DIR (ONNX Runtime GenAI folder)")
     given = {"--triton-name": triton_name, "--triton-instances": instances, "--triton-kind": kind,
              "--triton-intra-op-threads": intra_op_threads, "--triton-inter-op-threads": inter_op_threads,
@@ -82,7 +78,7 @@ def package_cmd(
     if triton is None:
         stray = [name for name, value in given.items() if value is not None]
         if stray:
-            raise PackageUsageError(f"{stray[0]}: a Triton option, given without --triton DIR")
+            raise RefusedError(f"{stray[0]}: a Triton option, given without --triton DIR")
     batching = instance_options = None
     if triton is not None:
         require_targets_extra("package --triton")  # before anything is written

@@ -9,10 +9,16 @@ class RwkvDeployError(Exception):
     exit_code = 1
 
 
-class CheckpointError(RwkvDeployError):
-    """A checkpoint file that cannot be read or is not a supported RWKV model."""
+class RefusedError(RwkvDeployError):
+    """What the user gave (an option, a path, a file, a package) is refused before anything is produced:
+    exit code 2. Raised as it is where no caller needs to tell the case apart; the named subclasses below
+    and across the package exist where one does (an `except`, or a field such as a checkpoint's path)."""
 
     exit_code = 2
+
+
+class CheckpointError(RefusedError):
+    """A checkpoint file that cannot be read or is not a supported RWKV model."""
 
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)

@@ -15,15 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-class UnsafePathError(RwkvDeployError):
+class UnsafePathError(RefusedError):
     """A write target that is (or sits behind) a symbolic link or is not the kind of file expected."""
-
-    exit_code = 2
 
 
 def is_link(path: str | os.PathLike) -> bool:

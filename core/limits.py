@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 
-class LimitError(RwkvDeployError):
+class LimitError(RefusedError):
     """A declared size beyond a plausibility cap: the input is refused before anything is allocated."""
-
-    exit_code = 2
 
 
 def _env_int(name: str, default: int) -> int:

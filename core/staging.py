@@ -31,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rwkv_deploy import interrupts
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import (UnsafePathError, is_link, owned_leftover, remove_leftover_files,
                                 temporary_name_pattern)
 
@@ -40,10 +40,8 @@ OWNER_SUFFIX = ".owner"  # beside a displaced old directory: `.<target>.old-<pid
 MAX_MARKER_BYTES = 4096
 
 
-class TargetError(RwkvDeployError):
+class TargetError(RefusedError):
     """The output cannot be written: another run is writing it, or it appeared or changed meanwhile."""
-
-    exit_code = 2
 
 
 def lock_path(target: Path) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt_rtx"  # flavours, named by their import names
 FLAVOUR_NAMES = {TENSORRT: "TensorRT", TENSORRT_RTX: "TensorRT for RTX"}
@@ -28,10 +28,8 @@ INSTALL_HINTS = {
 INSTALL_HINT = INSTALL_HINTS[TENSORRT]
 
 
-class TensorRTUnavailable(RwkvDeployError):
+class TensorRTUnavailable(RefusedError):
     """TensorRT (or, where one is needed, a CUDA GPU) is missing: nothing was done."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

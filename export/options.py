@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.names import PREFILL_LOGITS, PREFILL_LOGITS_LAST
 
 PRECISIONS = ("fp32", "fp16", "int8", "int5", "int4")
@@ -16,8 +16,8 @@ DEFAULT_OPSET = 18  # the opset the graphs are traced at (torch.onnx's dynamo ex
 MIN_OPSET = 18  # torch.onnx's exporter (dynamo) writes opset 18 and later; the newest is the installed onnx's
 
 
-class ExportError(RwkvDeployError):
-    exit_code = 2
+class ExportError(RefusedError):
+    """Export options that do not fit together or do not fit the checkpoint."""
 
 
 @dataclass(frozen=True)

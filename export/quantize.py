@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.names import LOGITS_OUTPUT
 
 from .onnx_file import INLINE_WEIGHTS_MAX, TensorReader, inline_external_data, subgraphs, tensor_nbytes
@@ -44,8 +44,8 @@ _ALIGN = 64  # byte alignment of every tensor in the staged data file
 _INLINE_MAX = 1024  # smaller untouched initializers stay inside the graph proto
 
 
-class QuantizeError(RwkvDeployError):
-    exit_code = 2
+class QuantizeError(RefusedError):
+    """A quantization that cannot be made as asked (bits, block size, the graph's weights)."""
 
 
 EMBEDDING_FP16 = 16  # QuantConfig.embedding_bits for a float16 table read by Gather + Cast

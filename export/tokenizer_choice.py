@@ -5,14 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.tokenization import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE, load_tokenizer
 
 from rwkv_deploy.package.manifest import TokenizerInfo
-
-
-class TokenizerChoiceError(RwkvDeployError):
-    exit_code = 2
 
 
 def choose_tokenizer(vocab_size: int, requested: str | None) -> tuple[str, Path | None]:
@@ -24,7 +20,7 @@ def choose_tokenizer(vocab_size: int, requested: str | None) -> tuple[str, Path 
         if source.is_dir():
             source = source / "tokenizer.json"
         if not source.is_file():
-            raise TokenizerChoiceError(f"{requested}: no such tokenizer file")
+            raise RefusedError(f"{requested}: no such tokenizer file")
         kind = "hf"
     elif vocab_size == 256:
         kind, source = "bytes", None
@@ -35,7 +31,7 @@ def choose_tokenizer(vocab_size: int, requested: str | None) -> tuple[str, Path 
     if kind in ("world", "bytes", "hf"):
         tok = load_tokenizer(kind, source if kind != "bytes" else None)
         if tok.vocab_size > vocab_size:
-            raise TokenizerChoiceError(
+            raise RefusedError(
                 f"tokenizer {source or kind} has {tok.vocab_size} tokens but the model only {vocab_size}")
     return kind, source
 

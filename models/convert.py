@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import refuse_link, remove_leftover_files, write_atomically
 from rwkv_deploy.staging import staged_directory
 from rwkv_deploy.tokenization.world import WORLD_VOCAB_FILE, WORLD_VOCAB_SIZE
@@ -54,10 +54,8 @@ _HF_FORMATS = {"7": "huggingface-rwkv7 (fla)", "6": "huggingface-rwkv6 (BBuf rem
                "5.2": "huggingface-rwkv5 (BBuf remote code)", "4": "huggingface-rwkv4 (transformers)"}
 
 
-class ConvertError(RwkvDeployError):
+class ConvertError(RefusedError):
     """A conversion asked for that cannot be made faithfully, or an output that may not be written."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rwkv_deploy import __version__
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError, RwkvDeployError
 from rwkv_deploy.fileio import UnsafePathError, is_link, open_regular_file, write_atomically
 from rwkv_deploy.staging import staged_directory, target_lock
 
@@ -46,7 +46,7 @@ _ZIP64_LOCAL_EXTRA_SIZE = 20
 _CHUNK = 1 << 20
 
 
-class ArchiveError(RwkvDeployError):
+class ArchiveError(RefusedError):
     """The package or archive is broken: nothing was written."""
 
     exit_code = 1
@@ -54,8 +54,6 @@ class ArchiveError(RwkvDeployError):
 
 class ArchiveTargetError(RwkvDeployError):
     """Bad paths: the output exists, is inside the package, or the input is not there."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.tensorrt_library import FLAVOUR_NAMES, GpuInfo
 
 from .manifest import Manifest
@@ -24,10 +24,8 @@ from .names import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_INFO_SUFFIX, ENG
 NEWER_THAN = ">"  # a target ">12.0": any GPU newer than 12.0 (RTX's portable default includes one)
 
 
-class EngineError(RwkvDeployError):
+class EngineError(RefusedError):
     """No usable engine: its record missing or malformed, or built for another TensorRT, GPU or graph."""
-
-    exit_code = 2
 
 
 def plan_path(graph: str) -> str:

@@ -18,7 +18,7 @@ from .names import (BATCH_AXIS, LOGITS_DTYPE, PREFILL_GRAPH, PREFILL_LOGITS_ALL,
                     TOKEN_DTYPE)
 
 if TYPE_CHECKING:
-    from .verify import PackageReader
+    from .trust import PackageReader
 
 
 def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .names import FORMAT_VERSION, LOGITS_OUTPUT, MANIFEST_NAME, TOKEN_INPUT
 
 
-class ManifestError(RwkvDeployError):
-    exit_code = 2
+class ManifestError(RefusedError):
+    """A manifest that cannot be read or does not describe a usable package."""
 
 
 @dataclass(frozen=True)

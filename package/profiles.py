@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .manifest import Manifest
 from .names import BATCH_AXIS, MAX_BATCH, PREFILL_GRAPH, PREFILL_TOKENS_INPUT, STEP_GRAPH, TIME_AXIS
@@ -25,10 +25,8 @@ DEFAULT_TOKENS = "1:64:512"
 Shape = tuple[int, ...]
 
 
-class ProfileError(RwkvDeployError, ValueError):
+class ProfileError(RefusedError, ValueError):
     """A batch range or manifest shape that cannot become an optimization profile."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

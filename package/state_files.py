@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from rwkv_deploy import limits
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import UnsafePathError, open_regular_file, write_atomically
 
 from .manifest import Manifest, StateEntry
@@ -30,10 +30,8 @@ from .schema import SchemaError, parse_json
 _HEADER_KEY = "__header__"
 
 
-class StateError(RwkvDeployError, ValueError):
+class StateError(RefusedError, ValueError):
     """A state that does not fit the model: wrong tensors, shapes, dtypes, or another model's file."""
-
-    exit_code = 2
 
 
 def concrete_shape(entry: StateEntry, batch: int) -> tuple[int, ...]:

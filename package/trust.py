@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rwkv_deploy import limits
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import UnsafePathError, open_regular_file
 
 from .manifest import Manifest, ManifestError, external_data_path
@@ -38,10 +38,8 @@ from .schema import SchemaError, manifest_from_json, parse_json, path_problem, r
 _CHUNK = 1 << 20
 
 
-class PackageError(RwkvDeployError):
+class PackageError(RefusedError):
     """A package that cannot be used: a file missing, changed, unlisted, a link, or an unsafe path."""
-
-    exit_code = 2
 
 
 class PackageFilesChanged(PackageError):

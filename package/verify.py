@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import UnsafePathError
 
 from .manifest import Manifest
@@ -29,10 +29,8 @@ from .trust import DirReader, PackageReader, ZipReader, hash_problem, package_pr
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, fixed fields, name length, extra length
 
 
-class VerifyError(RwkvDeployError):
+class VerifyError(RefusedError):
     """Nothing to verify at the given path (a usage error, not a broken package)."""
-
-    exit_code = 2
 
 
 def verify_package(path: str | Path) -> list[str]:

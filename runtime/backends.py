@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .generation import StepBackend
 from .package import DeploymentPackage
@@ -23,8 +23,8 @@ BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_BACKEND = BACKENDS[0]
 
 
-class UnknownBackendError(RwkvDeployError, ValueError):
-    exit_code = 2
+class UnknownBackendError(RefusedError, ValueError):
+    """A --backend name the runtime does not have."""
 
 
 def thread_options(name: str, threads: int | None = None, spin_wait: bool = False) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 from .sampling import NonFiniteError, SamplingParams, count_token, sample_token
 from .state import RecurrentState, host
@@ -35,10 +35,8 @@ PREFILL_CHUNK = 512  # tokens per prefill call: bounded activations (and [T, voc
 MAX_SEED = 2**64 - 1
 
 
-class GenerationError(RwkvDeployError, ValueError):
+class GenerationError(RefusedError, ValueError):
     """A generation request that cannot be served (empty prompt, text without a tokenizer, ...)."""
-
-    exit_code = 2
 
 
 class StepBackend(Protocol):

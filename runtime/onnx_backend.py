@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.names import PREFILL_GRAPH, PREFILL_TOKENS_INPUT, STEP_GRAPH
 from rwkv_deploy.package.trust import PackageFilesChanged
 
@@ -30,10 +30,8 @@ CUDA = "CUDAExecutionProvider"
 Provider = str | tuple[str, dict[str, Any]]
 
 
-class BackendError(RwkvDeployError):
+class BackendError(RefusedError):
     """ONNX Runtime cannot run the package as asked (e.g. a provider that is not installed)."""
-
-    exit_code = 2
 
 
 def default_providers() -> list[str]:

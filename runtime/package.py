@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.manifest import Manifest
 from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
 from rwkv_deploy.package.state_files import graph_sha256, load_initial_arrays
@@ -29,10 +29,8 @@ from .state import RecurrentState
 if TYPE_CHECKING:
     from rwkv_deploy.tokenization import Tokenizer
 
-class InputError(RwkvDeployError, ValueError):
+class InputError(RefusedError, ValueError):
     """Token ids the model cannot take (wrong shape or dtype, or outside the vocabulary)."""
-
-    exit_code = 2
 
 
 def load_package_tokenizer(manifest: Manifest, package_dir: Path) -> "Tokenizer | None":

@@ -17,19 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 
-class SamplingError(RwkvDeployError, ValueError):
+class SamplingError(RefusedError, ValueError):
     """Sampling settings out of range."""
 
-    exit_code = 2
 
-
-class NonFiniteError(RwkvDeployError, ValueError):
+class NonFiniteError(RefusedError, ValueError):
     """NaN or infinity where a model must produce finite numbers (logits, state); says where it appeared."""
-
-    exit_code = 2
 
 
 MAX_PENALTY = 100.0  # |presence_penalty|, |frequency_penalty|: beyond this every generated token is simply banned

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.engines import EngineError, check_compatibility, plan_path, read_engine_record
 from rwkv_deploy.package.manifest import sha256_file
 from rwkv_deploy.package.names import STEP_GRAPH
@@ -45,10 +45,8 @@ from .tensorrt_plan import LOGITS, STATE, TOKEN, TRT_DTYPES, Binding, IOBindingP
 ADDRESS_ALIGNMENT = 256  # TensorRT's requirement for every I/O address
 
 
-class TensorRTBackendError(RwkvDeployError):
+class TensorRTBackendError(RefusedError):
     """The engine cannot run this package as asked (I/O mismatch, TensorRT refusing a call)."""
-
-    exit_code = 2
 
 
 class CudaDevice:

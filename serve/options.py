@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.runtime.generation import PREFILL_CHUNK
 
 CHAT_TEMPLATES = ("world", "g1", "none")
-
-
-class ServeOptionError(RwkvDeployError, ValueError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -42,17 +38,17 @@ class ServeOptions:
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_sessions", "prefill_chunk", "max_connections"):
             if getattr(self, name) < 1:
-                raise ServeOptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise RefusedError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.port < 65536:
-            raise ServeOptionError(f"--port must be in 1..65535, got {self.port}")
+            raise RefusedError(f"--port must be in 1..65535, got {self.port}")
         if self.state_cache_mib < 0 or self.max_body_mib <= 0 or self.drain_seconds < 0 or self.request_timeout <= 0:
-            raise ServeOptionError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib and "
+            raise RefusedError("--state-cache-mib and --drain-seconds must be >= 0, --max-body-mib and "
                                    "--request-timeout > 0")
         if (self.triton is None) != (self.triton_model is None):
-            raise ServeOptionError("--triton HOST:PORT and --model NAME go together")
+            raise RefusedError("--triton HOST:PORT and --model NAME go together")
         for template in (self.default_template, *self.chat_templates.values()):
             if template not in CHAT_TEMPLATES:
-                raise ServeOptionError(f"unknown chat template {template!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
+                raise RefusedError(f"unknown chat template {template!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
 
     def template_for(self, model_id: str) -> str:
         return self.chat_templates.get(model_id, self.default_template)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.limits import MIB
 from rwkv_deploy.runtime.backends import make_backend, thread_options
 from rwkv_deploy.runtime.package import DeploymentPackage, package_directory
@@ -32,8 +32,8 @@ from .sessions import SessionStore
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
-class ServeError(RwkvDeployError):
-    exit_code = 2
+class ServeError(RefusedError):
+    """The server cannot start as asked (package, port, options)."""
 
 
 def model_id_for(spec: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.runtime.package import DeploymentPackage
 from rwkv_deploy.runtime.state import RecurrentState
 
@@ -27,8 +27,8 @@ SEQUENCE_ID = "triton_sequence_id"
 MAX_SEQUENCE_ID = (1 << 62) - 1  # random ids: several front ends on one Triton server never collide
 
 
-class TritonFrontEndError(RwkvDeployError):
-    exit_code = 2
+class TritonFrontEndError(RefusedError):
+    """The Triton front end cannot reach or use the model it was pointed at."""
 
 
 def _client_module() -> Any:

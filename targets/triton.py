@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.manifest import MANIFEST_NAME, Manifest, StateEntry
 from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import STEP_GRAPH
@@ -84,10 +84,8 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_
 _NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: a trailing newline fails
 
 
-class TritonError(RwkvDeployError):
+class TritonError(RefusedError):
     """The repository cannot be written: bad options, an unusable package, or the output exists."""
-
-    exit_code = 2
 
 
 # -- the configuration as data ------------------------------------------------------------------------------

@@ -12,16 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 
-class TokenizerError(RwkvDeployError, ValueError):
+class TokenizerError(RefusedError, ValueError):
     """A tokenizer that cannot be loaded or an id it cannot decode.
 
     It is a `ValueError` too, so callers that only know the standard library can catch it.
     """
-
-    exit_code = 2
 
 
 def require_file(path: str | Path, what: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 _EXPORTS = {
     "ReportFiles": ".report", "write_report": ".report",
-    "ThresholdsNotMet": ".result", "ValidateOptions": ".result", "ValidationError": ".result",
+    "ThresholdsNotMet": ".errors", "ValidateOptions": ".result", "ValidationError": ".errors",
     "ValidationResult": ".result",
     "Check": ".thresholds", "Fp16Thresholds": ".thresholds", "Fp32Thresholds": ".thresholds",
     "Thresholds": ".thresholds", "thresholds_for": ".thresholds",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import create_new_file, is_link
 from rwkv_deploy.package.names import STEP_GRAPH
 from rwkv_deploy.staging import staged_directory
@@ -41,10 +41,8 @@ def artifact_runtime(result: ValidationResult) -> str:
 REPORT_FILES = ("report.json", "report.md", "report.png")
 
 
-class ReportTargetError(RwkvDeployError):
+class ReportTargetError(RefusedError):
     """The report folder cannot be (re)written without following a link or deleting someone's files."""
-
-    exit_code = 2
 
 
 def check_report_target(out_dir: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""What a validation is asked (`ValidateOptions`), what it returns (`ValidationResult`), and how it fails."""
+"""What a validation is asked (`ValidateOptions`) and what it returns (`ValidationResult`); how it fails is errors.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rwkv_deploy.errors import RwkvDeployError
 from rwkv_deploy.package.manifest import Manifest
 from rwkv_deploy.package.names import STEP_GRAPH
 from rwkv_deploy.runtime.backends import DEFAULT_BACKEND
@@ -17,18 +16,6 @@ from .thresholds import Check, Thresholds
 if TYPE_CHECKING:
     from .greedy import GreedyResult
     from .stream_compare import StreamResult
-
-
-class ValidationError(RwkvDeployError):
-    """The validation could not run (bad package, wrong checkpoint, missing dependency)."""
-
-    exit_code = 2
-
-
-class ThresholdsNotMet(RwkvDeployError):
-    """The validation ran and the artifact is not faithful enough: exit code 1."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

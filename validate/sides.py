@@ -23,7 +23,7 @@ from rwkv_deploy.runtime import DeploymentPackage, StepBackend, backends
 from rwkv_deploy.runtime.generation import can_prefill
 from rwkv_deploy.runtime.state import RecurrentState, host
 
-from .result import ValidationError
+from .errors import ValidationError
 
 Outputs = dict[str, np.ndarray]  # graph output name -> value on the host
 REFERENCE_NAME = "pytorch-fp32"

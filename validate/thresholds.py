@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ THRESHOLDS: dict[str, Thresholds] = {"fp32": Fp32Thresholds(), "fp16": Fp16Thres
                                      "int5": Int5Thresholds(), "int4": Int4Thresholds()}
 
 
-class UnknownPrecisionError(RwkvDeployError):
-    exit_code = 2
+class UnknownPrecisionError(RefusedError):
+    """A precision name with no fidelity thresholds."""
 
 
 def thresholds_for(precision: str) -> Thresholds:

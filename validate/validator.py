@@ -28,7 +28,8 @@ from rwkv_deploy.runtime.package import PackageFilesChanged
 
 from .greedy import GreedyResult, compare_greedy
 from .prefill_check import PrefillResult, compare_prefill
-from .result import ThresholdsNotMet, ValidateOptions, ValidationError, ValidationResult
+from .errors import ThresholdsNotMet, ValidationError
+from .result import ValidateOptions, ValidationResult
 from .sides import ArtifactSide, ReferenceSide
 from .stream_compare import StreamResult, run_stream
 from .streams import make_streams

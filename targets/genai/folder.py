@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.manifest import Manifest, sha256_file
 from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.staging import staged_directory, staged_files
@@ -28,8 +28,8 @@ SUPPORTED_VERSIONS = ("5.0", "5.1", "5.2", "6", "7")
 INLINE_LIMIT = 1 << 30  # larger decoders keep their weights in model.onnx.data (protobuf's 2 GiB ceiling)
 
 
-class GenaiError(RwkvDeployError):
-    exit_code = 2
+class GenaiError(RefusedError):
+    """A package that cannot become a GenAI folder, or an output that may not be written."""
 
 
 @dataclass(frozen=True)

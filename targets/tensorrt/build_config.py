@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import PREFILL_GRAPH, STEP_GRAPH
 from rwkv_deploy.package.profiles import OptimizationProfile, make_profiles, parse_batch_ranges, parse_token_range
@@ -25,8 +25,8 @@ NETWORK_FLAGS = ("STRONGLY_TYPED",)
 GRAPH_CHOICES = (STEP_GRAPH, PREFILL_GRAPH, "all")  # --graph
 
 
-class BuildConfigError(RwkvDeployError, ValueError):
-    exit_code = 2
+class BuildConfigError(RefusedError, ValueError):
+    """Engine build options out of range or not fitting the package."""
 
 
 @dataclass(frozen=True)

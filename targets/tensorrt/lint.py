@@ -26,7 +26,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.manifest_file import read_manifest
 from rwkv_deploy.package.names import STATE_INPUT_PREFIX, STATE_OUTPUT_PREFIX, STEP_GRAPH, TIME_AXIS
 from rwkv_deploy.tensorrt_library import FLAVOUR_NAMES, TENSORRT, TENSORRT_RTX
@@ -105,10 +105,8 @@ RULES: dict[str, Rule] = {r.check: r for r in (
 )}
 
 
-class LintError(RwkvDeployError):
+class LintError(RefusedError):
     """The graph could not be read at all (not a lint finding: there is nothing to lint)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,15 @@ import struct
 from collections.abc import Sequence
 from types import ModuleType
 
-from rwkv_deploy.errors import RwkvDeployError
+from rwkv_deploy.errors import RefusedError
 
 PLAN_MAGIC = b"vtrt"
 HEADER_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1", ">12.0")  # bit 0, 1, ...
 _CAPABILITY = re.compile(r"^(?:sm_?)?(\d{1,2})\.?(\d)$", re.IGNORECASE)
 
 
-class TargetError(RwkvDeployError, ValueError):
+class TargetError(RefusedError, ValueError):
     """A --compute-capability that the installed TensorRT cannot build for."""
-
-    exit_code = 2
 
 
 def parse_capability(text: str) -> str:
