@@ -26,20 +26,20 @@ LLAMA_CPP_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 setup-python: $(VENV)/.installed
 setup: setup-python $(RUNTIME_VENV)/.installed $(TARGETS_VENV)/.installed $(NODE_DEPS) $(CHROMIUM) $(LLAMA_CPP_SDIST)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py runtime/native/rwkv_cpu_ops.cc
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,export]"
 	touch $@
 
 # What `pip install rwkv-deploy` gives a user: the runtime without PyTorch (tests/test_runtime_install.py).
-$(RUNTIME_VENV)/.installed: pyproject.toml
+$(RUNTIME_VENV)/.installed: pyproject.toml setup.py runtime/native/rwkv_cpu_ops.cc
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --disable-pip-version-check -e .
 	touch $@
 
 # What `pip install "rwkv-deploy[targets]"` gives: check-trt, build-engine and package --triton without PyTorch.
-$(TARGETS_VENV)/.installed: pyproject.toml
+$(TARGETS_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(TARGETS_VENV)
 	$(TARGETS_VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[targets]"
 	touch $@

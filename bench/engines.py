@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .options import DEPLOY, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
 __all__ = ["DEPLOY", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
@@ -55,13 +55,14 @@ class DeployEngine(Engine):
     name = DEPLOY
 
     def __init__(self, package_dir: Path, backend: str, threads: int, vocab_size: int, seed: int,
-                 spin_wait: bool = False) -> None:
+                 spin_wait: bool = False, cpu_graph: Path | None = None) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
         from rwkv_deploy.runtime.backends import make_backend, thread_options
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
-        self.backend = make_backend(backend, self.package, **thread_options(backend, threads, spin_wait))
+        extra = {"cpu_graph": cpu_graph} if cpu_graph is not None else {}  # the CPU step graph (engine DEPLOY_CPU)
+        self.backend = make_backend(backend, self.package, **thread_options(backend, threads, spin_wait), **extra)
 
     def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
         current = [state if state is not None else self.backend.fresh_state(batch)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import DEPLOY, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 
 DECODE_VS_RWKV_PACKAGE = {"fp32": 1.7, "int8": 3.0, "int4": 4.0}
 BATCH16_VS_BATCH1 = 8.0
@@ -108,6 +108,19 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     add(f"prefill{length}_vs_llamacpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(LLAMACPP, "prefill", 1, length, counterpart), None,
                         f"prefill tokens/s at T={length} over llama.cpp {counterpart}'s (one batch)")
+            cpu1 = row(DEPLOY_CPU, "decode", 1, 0, p)
+            add("cpu_decode_b1_vs_portable", p, cpu1, decode1, None,
+                "decode tokens/s at batch 1 of the CPU step graph (rwkv-deploy's CPU operators) over the portable graph's")
+            add("cpu_decode_b16_vs_portable", p, row(DEPLOY_CPU, "decode", 16, 0, p), row(DEPLOY, "decode", 16, 0, p),
+                None, "decode tokens/s at batch 16 of the CPU step graph over the portable graph's")
+            if RWKVCPP_COUNTERPART.get(p):
+                add("cpu_decode_b1_vs_rwkvcpp", p, cpu1, row(RWKVCPP, "decode", 1, 0, RWKVCPP_COUNTERPART[p]),
+                    DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1 of the CPU step graph, over rwkv.cpp "
+                    f"{RWKVCPP_COUNTERPART[p]}'s")
+            if LLAMACPP_COUNTERPART.get(p):
+                add("cpu_decode_b1_vs_llamacpp", p, cpu1, row(LLAMACPP, "decode", 1, 0, LLAMACPP_COUNTERPART[p]),
+                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1 of the CPU step graph, over llama.cpp "
+                    f"{LLAMACPP_COUNTERPART[p]}'s")
             genai = row(GENAI, "decode", 1, 0, p)
             add("genai_decode_b1_cost", p, decode1, genai, GENAI_DECODE_COST,
                 "ONNX Runtime GenAI's time per token at batch 1 over our runtime's (its threads spin, ours do not)",

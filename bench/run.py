@@ -23,7 +23,7 @@ from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 from . import machine
 from .fidelity import FIELDS as FIDELITY_FIELDS
 from .fidelity import token_stream
-from .options import (BASELINES, DEPLOY, DEPLOY_SPIN, GENAI, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
+from .options import (BASELINES, DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
                       BenchOptions)
 from .ratios import Ratio, compute_ratios
 
@@ -44,6 +44,7 @@ Exporter = Callable[[Path, Path, str], None]
 # Writes the ONNX Runtime GenAI folder of a package (`package --genai`) into a folder, replacing it; raises an
 # RwkvDeployError for a package GenAI cannot run. The command passes it in: bench does not import the targets.
 GenaiWriter = Callable[[Path, Path], None]
+CpuGraphWriter = Callable[[Path, Path], None]  # (package, graph file): targets.cpu's write_cpu_graph
 Progress = Callable[[str], None]
 
 
@@ -63,9 +64,11 @@ class BenchResult:
 
 
 def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
-              export: Exporter | None = None, write_genai: GenaiWriter | None = None) -> BenchResult:
+              export: Exporter | None = None, write_genai: GenaiWriter | None = None,
+              write_cpu_graph: CpuGraphWriter | None = None) -> BenchResult:
     """Measure every engine; `export` makes the packages when `options.shape` asks for random weights,
-    `write_genai` their GenAI folders when `options.genai` asks for GenAI."""
+    `write_genai` their GenAI folders when `options.genai` asks for GenAI, `write_cpu_graph` the CPU step graphs
+    of fp16 packages when `options.cpu_ops` asks for them."""
     started = time.perf_counter()
     _check(options)
     options.work_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
              "context_states": context_states} for p in packages]
     jobs += _baseline_jobs(options, checkpoint, version, common, notes, progress)
     jobs += _genai_jobs(options, jobs, notes, progress, write_genai)
+    jobs += _cpu_graph_jobs(options, jobs, notes, progress, write_cpu_graph)
     fidelity = _fidelity(options, jobs, checkpoint, vocab, progress, notes)
     jobs += _spinning_jobs(options, jobs, notes)
     rows = _measure(options, jobs, progress)
@@ -252,6 +256,38 @@ def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[s
     if found:
         notes.append("onnxruntime-genai: each package's `package --genai` folder run by GenAI's Generator (greedy, "
                      "one sequence); GenAI cannot turn off ONNX Runtime's spin-waiting, so its threads spin")
+    return found
+
+
+def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str], progress: Progress,
+                    write_cpu_graph: CpuGraphWriter | None) -> list[dict[str, Any]]:
+    """One job per fp16 package: its CPU step graph in the work folder, decode at every batch (prompts stay on the
+    package's prefill graph, so prefill is not measured again)."""
+    if not options.cpu_ops:
+        return []
+    from rwkv_deploy.runtime import cpu_ops
+
+    if write_cpu_graph is None or cpu_ops.library_path() is None:
+        notes.append("rwkv-deploy-cpu: skipped (rwkv-deploy's CPU operator library is not built in this install)")
+        return []
+    found = []
+    for job in (j for j in jobs if j["engine"] == DEPLOY and j["precision"] == "fp16"):
+        name = Path(job["package"]).name
+        graph = options.work_dir / "cpu" / name / "step.cpu.onnx"
+        graph.parent.mkdir(parents=True, exist_ok=True)
+        progress(f"CPU step graph of {name}")
+        try:
+            write_cpu_graph(Path(job["package"]), graph)
+        except RwkvDeployError as exc:
+            notes.append(f"rwkv-deploy-cpu {job['precision']}: skipped ({exc})")
+            continue
+        found.append({**job, "engine": DEPLOY_CPU, "cpu_graph": str(graph), "prefill_lengths": [],
+                      "context_states": {}})
+    if found:
+        notes.append(f"rwkv-deploy-cpu: fp16 packages' step graphs with the weight products on rwkv-deploy's CPU "
+                     f"operators ({cpu_ops.kernel_path()} kernels; fp16 weights read as fp16, fp32 arithmetic)")
+    else:
+        notes.append("rwkv-deploy-cpu: no fp16 package to measure (--precisions fp16)")
     return found
 
 

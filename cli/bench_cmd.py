@@ -76,6 +76,9 @@ def bench_cmd(
     genai: bool = typer.Option(DEFAULTS.genai, "--genai", help="also measure each package's ONNX Runtime GenAI "
                                "folder (engine onnxruntime-genai: decode batch 1, prefill, fidelity), as a C, C++ or "
                                "C# application runs it"),
+    cpu_ops: bool = typer.Option(DEFAULTS.cpu_ops, "--cpu-ops",
+                                 help="also measure each fp16 package's CPU step graph (engine rwkv-deploy-cpu: "
+                                 "fp16 weights read as fp16 by rwkv-deploy's CPU operators; decode, fidelity)"),
     threads: Optional[str] = typer.Option(None, help="thread counts, each measured in turn (default: 1 and all "
                                           "cores)"),
     rounds: int = typer.Option(DEFAULTS.rounds, help="rounds per measurement, engine order reversed each round"),
@@ -106,12 +109,12 @@ def bench_cmd(
         prefill_lengths=_ints(prefill, "--prefill"), contexts=_ints(contexts, "--contexts"),
         baselines=_names(baselines), rwkvcpp_precisions=_names(rwkvcpp_precisions), rwkvcpp_lib=rwkvcpp_lib,
         rwkvcpp_source=rwkvcpp_source, llamacpp_precisions=_names(llamacpp_precisions), llamacpp_lib=llamacpp_lib,
-        llamacpp_sdist=llamacpp_sdist, backend=backend, spin_wait=spin_wait, genai=genai, rounds=rounds, min_seconds=min_seconds,
+        llamacpp_sdist=llamacpp_sdist, backend=backend, spin_wait=spin_wait, genai=genai, cpu_ops=cpu_ops, rounds=rounds, min_seconds=min_seconds,
         fidelity_tokens=fidelity_tokens, work_dir=work_dir, out=out,
         **({"threads": _ints(threads, "--threads")} if threads else {}))
     with stage_printer(enabled=not quiet) as progress:  # progress goes to stderr
         result = run_bench(options, progress, export=_export_for_bench if options.shape else None,
-                           write_genai=_genai_for_bench)
+                           write_genai=_genai_for_bench, write_cpu_graph=_cpu_graph_for_bench)
         out.mkdir(parents=True, exist_ok=True)
         write_bytes_atomically(out / "bench.json", result.to_json().encode())
         write_bytes_atomically(out / "bench.md", markdown(result).encode())
@@ -121,6 +124,13 @@ def bench_cmd(
     else:
         typer.echo(markdown(result), nl=False)
         typer.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+
+
+def _cpu_graph_for_bench(package: Path, out: Path) -> None:
+    """What `bench --cpu-ops` runs: the package's CPU step graph (targets.cpu), written afresh."""
+    from rwkv_deploy.targets.cpu.graph_file import write_cpu_graph
+
+    write_cpu_graph(package, out)
 
 
 def _genai_for_bench(package: Path, out: Path) -> None:

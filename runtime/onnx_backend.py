@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,9 @@ class OnnxStepBackend:
     """`step(tokens, state) -> (logits, new_state)` on a package's step graph; implements `StepBackend`."""
 
     def __init__(self, package: DeploymentPackage, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None, spin_wait: bool = False) -> None:
+                 threads: int | None = None, spin_wait: bool = False, cpu_graph: str | Path | None = None) -> None:
+        """`cpu_graph`: a CPU target graph of this package's step graph (targets/cpu/) to step with instead,
+        run with rwkv-deploy's CPU operator library; its inputs and outputs are checked against the manifest."""
         self.package = package
         providers = list(providers) if providers else default_providers()
         missing = [_provider_name(p) for p in providers if _provider_name(p) not in ort.get_available_providers()]
@@ -95,11 +98,18 @@ class OnnxStepBackend:
                                f"(available: {', '.join(ort.get_available_providers())})")
         self._threads, self._spin_wait = threads, spin_wait  # the prefill graph's session gets the same options
         try:
-            self.session = pinned_session(package, STEP_GRAPH, session_options(threads, spin_wait), providers)
-        except PackageFilesChanged:
+            if cpu_graph is not None:
+                from . import cpu_ops
+
+                options = session_options(threads, spin_wait)
+                options.register_custom_ops_library(str(cpu_ops.require_library()))
+                self.session = ort.InferenceSession(str(cpu_graph), options, providers=providers)
+            else:
+                self.session = pinned_session(package, STEP_GRAPH, session_options(threads, spin_wait), providers)
+        except (PackageFilesChanged, RefusedError):
             raise
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably
-            raise BackendError(f"{package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
+            raise BackendError(f"{cpu_graph or package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self._device_id = int(self.session.get_provider_options().get(CUDA, {}).get("device_id", 0))
         self._check_graph_io()

@@ -1,0 +1,51 @@
+"""rwkv-deploy's CPU operator library for ONNX Runtime (runtime/native/rwkv_cpu_ops.cc, built by `pip install`).
+
+It provides `ai.rwkv_deploy.cpu::Fp16MatMul`, the weight product of CPU target graphs (targets/cpu/): fp16 weights
+read as fp16, fp32 arithmetic, AVX-512 / AVX2+F16C / portable kernels chosen at load. The library comes from the
+install only, never from a package: a package is untrusted input and must not bring code to load."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+from functools import lru_cache
+from pathlib import Path
+
+from rwkv_deploy.errors import RefusedError
+
+DOMAIN = "ai.rwkv_deploy.cpu"
+LIBRARY_STEM = "_rwkv_cpu_ops"
+
+
+class CpuOpsUnavailable(RefusedError):
+    """The CPU operator library was not built in this install (no C++ compiler or no ONNX Runtime C header)."""
+
+
+def library_path() -> Path | None:
+    """The built library next to this module, or None when the install did not build it."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / (LIBRARY_STEM + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def require_library() -> Path:
+    path = library_path()
+    if path is None:
+        raise CpuOpsUnavailable("rwkv-deploy's CPU operators are not built in this install (reinstall with a C++ "
+                                "compiler and ONNX Runtime's C API header: ONNXRUNTIME_C_API_INCLUDE=DIR pip install "
+                                "rwkv-deploy)")
+    return path
+
+
+@lru_cache(maxsize=1)
+def kernel_path() -> str | None:
+    """Which kernels this machine runs ("avx512", "avx2" or "portable"), or None without the library."""
+    path = library_path()
+    if path is None:
+        return None
+    library = ctypes.CDLL(str(path))
+    library.RwkvCpuOpsPath.restype = ctypes.c_char_p
+    return library.RwkvCpuOpsPath().decode()

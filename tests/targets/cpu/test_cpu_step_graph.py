@@ -1,0 +1,54 @@
+"""The CPU step graph of real fp16 packages (RWKV-5.2, 6, 7) run by our runtime: the portable graph's logits
+within fp16 rounding, the same greedy tokens; and `bench --cpu-ops` measures it beside the portable graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rwkv_deploy.runtime import cpu_ops
+from tests.helpers.small_packages import shared
+
+pytestmark = [pytest.mark.slow,  # exports fp16 packages
+              pytest.mark.skipif(cpu_ops.library_path() is None, reason="CPU operators not built in this install")]
+pytest.importorskip("onnx")
+
+TOKENS = np.array([72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 10] * 2, dtype=np.int64)
+
+
+@pytest.mark.parametrize("version", ["5.2", "6", "7"])
+def test_stepping_the_cpu_graph_gives_the_portable_graphs_logits(shared_package, tmp_path, version):
+    from rwkv_deploy.runtime import DeploymentPackage, stream_logits
+    from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
+    from rwkv_deploy.targets.cpu.graph_file import write_cpu_graph
+
+    package_dir = shared(shared_package, version, "fp16")
+    graph = write_cpu_graph(package_dir, tmp_path / "step.cpu.onnx")
+    assert graph.products > 0 and graph.data.is_file()
+    package = DeploymentPackage.open(package_dir)
+    portable = stream_logits(OnnxStepBackend(package, threads=1), TOKENS)
+    ours = stream_logits(OnnxStepBackend(package, threads=2, cpu_graph=graph.path), TOKENS)
+    assert np.abs(ours - portable).max() <= 2e-3 * np.abs(portable).max()  # fp16 rounding of products, at most
+    assert (ours.argmax(-1) == portable.argmax(-1)).all()
+
+
+def test_bench_measures_the_cpu_graph_beside_the_portable_one(shared_package, tmp_path):
+    from rwkv_deploy.cli.main import app
+
+    package_dir = shared(shared_package, "7", "fp16")
+    result = CliRunner().invoke(app, [
+        "bench", str(package_dir), str(shared(shared_package, "7", "fp32")), "--cpu-ops", "--baselines", "",
+        "--batches", "1,16", "--prefill", "8", "--contexts", "", "--threads", "1", "--rounds", "1",
+        "--min-seconds", "0.2", "--fidelity-tokens", "0", "--json", "-q", "--work-dir", str(tmp_path / "work"),
+        "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    cpu = [r for r in report["rows"] if r["engine"] == "rwkv-deploy-cpu"]
+    assert {(r["precision"], r["mode"], r["batch"]) for r in cpu} == {("fp16", "decode", 1), ("fp16", "decode", 16)}
+    assert all(r["tokens_per_s"] > 0 for r in cpu)
+    names = {(r["name"], r["precision"]) for r in report["ratios"]}
+    assert ("cpu_decode_b1_vs_portable", "fp16") in names and ("cpu_decode_b16_vs_portable", "fp16") in names
+    assert any(n.startswith("rwkv-deploy-cpu: fp16 packages' step graphs") for n in report["notes"])
