@@ -46,13 +46,13 @@ _ZIP64_LOCAL_EXTRA_SIZE = 20
 _CHUNK = 1 << 20
 
 
-class ArchiveError(RefusedError):
+class ArchiveError(RwkvDeployError):
     """The package or archive is broken: nothing was written."""
 
     exit_code = 1
 
 
-class ArchiveTargetError(RwkvDeployError):
+class ArchiveTargetError(RefusedError):
     """Bad paths: the output exists, is inside the package, or the input is not there."""
 
 
