@@ -53,25 +53,31 @@ def test_sixteen_concurrent_streams_match_their_solo_runs(served):
     for prompt in PROMPTS:
         body = httpx.post(f"{server.url}/v1/completions", json=_body(prompt, False), timeout=120).json()
         solo[prompt] = (body["choices"][0]["text"], body["token_ids"], body["choices"][0]["finish_reason"])
-    steps_before = server.metric("rwkv_serve_batch_size_count", model="tiny")
-    small_before = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4")
-    calls_before = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny")
-    single_before = server.metric("rwkv_serve_prefill_batch_size_bucket", model="tiny", le="1")
+    # Batching needs the requests to meet in the scheduler; on a loaded machine one round can arrive spread out,
+    # so up to three rounds: a scheduler that cannot batch fails all three, one that can shows it in one.
+    for _ in range(3):
+        steps_before = server.metric("rwkv_serve_batch_size_count", model="tiny")
+        small_before = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4")
+        calls_before = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny")
+        single_before = server.metric("rwkv_serve_prefill_batch_size_bucket", model="tiny", le="1")
 
-    start, together = threading.Barrier(len(PROMPTS)), {}
-    threads = [threading.Thread(target=_streamed, args=(server.url, p, start, together)) for p in PROMPTS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert together == solo
-    steps = server.metric("rwkv_serve_batch_size_count", model="tiny") - steps_before
-    small = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4") - small_before
-    assert steps > small, "no decode step ran more than 4 requests together"
-    if server.metric("rwkv_serve_prefill_batch_size_count", model="tiny") > 0:  # the package has a prefill graph
+        start, together = threading.Barrier(len(PROMPTS)), {}
+        threads = [threading.Thread(target=_streamed, args=(server.url, p, start, together)) for p in PROMPTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert together == solo
+        steps = server.metric("rwkv_serve_batch_size_count", model="tiny") - steps_before
+        small = server.metric("rwkv_serve_batch_size_bucket", model="tiny", le="4") - small_before
+        has_prefill = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny") > 0
         calls = server.metric("rwkv_serve_prefill_batch_size_count", model="tiny") - calls_before
         single = server.metric("rwkv_serve_prefill_batch_size_bucket", model="tiny", le="1") - single_before
-        assert calls > single, "no prefill call took the chunks of several requests as rows of one batch"
+        decode_batched, prefill_batched = steps > small, not has_prefill or calls > single
+        if decode_batched and prefill_batched:
+            break
+    assert decode_batched, "no decode step ran more than 4 requests together"
+    assert prefill_batched, "no prefill call took the chunks of several requests as rows of one batch"
 
     generator = oracle(package, prefill_chunk=8)  # and solo is what the runtime's Generator produces
     for prompt in PROMPTS[:4]:
