@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, TypeGuard, runtime_checkable
 import numpy as np
 
 from rwkv_deploy.errors import RefusedError
+from rwkv_deploy.interrupts import raise_if_interrupted
 
 from .sampling import NonFiniteError, SamplingParams, count_token, sample_token
 from .state import RecurrentState, host
@@ -194,9 +195,11 @@ class Generator:
         prefill graph (the state carried between them), else T steps."""
         if block.shape[1] > 1 and can_prefill(self.backend):
             for start in range(0, block.shape[1], self.prefill_chunk):
+                raise_if_interrupted()
                 logits, state = feed_chunk(self.backend, block[:, start:start + self.prefill_chunk], state)
             return logits, state
         for column in block.T:
+            raise_if_interrupted()
             logits, state = self.backend.step(np.ascontiguousarray(column), state)
         return logits, state
 
@@ -276,6 +279,9 @@ class Generator:
                 finish(row, "length", state)
             return
         while running:
+            # a termination signal whose exception something swallowed (the CLI remembers it) ends the loop here,
+            # not after max_tokens: a million-token run would otherwise go on until the end
+            raise_if_interrupted()
             feed, fed_tokens = [], []
             for row, index in enumerate(running):
                 seq = sequences[index]
