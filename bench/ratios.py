@@ -79,6 +79,7 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
         package_prefill = row(RWKV_PACKAGE, "prefill", 1, 64)
         for p in precisions:
             decode1 = row(DEPLOY, "decode", 1, 0, p)
+            cpu1 = row(DEPLOY_CPU, "decode", 1, 0, p)  # the CPU step graph (rwkv-deploy's CPU operators)
             add("decode_b1_vs_rwkv_package", p, decode1, package_decode, DECODE_VS_RWKV_PACKAGE.get(p),
                 "decode tokens/s at batch 1, over the rwkv package's (cpu fp32)")
             counterpart = RWKVCPP_COUNTERPART.get(p)
@@ -89,6 +90,8 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                 add("decode_b1_spinning_vs_rwkvcpp", p, row(DEPLOY_SPIN, "decode", 1, 0, p), theirs,
                     DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1 with spin-waiting threads (as rwkv.cpp's "
                     f"wait), over rwkv.cpp {counterpart}'s")
+                add("cpu_decode_b1_vs_rwkvcpp", p, cpu1, theirs, DECODE_VS_RWKVCPP[p],
+                    f"decode tokens/s at batch 1 of the CPU step graph, over rwkv.cpp {counterpart}'s")
                 for length in prefill_lengths:
                     add(f"prefill{length}_vs_rwkvcpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(RWKVCPP, "prefill", 1, length, counterpart), PREFILL_VS_RWKVCPP,
@@ -101,6 +104,8 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                 add("decode_b1_spinning_vs_llamacpp", p, row(DEPLOY_SPIN, "decode", 1, 0, p), theirs,
                     DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1 with spin-waiting threads (as llama.cpp's "
                     f"wait), over llama.cpp {counterpart}'s")
+                add("cpu_decode_b1_vs_llamacpp", p, cpu1, theirs, DECODE_VS_LLAMACPP,
+                    f"decode tokens/s at batch 1 of the CPU step graph, over llama.cpp {counterpart}'s")
                 add("decode_b16_vs_llamacpp", p, row(DEPLOY, "decode", 16, 0, p),
                     row(LLAMACPP, "decode", 16, 0, counterpart), None,
                     f"decode tokens/s at batch 16, over llama.cpp {counterpart}'s 16 parallel sequences")
@@ -108,19 +113,10 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     add(f"prefill{length}_vs_llamacpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(LLAMACPP, "prefill", 1, length, counterpart), None,
                         f"prefill tokens/s at T={length} over llama.cpp {counterpart}'s (one batch)")
-            cpu1 = row(DEPLOY_CPU, "decode", 1, 0, p)
             add("cpu_decode_b1_vs_portable", p, cpu1, decode1, None,
                 "decode tokens/s at batch 1 of the CPU step graph (rwkv-deploy's CPU operators) over the portable graph's")
             add("cpu_decode_b16_vs_portable", p, row(DEPLOY_CPU, "decode", 16, 0, p), row(DEPLOY, "decode", 16, 0, p),
                 None, "decode tokens/s at batch 16 of the CPU step graph over the portable graph's")
-            if RWKVCPP_COUNTERPART.get(p):
-                add("cpu_decode_b1_vs_rwkvcpp", p, cpu1, row(RWKVCPP, "decode", 1, 0, RWKVCPP_COUNTERPART[p]),
-                    DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1 of the CPU step graph, over rwkv.cpp "
-                    f"{RWKVCPP_COUNTERPART[p]}'s")
-            if LLAMACPP_COUNTERPART.get(p):
-                add("cpu_decode_b1_vs_llamacpp", p, cpu1, row(LLAMACPP, "decode", 1, 0, LLAMACPP_COUNTERPART[p]),
-                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1 of the CPU step graph, over llama.cpp "
-                    f"{LLAMACPP_COUNTERPART[p]}'s")
             genai = row(GENAI, "decode", 1, 0, p)
             add("genai_decode_b1_cost", p, decode1, genai, GENAI_DECODE_COST,
                 "ONNX Runtime GenAI's time per token at batch 1 over our runtime's (its threads spin, ours do not)",

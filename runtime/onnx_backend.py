@@ -98,14 +98,14 @@ class OnnxStepBackend:
                                f"(available: {', '.join(ort.get_available_providers())})")
         self._threads, self._spin_wait = threads, spin_wait  # the prefill graph's session gets the same options
         try:
+            options = session_options(threads, spin_wait)
             if cpu_graph is not None:
                 from . import cpu_ops
 
-                options = session_options(threads, spin_wait)
                 options.register_custom_ops_library(str(cpu_ops.require_library()))
                 self.session = ort.InferenceSession(str(cpu_graph), options, providers=providers)
             else:
-                self.session = pinned_session(package, STEP_GRAPH, session_options(threads, spin_wait), providers)
+                self.session = pinned_session(package, STEP_GRAPH, options, providers)
         except (PackageFilesChanged, RefusedError):
             raise
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably

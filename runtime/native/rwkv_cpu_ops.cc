@@ -8,7 +8,6 @@
 //
 // Loaded with SessionOptions.register_custom_ops_library(path); exports RegisterCustomOps.
 
-#include <cmath>
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
@@ -122,7 +121,6 @@ __attribute__((target("avx512f,avx2,f16c,fma"))) void row_avx512(const Product& 
 }
 
 // Batches (M >= 4): 4 weight rows x 4 X rows per pass, each converted weight vector used 4 times.
-template <int VEC>
 __attribute__((target("avx512f,avx2,f16c,fma"))) void block4x4_avx512(const Product& p, int64_t n, int64_t m) {
   __m512 acc[4][4];
   for (int j = 0; j < 4; ++j)
@@ -144,7 +142,6 @@ __attribute__((target("avx512f,avx2,f16c,fma"))) void block4x4_avx512(const Prod
     }
 }
 
-template <int VEC>
 __attribute__((target("avx2,f16c,fma"))) void block4x4_avx2(const Product& p, int64_t n, int64_t m) {
   __m256 acc[4][4];
   for (int j = 0; j < 4; ++j)
@@ -190,9 +187,9 @@ RowsFn choose_rows() {
   const char* cap = std::getenv("RWKV_DEPLOY_CPU_KERNELS");
   const bool allow512 = cap == nullptr || *cap == 0 || std::strcmp(cap, "avx512") == 0;
   const bool allow256 = allow512 || std::strcmp(cap, "avx2") == 0;
-  if (allow512 && __builtin_cpu_supports("avx512f")) return rows_simd<row_avx512<1>, block4x4_avx512<0>>;
+  if (allow512 && __builtin_cpu_supports("avx512f")) return rows_simd<row_avx512<1>, block4x4_avx512>;
   if (allow256 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return rows_simd<row_avx2<1>, block4x4_avx2<0>>;
+    return rows_simd<row_avx2<1>, block4x4_avx2>;
   return rows_portable;
 }
 
@@ -200,15 +197,11 @@ const RowsFn g_rows = choose_rows();
 
 const char* path_name() {
   if (g_rows == rows_portable) return "portable";
-  return g_rows == rows_simd<row_avx512<1>, block4x4_avx512<0>> ? "avx512" : "avx2";
+  return g_rows == rows_simd<row_avx512<1>, block4x4_avx512> ? "avx512" : "avx2";
 }
 
-struct Task {
-  const Product* p;
-};
-
 void run_task(void* data, size_t index) {
-  const Product& p = *static_cast<Task*>(data)->p;
+  const Product& p = *static_cast<const Product*>(data);
   int64_t n0 = (int64_t)index * kRowsPerTask, n1 = n0 + kRowsPerTask < p.n ? n0 + kRowsPerTask : p.n;
   g_rows(p, n0, n1);
 }
@@ -259,9 +252,8 @@ OrtStatusPtr ORT_API_CALL compute(void* /*kernel*/, OrtKernelContext* context) {
   RETURN_IF_ERROR(g_api->GetTensorMutableData(y_value, (void**)&y));
   if (m == 0 || n == 0) return nullptr;
   Product p{x, w, y, m, k, n};
-  Task task{&p};
   const size_t tasks = (size_t)((n + kRowsPerTask - 1) / kRowsPerTask);
-  return g_api->KernelContext_ParallelFor(context, run_task, tasks, 0, &task);
+  return g_api->KernelContext_ParallelFor(context, run_task, tasks, 0, &p);
 }
 
 // -- the custom-op description -------------------------------------------------------------------------------

@@ -35,30 +35,6 @@ PRESENT_CONV, PRESENT_RECURRENT = "present.%d.conv", "present.%d.recurrent"
 STATE_PARTS = ("att_shift", "wkv", "ffn_shift")
 
 
-def _renamed_step(step: onnx.GraphProto, prefix: str, inputs: dict[str, str], outputs: dict[str, str],
-                  outer: set[str]) -> list[onnx.NodeProto]:
-    """The step graph's nodes with its inputs/outputs mapped and every other value prefixed (ONNX forbids a
-    subgraph value that shadows another scope's); initializers (`outer`) keep their names."""
-    def name(value: str) -> str:
-        if not value or value in outer:
-            return value
-        if value in inputs:
-            return inputs[value]
-        if value in outputs:
-            return outputs[value]
-        return prefix + value
-
-    nodes = []
-    for node in step.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = prefix + node.name if node.name else ""
-        copy.input[:] = [name(v) for v in node.input]
-        copy.output[:] = [name(v) for v in node.output]
-        nodes.append(copy)
-    return nodes
-
-
 def _tensor_key(tensor: onnx.TensorProto) -> tuple:
     """What an initializer holds, its name aside: equal keys, equal tensors."""
     if tensor.raw_data:
@@ -110,8 +86,7 @@ def _embedded(graph: onnx.GraphProto, prefix: str, mapped: dict[str, str]) -> li
     """`graph`'s nodes (subgraphs included) to inline in another graph: names in `mapped` (inputs, outputs,
     shared initializers) take their mapped names, every other value is prefixed."""
     copy = onnx.GraphProto()
-    copy.CopyFrom(graph)
-    del copy.initializer[:]
+    copy.node.extend(graph.node)  # the nodes only: the weights stay where they are
     _rename_graph(copy, lambda v: mapped.get(v, prefix + v))
     return list(copy.node)
 
@@ -145,7 +120,7 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
     prefill graph's that the step lacks). `state_inputs` / `state_outputs` map "layer{i}.{part}" to both
     graphs' names (the package format gives them one set); `state_types` to their ONNX dtypes."""
     g = step.graph
-    outer = {t.name for t in g.initializer}
+    kept = {t.name: t.name for t in g.initializer}  # the step graph's weights keep their names
     initializers = list(g.initializer)
     prefill_names, prefill_added = shared_initializers(prefill.model.graph, initializers, "p/")
     initializers += prefill_added
@@ -202,9 +177,8 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
     # passes its inputs on, a Loop of zero trips); not nested (see the module docstring).
     # 1. decoding (seq == 1): the step graph once
     step_nodes = [_const("t/axis1", [1]), helper.make_node("Squeeze", ["g/ids", "t/axis1"], ["t/token"])]
-    step_nodes += _renamed_step(g, "t/", {token_input: "t/token", **{state_inputs[k]: f"in.{k}" for k in keys}},
-                                {logits_output: "t/logits", **{state_outputs[k]: f"t/out.{k}" for k in keys}},
-                                outer)
+    step_nodes += _embedded(g, "t/", {**kept, token_input: "t/token", **{state_inputs[k]: f"in.{k}" for k in keys},
+                                      logits_output: "t/logits", **{state_outputs[k]: f"t/out.{k}" for k in keys}})
     step_graph = helper.make_graph(step_nodes, "step_once", [], _branch_outputs("t", keys, logits_type, state_types))
     nodes.append(helper.make_node("If", ["g/is_step"], ["a/logits"] + [f"a.{k}" for k in keys],
                                   then_branch=step_graph, else_branch=passing("a0", "g/logits0", "in")))
@@ -234,8 +208,8 @@ def decoder_graph(step: onnx.ModelProto, n_layer: int, token_input: str, logits_
             _const("l/axis1", [1]), _const("l/axes123", [1, 2, 3]),
             helper.make_node("Unsqueeze", ["l/mask", "l/axis1"], ["l/mask2"]),
             helper.make_node("Unsqueeze", ["l/mask", "l/axes123"], ["l/mask4"])]
-    body += _renamed_step(g, "l/", {token_input: "l/token", **{state_inputs[k]: f"l/in.{k}" for k in keys}},
-                          {logits_output: "l/step_logits", **{state_outputs[k]: f"l/new.{k}" for k in keys}}, outer)
+    body += _embedded(g, "l/", {**kept, token_input: "l/token", **{state_inputs[k]: f"l/in.{k}" for k in keys},
+                                logits_output: "l/step_logits", **{state_outputs[k]: f"l/new.{k}" for k in keys}})
     body.append(helper.make_node("Where", ["l/mask2", "l/step_logits", "l/logits"], ["l/logits_out"]))
     for k in keys:
         mask = "l/mask4" if k.endswith("wkv") else "l/mask2"
