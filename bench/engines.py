@@ -58,11 +58,11 @@ class DeployEngine(Engine):
                  spin_wait: bool = False, cpu_graph: Path | None = None) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
-        from rwkv_deploy.runtime.backends import make_backend, thread_options
+        from rwkv_deploy.runtime.backends import make_backend, cpu_options
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
-        extra = {"cpu_graph": cpu_graph} if cpu_graph is not None else {}  # the CPU step graph (engine DEPLOY_CPU)
-        self.backend = make_backend(backend, self.package, **thread_options(backend, threads, spin_wait), **extra)
+        extra = {"cpu_graph_file": cpu_graph} if cpu_graph is not None else {}  # the CPU step graph (DEPLOY_CPU)
+        self.backend = make_backend(backend, self.package, **cpu_options(backend, threads, spin_wait), **extra)
 
     def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:
         current = [state if state is not None else self.backend.fresh_state(batch)]

@@ -83,6 +83,9 @@ def generate_cmd(
     spin_wait: bool = typer.Option(False, "--spin-wait", help="onnxruntime: worker threads spin between ops instead "
                                    "of sleeping: faster on cores given to the model, slower on shared ones "
                                    "(docs/bench.md)"),
+    cpu_graph: str = typer.Option("auto", "--cpu-graph", help="onnxruntime: the package's CPU graph (`rwkv-deploy "
+                                  "build-cpu`): auto takes it on the CPU when this install built its operators, on "
+                                  "insists, off runs the portable graph"),
     load_state: Optional[Path] = typer.Option(None, "--load-state", help="continue from this state file (written by "
                                               "--save-state, or a server's return_state) instead of a fresh state"),
     save_state: Optional[Path] = typer.Option(None, "--save-state", help="write the state after the prompt and the "
@@ -92,7 +95,7 @@ def generate_cmd(
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; a tokens/s summary goes to stderr."""
     from rwkv_deploy.runtime import DeploymentPackage, Generator, RecurrentState
-    from rwkv_deploy.runtime.backends import make_backend, thread_options
+    from rwkv_deploy.runtime.backends import cpu_options, make_backend
     from rwkv_deploy.runtime.package import package_directory
 
     text = read_prompt(prompt, prompt_file)
@@ -105,11 +108,12 @@ def generate_cmd(
             raise RefusedError(f"{package_dir}: the package has no tokenizer, so it cannot take a text prompt")
         if cuda_graphs and backend != "tensorrt":
             raise RefusedError("--cuda-graphs applies to --backend tensorrt only")
-        if (threads is not None or spin_wait) and backend != "onnxruntime":
-            raise RefusedError("--threads and --spin-wait apply to --backend onnxruntime only")
-        options = {"cuda_graphs": True} if cuda_graphs else thread_options(backend, threads, spin_wait)
+        if (threads is not None or spin_wait or cpu_graph == "on") and backend != "onnxruntime":
+            raise RefusedError("--threads, --spin-wait and --cpu-graph on apply to --backend onnxruntime only")
+        options = {"cuda_graphs": True} if cuda_graphs else cpu_options(backend, threads, spin_wait, cpu_graph)
         start = RecurrentState.load(load_state, package.manifest) if load_state is not None else None
-        generator = Generator(make_backend(backend, package, **options), package.tokenizer)
+        step_backend = make_backend(backend, package, **options)
+        generator = Generator(step_backend, package.tokenizer)
         result = generator.generate(
             text, max_tokens, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stop_strings=stop or (),
@@ -118,4 +122,5 @@ def generate_cmd(
             result.state.save(save_state)
     _write("\n")
     stats = result.stats
-    print(f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    graph = ", CPU graph" if getattr(step_backend, "runs_cpu_graph", False) else ""
+    print(f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tokens/s{graph}]", file=sys.stderr)

@@ -15,6 +15,7 @@ from .bench_cmd import register as _register_bench
 from .bench_serve_cmd import register as _register_bench_serve
 from .bench_triton_cmd import register as _register_bench_triton
 from .convert_cmd import register as _register_convert
+from .cpu_cmd import register as _register_cpu
 from .errors import one_line_errors
 from .extras import MAX_PARAMS_HELP, raise_param_cap, require_export_extra, require_modules
 from .generate_cmd import register as _register_generate
@@ -25,8 +26,8 @@ from .validate_cmd import register as _register_validate
 
 DEFAULTS = ExportOptions()
 
-_COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt, _register_bench,
-                    _register_bench_triton, _register_convert, _register_serve, _register_bench_serve)
+_COMMAND_MODULES = (_register_generate, _register_validate, _register_package, _register_tensorrt, _register_cpu,
+                    _register_bench, _register_bench_triton, _register_convert, _register_serve, _register_bench_serve)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export RWKV checkpoints to ONNX / TensorRT and run them without PyTorch.")

@@ -55,6 +55,9 @@ def serve_cmd(
                                                 "512); prefix-cache entries sit at its multiples"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads per "
                                           "model (default: one per core)"),
+    cpu_graph: str = typer.Option("auto", "--cpu-graph", help="the packages' CPU graphs (`rwkv-deploy build-cpu`): "
+                                  "auto takes each on the CPU when this install built its operators, on insists, "
+                                  "off runs the portable graphs"),
     chat_template: List[str] = typer.Option([], "--chat-template", help="world | g1 | none, for every model, or "
                                             "NAME=TEMPLATE for one (repeatable); default world"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="after SIGTERM, how long streams in flight "
@@ -84,7 +87,8 @@ def serve_cmd(
     options = ServeOptions(host=host, port=port, max_batch=max_batch, max_queue=max_queue,
                            max_prompt_tokens=max_prompt_tokens, max_body_mib=max_body_mib,
                            state_cache_mib=state_cache_mib, max_sessions=max_sessions,
-                           prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, chat_templates=per_model,
+                           prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, cpu_graph=cpu_graph,
+                           chat_templates=per_model,
                            default_template=default, drain_seconds=drain_seconds, access_log=access_log,
                            verify=not no_verify, triton=triton, triton_model=triton_model,
                            request_timeout=request_timeout, max_connections=max_connections,

@@ -21,9 +21,20 @@ if TYPE_CHECKING:
     from .trust import PackageReader
 
 
-def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
-    problems = []
+def _checked_graphs(manifest: Manifest) -> Iterator[tuple[str, str, GraphInfo]]:
+    """(manifest field, graph kind, graph) of every graph to check: the package's graphs and its CPU graphs
+    (each holds to its source graph's I/O and opset)."""
     for kind, graph in manifest.graphs.items():
+        yield f"graphs.{kind}", kind, graph
+    for kind, cpu in manifest.cpu_graphs.items():
+        source = manifest.graphs[kind]
+        yield f"cpu_graphs.{kind}", kind, GraphInfo(path=cpu.path, precision=source.precision, opset=source.opset,
+                                                   external_data=cpu.external_data)
+
+
+def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
+    problems, loaded = [], {}
+    for field, kind, graph in _checked_graphs(manifest):
         if graph.path not in reader.names:
             continue  # reported as missing by the file checks
         try:
@@ -32,14 +43,27 @@ def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
         except (OSError, zipfile.BadZipFile, DecodeError, ValueError, RuntimeError, UnsafePathError) as exc:
             problems.append(f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})")
             continue
+        loaded[graph.path] = model
         want_in, want_out = _expected_io(kind, graph, manifest)
         weights = {t.name for t in model.graph.initializer}  # old IR versions also list initializers as inputs
         inputs = [v for v in model.graph.input if v.name not in weights]
         problems += (_io_problems(graph.path, "input", inputs, want_in)
                      + _io_problems(graph.path, "output", list(model.graph.output), want_out)
-                     + _opset_problems(graph, model)
-                     + _external_data_problems(reader, kind, graph, model))
+                     + _opset_problems(field, graph, model)
+                     + _external_data_problems(reader, field, graph, model))
+    for kind, cpu in manifest.cpu_graphs.items():
+        if cpu.path in loaded:
+            problems += _operator_domain_problems(f"cpu_graphs.{kind}", cpu.path, loaded[cpu.path], cpu.ops,
+                                                  cpu.ops_version)
     return problems
+
+
+def _operator_domain_problems(field: str, path: str, model: onnx.ModelProto, domain: str, version: int) -> list[str]:
+    """A CPU graph imports the operator domain the manifest declares for it, at that version."""
+    got = {o.domain: o.version for o in model.opset_import}.get(domain)
+    if got == version:
+        return []
+    return [f"{path}: graph imports {domain} version {got} but manifest.json {field} declares {version}"]
 
 
 def _expected_io(kind: str, graph: GraphInfo, manifest: Manifest) -> tuple[list[tuple], list[tuple]]:
@@ -92,12 +116,12 @@ def _tensor_type(value: onnx.ValueInfoProto) -> tuple[str, list | None]:
                    for d in tensor.shape.dim]
 
 
-def _opset_problems(graph: GraphInfo, model: onnx.ModelProto) -> list[str]:
+def _opset_problems(field: str, graph: GraphInfo, model: onnx.ModelProto) -> list[str]:
     opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
     got = opsets.get("ai.onnx")
     if got == graph.opset:
         return []
-    return [f"{graph.path}: graph uses opset {got} but manifest.json graphs.step.opset is {graph.opset}"]
+    return [f"{graph.path}: graph uses opset {got} but manifest.json {field}.opset is {graph.opset}"]
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -112,14 +136,14 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _graph_tensors(sub)
 
 
-def _external_data_problems(reader: "PackageReader", kind: str, graph: GraphInfo,
+def _external_data_problems(reader: "PackageReader", field: str, graph: GraphInfo,
                             model: onnx.ModelProto) -> list[str]:
     locations = {entry.value for t in _graph_tensors(model.graph)
                  if t.data_location == onnx.TensorProto.EXTERNAL
                  for entry in t.external_data if entry.key == "location"}
     declared = graph.external_data
     problems = [f"{graph.path}: weights are stored in external file {loc!r} that manifest.json "
-                f"graphs.{kind}.external_data does not declare ({declared!r})"
+                f"{field}.external_data does not declare ({declared!r})"
                 for loc in sorted(locations) if loc != declared]
     if declared and declared not in locations:
         problems.append(f"{graph.path}: manifest.json declares external data {declared!r} but the graph has none there")

@@ -78,6 +78,21 @@ class EngineEntry:
 
 
 @dataclass(frozen=True)
+class CpuGraphEntry:
+    """A CPU target graph of one package graph (`rwkv-deploy build-cpu`): `path` and its weights
+    (`external_data`, in its folder), the operator domain and version it needs from rwkv-deploy's CPU operator
+    library, and the package graph it was derived from with that graph's sha256 (a graph exported again makes
+    it stale: runtimes then use the portable graph)."""
+
+    path: str
+    external_data: str
+    ops: str
+    ops_version: int
+    source: str
+    source_sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: ModelInfo
     graphs: dict[str, GraphInfo]
@@ -90,11 +105,13 @@ class Manifest:
     producer: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, EngineEntry] = field(default_factory=dict)  # by graph name; optional in the JSON
+    cpu_graphs: dict[str, CpuGraphEntry] = field(default_factory=dict)  # by graph name; optional in the JSON
 
     def to_json(self) -> str:
         data = asdict(self)
-        if not self.engines:
-            del data["engines"]  # packages without engines keep the manifest they always had
+        for optional in ("engines", "cpu_graphs"):  # packages without them keep the manifest they always had
+            if not data[optional]:
+                del data[optional]
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 

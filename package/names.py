@@ -56,3 +56,8 @@ ENGINE_PLAN_SUFFIX = ".plan"
 ENGINE_INFO_SUFFIX = ".json"
 ENGINE_FORMAT = "rwkv-deploy-tensorrt-engine"
 ENGINE_FORMAT_VERSION = 2
+
+# -- CPU target graphs (`rwkv-deploy build-cpu`) ----------------------------------------------------------
+CPU_DIR = "cpu"  # cpu/<graph>.onnx and cpu/<graph>.onnx.data; manifest.json's `cpu_graphs` is keyed by graph
+CPU_OPS_DOMAIN = "ai.rwkv_deploy.cpu"  # rwkv-deploy's CPU operator library (runtime/native/), opset version 1
+CPU_OPS_VERSION = 1

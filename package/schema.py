@@ -20,7 +20,7 @@ import numpy as np
 
 from rwkv_deploy import limits
 
-from .manifest import (EngineEntry, GraphInfo, Manifest, ManifestError, ModelInfo, StateEntry, TokenizerInfo,
+from .manifest import (CpuGraphEntry, EngineEntry, GraphInfo, Manifest, ManifestError, ModelInfo, StateEntry, TokenizerInfo,
                        external_data_path)
 from .names import (BATCH_AXIS, FORMAT_VERSION, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME,
                     LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_LOGITS, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
@@ -198,7 +198,7 @@ def _list(value: Any, at: _At, max_length: int) -> list[Any]:
 # -- manifest.json ----------------------------------------------------------------------------------------
 
 _TOP = ("model", "graphs", "state", "tokenizer", "files", "token_input", "logits_output", "format_version")
-_TOP_OPTIONAL = ("producer", "source", "engines")
+_TOP_OPTIONAL = ("producer", "source", "engines", "cpu_graphs")
 
 
 def manifest_from_json(data: Any, where: str = MANIFEST_NAME) -> Manifest:
@@ -225,9 +225,10 @@ def manifest_from_json(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     if eps is not None and not (_number(eps, at / "source" / "ln_x_eps") > 0):
         raise (at / "source" / "ln_x_eps").fail("must be positive")
     engines = _engines(top.get("engines", {}), at / "engines", graphs)
+    cpu_graphs = _cpu_graphs(top.get("cpu_graphs", {}), at / "cpu_graphs", graphs, files)
     return Manifest(model=model, graphs=graphs, state=state, tokenizer=tokenizer, files=files,
                     token_input=token_input, logits_output=logits_output, format_version=FORMAT_VERSION,
-                    producer=producer, source=source, engines=engines)
+                    producer=producer, source=source, engines=engines, cpu_graphs=cpu_graphs)
 
 
 def _model(value: Any, at: _At) -> ModelInfo:
@@ -261,9 +262,7 @@ def _graphs(value: Any, at: _At) -> dict[str, GraphInfo]:
         path = _path(g["path"], where / "path")
         external = g.get("external_data")
         if external is not None:
-            external = _string(external, where / "external_data", max_length=MAX_PATH)
-            if problem := path_problem(external_data_path(path, external)):
-                raise (where / "external_data").fail(f"{external[:80]!r} is not a safe relative path ({problem})")
+            external = _external_data(external, where / "external_data", path)
         logits = g.get("logits")
         if logits is not None:
             _string(logits, where / "logits", choices=PREFILL_LOGITS)
@@ -274,6 +273,14 @@ def _graphs(value: Any, at: _At) -> dict[str, GraphInfo]:
                                  opset=_int(g["opset"], where / "opset", 1, MAX_OPSET), external_data=external,
                                  quantization=quantization, logits=logits)
     return graphs
+
+
+def _external_data(value: Any, at: _At, graph_path: str) -> str:
+    """A graph's external data file name: resolved in the graph's folder (as ONNX does), a safe package path."""
+    name = _string(value, at, max_length=MAX_PATH)
+    if problem := path_problem(external_data_path(graph_path, name)):
+        raise at.fail(f"{name[:80]!r} is not a safe relative path ({problem})")
+    return name
 
 
 def _state(value: Any, at: _At, n_layer: int) -> list[StateEntry]:
@@ -359,6 +366,35 @@ def _engines(value: Any, at: _At, graphs: dict[str, GraphInfo]) -> dict[str, Eng
                                      version=_string(e["version"], where / "version", max_length=64),
                                      targets=targets)
     return engines
+
+
+def _cpu_graphs(value: Any, at: _At, graphs: dict[str, GraphInfo], files: dict[str, str]) -> dict[str, CpuGraphEntry]:
+    """The CPU target graphs section: per graph of `graphs`, the derived graph and its weights (package paths),
+    the operators it needs and the source graph it was made from: that graph as `files` lists it now (a graph
+    replaced since is refused here, not run beside a CPU graph made from its predecessor)."""
+    if not isinstance(value, dict):
+        raise at.fail(f"must be an object, not {_type_name(value)}")
+    entries = {}
+    for graph, entry in value.items():
+        where = at / _string(graph, at, _GRAPH_NAME)
+        if graph not in graphs:
+            raise where.fail(f"is a CPU graph of {graph!r}, which is not in graphs")
+        e = _object(entry, where, ("path", "external_data", "ops", "ops_version", "source", "source_sha256"))
+        digest = _string(e["source_sha256"], where / "source_sha256")
+        if not _SHA256.fullmatch(digest):
+            raise (where / "source_sha256").fail("must be a lowercase hex sha256 (64 characters)")
+        path, source = _path(e["path"], where / "path"), _path(e["source"], where / "source")
+        if source != graphs[graph].path:
+            raise (where / "source").fail(f"is {source[:80]!r}, not the {graph} graph {graphs[graph].path!r}")
+        if files.get(source) != digest:
+            raise (where / "source_sha256").fail(f"is not the sha256 of {source[:80]!r} in files: the CPU graph was "
+                                                 "made from another graph; run `rwkv-deploy build-cpu` again")
+        entries[graph] = CpuGraphEntry(
+            path=path, external_data=_external_data(e["external_data"], where / "external_data", path),
+            ops=_string(e["ops"], where / "ops", re.compile(r"[a-z0-9_.]{1,64}")),
+            ops_version=_int(e["ops_version"], where / "ops_version", 1, 1 << 20),
+            source=source, source_sha256=digest)
+    return entries
 
 
 def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:

@@ -6,7 +6,7 @@ writer and extractor, the Triton writer or the TensorRT builder uses one:
 1. manifest.json is read capped and parsed by the strict schema (`schema.py`): types, ranges, sizes;
 2. the package holds regular files only: a symbolic link, fifo or device anywhere in it (validation/
    included) is refused, and files are opened with O_NOFOLLOW;
-3. every path the manifest names (graphs, external data, tokenizer files, init_file, engines) is a safe
+3. every path the manifest names (graphs, external data, tokenizer files, init_file, engines, CPU graphs) is a safe
    relative path, listed in `files` with its sha256, and present;
 4. `files` lists every file of the package outside `validation/` (besides manifest.json and PACKAGE.json);
 5. every listed file's sha256 is checked, unless the caller skips hashing (`--no-verify` on a trusted local
@@ -167,6 +167,9 @@ def referenced_files(manifest: Manifest, engines: list[tuple[str, str]] = ()) ->
     for entry in manifest.state:
         if entry.init_file:
             yield f"state {entry.name!r} init_file", entry.init_file
+    for key, cpu in manifest.cpu_graphs.items():
+        yield f"cpu_graphs.{key}.path", cpu.path
+        yield f"cpu_graphs.{key}.external_data", external_data_path(cpu.path, cpu.external_data)
     yield from engines
 
 

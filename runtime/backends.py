@@ -5,8 +5,9 @@
     Generator(backend, package.tokenizer).generate(...)
 
 For command authors: offer `--backend` with the choices in `BACKENDS` (default "onnxruntime") and pass
-the value here; keyword options go to the backend's constructor (`providers=`, `threads=`, `spin_wait=` for
-ONNX Runtime, `thread_options` builds the thread ones; `engine_path=`, `cuda_graphs=` for TensorRT). Each backend is imported only when chosen, so
+the value here; keyword options go to the backend's constructor (`providers=`, `threads=`, `spin_wait=`,
+`cpu_graph=` for ONNX Runtime, `cpu_options` builds those but `providers`; `engine_path=`, `cuda_graphs=` for
+TensorRT). Each backend is imported only when chosen, so
 ONNX Runtime users never need TensorRT and TensorRT users never load ONNX Runtime.
 """
 
@@ -27,12 +28,15 @@ class UnknownBackendError(RefusedError, ValueError):
     """A --backend name the runtime does not have."""
 
 
-def thread_options(name: str, threads: int | None = None, spin_wait: bool = False) -> dict[str, Any]:
-    """The CPU thread settings to hand `make_backend(name, ...)`, only those given: ONNX Runtime's intra-op
-    `threads` (None: its default) and `spin_wait`; nothing for the TensorRT backend, whose work runs on the GPU."""
+def cpu_options(name: str, threads: int | None = None, spin_wait: bool = False,
+                cpu_graph: str | None = None) -> dict[str, Any]:
+    """The CPU settings to hand `make_backend(name, ...)`, only those given: ONNX Runtime's intra-op `threads`
+    (None: its default), `spin_wait` and `cpu_graph` ("auto", "on", "off": the package's CPU graph,
+    runtime/cpu_graph.py); nothing for the TensorRT backend, whose work runs on the GPU."""
     if name != "onnxruntime":
         return {}
-    return {**({"threads": threads} if threads is not None else {}), **({"spin_wait": True} if spin_wait else {})}
+    return {**({"threads": threads} if threads is not None else {}), **({"spin_wait": True} if spin_wait else {}),
+            **({"cpu_graph": cpu_graph} if cpu_graph is not None else {})}
 
 
 def make_backend(name: str, package: DeploymentPackage, **options: Any) -> StepBackend:

@@ -12,8 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from rwkv_deploy.errors import RefusedError
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
 
-DOMAIN = "ai.rwkv_deploy.cpu"
+DOMAIN, VERSION = CPU_OPS_DOMAIN, CPU_OPS_VERSION  # what this library provides
 LIBRARY_STEM = "_rwkv_cpu_ops"
 
 

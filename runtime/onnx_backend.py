@@ -22,7 +22,8 @@ from rwkv_deploy.package.names import PREFILL_GRAPH, PREFILL_TOKENS_INPUT, STEP_
 from rwkv_deploy.package.trust import PackageFilesChanged
 
 from .package import DeploymentPackage, PackageError
-from .pinned_graph import pinned_session
+from .cpu_graph import chosen_cpu_graph
+from .pinned_graph import pinned_file_session, pinned_session
 from .state import RecurrentState, StateError, host
 
 CPU = "CPUExecutionProvider"
@@ -87,9 +88,12 @@ class OnnxStepBackend:
     """`step(tokens, state) -> (logits, new_state)` on a package's step graph; implements `StepBackend`."""
 
     def __init__(self, package: DeploymentPackage, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None, spin_wait: bool = False, cpu_graph: str | Path | None = None) -> None:
-        """`cpu_graph`: a CPU target graph of this package's step graph (targets/cpu/) to step with instead,
-        run with rwkv-deploy's CPU operator library; its inputs and outputs are checked against the manifest."""
+                 threads: int | None = None, spin_wait: bool = False, cpu_graph: str = "off",
+                 cpu_graph_file: str | Path | None = None) -> None:
+        """`cpu_graph`: "auto", "on" or "off": whether to step with the package's CPU graph (runtime/cpu_graph.py).
+        `cpu_graph_file`: a CPU graph of this package's step graph outside it (bench's work folder; a trusted local
+        file, not hashed) to step with instead. Either runs with rwkv-deploy's CPU operator library; the graph's
+        inputs and outputs are checked against the manifest."""
         self.package = package
         providers = list(providers) if providers else default_providers()
         missing = [_provider_name(p) for p in providers if _provider_name(p) not in ort.get_available_providers()]
@@ -97,19 +101,26 @@ class OnnxStepBackend:
             raise BackendError(f"execution provider {missing[0]} is not available in this onnxruntime "
                                f"(available: {', '.join(ort.get_available_providers())})")
         self._threads, self._spin_wait = threads, spin_wait  # the prefill graph's session gets the same options
+        entry = chosen_cpu_graph(package, cpu_graph, _provider_name(providers[0]))
+        self.graph_path = (Path(cpu_graph_file) if cpu_graph_file is not None
+                           else package.directory / entry.path if entry is not None else package.graph_path)
+        self.runs_cpu_graph = cpu_graph_file is not None or entry is not None
         try:
             options = session_options(threads, spin_wait)
-            if cpu_graph is not None:
+            if self.runs_cpu_graph:
                 from . import cpu_ops
 
                 options.register_custom_ops_library(str(cpu_ops.require_library()))
-                self.session = ort.InferenceSession(str(cpu_graph), options, providers=providers)
+            if cpu_graph_file is not None:
+                self.session = ort.InferenceSession(str(cpu_graph_file), options, providers=providers)
+            elif entry is not None:
+                self.session = pinned_file_session(package, entry.path, entry.external_data, options, providers)
             else:
                 self.session = pinned_session(package, STEP_GRAPH, options, providers)
         except (PackageFilesChanged, RefusedError):
             raise
         except Exception as exc:  # ORT raises its own exception types, none of them exported stably
-            raise BackendError(f"{cpu_graph or package.graph_path}: onnxruntime cannot load the graph ({exc})") from None
+            raise BackendError(f"{self.graph_path}: onnxruntime cannot load the graph ({exc})") from None
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self._device_id = int(self.session.get_provider_options().get(CUDA, {}).get("device_id", 0))
         self._check_graph_io()
@@ -135,7 +146,7 @@ class OnnxStepBackend:
             raise StateError("state belongs to another model (its graph sha256 differs from this package's)")
         state.check(self._entries, batch=len(tokens))
         run = self._run_on_device if self.device == "cuda" else self._run_on_host
-        with _ort_errors(self.package.graph_path):
+        with _ort_errors(self.graph_path):
             logits, values = run(tokens, state.values)
         return logits, state.replace(values)
 
@@ -211,5 +222,5 @@ class OnnxStepBackend:
         for kind, expected, actual in (("input", expected_in, actual_in), ("output", expected_out, actual_out)):
             if expected != actual:
                 diff = sorted(expected ^ actual)
-                raise PackageError(f"{self.package.graph_path}: graph {kind}s do not match the manifest "
+                raise PackageError(f"{self.graph_path}: graph {kind}s do not match the manifest "
                                    f"(differ in {', '.join(diff[:4])})")

@@ -78,17 +78,23 @@ def pinned_session(package: DeploymentPackage, graph_name: str, options: ort.Ses
     """An InferenceSession of the package's graph `graph_name` built from the bytes that were checked (module
     docstring). `options` is used for this session alone (it gets the external data folder)."""
     graph = package.manifest.graphs[graph_name]
-    path = package.directory / graph.path
+    return pinned_file_session(package, graph.path, graph.external_data, options, providers)
+
+
+def pinned_file_session(package: DeploymentPackage, graph_path: str, external_data: str | None,
+                        options: ort.SessionOptions, providers: Sequence[Any]) -> ort.InferenceSession:
+    """The same for any graph file the manifest lists (a CPU graph): `graph_path` and its `external_data`."""
+    path = package.directory / graph_path
     files = package.manifest.files
     fd = _open_file(path)
     data_fd = None
     try:
         model = _read_all(fd)
-        if package.verified and hashlib.sha256(model).hexdigest() != files.get(graph.path):
+        if package.verified and hashlib.sha256(model).hexdigest() != files.get(graph_path):
             raise _changed(path)
         data_path = None
-        if graph.external_data:
-            data_rel = external_data_path(graph.path, graph.external_data)
+        if external_data:
+            data_rel = external_data_path(graph_path, external_data)
             data_path = package.directory / data_rel
             data_fd = _open_file(data_path)
             options.add_session_config_entry(EXTERNAL_FOLDER, str(path.parent))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.limits import MIB
-from rwkv_deploy.runtime.backends import make_backend, thread_options
+from rwkv_deploy.runtime.backends import make_backend, cpu_options
 from rwkv_deploy.runtime.package import DeploymentPackage, package_directory
 
 from .app import ServedModel, ServerState, build_app
@@ -70,7 +70,8 @@ def open_models(specs: Sequence[str], options: ServeOptions, metrics: Metrics) -
 
                 backend = TritonSequenceBackend(options.triton, options.triton_model, package, options.max_batch)
             else:
-                backend = make_backend("onnxruntime", package, **thread_options("onnxruntime", options.threads))
+                backend = make_backend("onnxruntime", package,
+                                       **cpu_options("onnxruntime", options.threads, cpu_graph=options.cpu_graph))
             cache = PrefixCache(int(options.state_cache_mib * MIB), cut_granule(options.prefill_chunk))
             scheduler = Scheduler(model_id, backend, package.tokenizer, metrics, cache, options.max_batch,
                                   options.max_queue, options.prefill_chunk)
@@ -150,7 +151,9 @@ def run_server(specs: Sequence[str], options: ServeOptions) -> None:
             logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         server = _server_class()(config)
         server.state = state
-        names = ", ".join(f"{m.model_id} ({m.template} chat template)" for m in models.values())
+        names = ", ".join(f"{m.model_id} ({m.template} chat template"
+                          f"{', CPU graph' if getattr(m.scheduler.backend, 'runs_cpu_graph', False) else ''})"
+                          for m in models.values())
         if options.triton is not None:
             names += f" through Triton at {options.triton} (model {options.triton_model})"
         print(f"serving {names} at http://{options.host}:{options.port}/v1", file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ The runtime-only environment is `.venv-runtime` (`make setup` creates it with `p
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def test_generate_verify_and_package_run_without_pytorch(runtime_bin: Path, shar
     assert "not checked" in verified.stderr  # says what it could not check without onnx
 
 
+def test_the_runtime_install_runs_a_packages_cpu_graph(runtime_bin: Path, shared_package, tmp_path: Path) -> None:
+    from rwkv_deploy.runtime import cpu_ops
+    from rwkv_deploy.targets.cpu.graph_file import install_cpu_graph
+
+    if cpu_ops.library_path() is None:
+        pytest.skip("CPU operators not built in this install")
+    package = tmp_path / "pkg"
+    shutil.copytree(shared_package("7", "fp16", tokenizer="bytes", prefill=True), package)
+    install_cpu_graph(package)  # written by the full install (onnx); run by the runtime one (no onnx, no torch)
+    runs = {choice: _run(runtime_bin / "rwkv-deploy", "generate", str(package), "--prompt", PROMPT, "--max-tokens",
+                         "16", "--greedy", "--cpu-graph", choice) for choice in ("on", "off")}
+    assert runs["on"].returncode == 0, runs["on"].stderr
+    assert "CPU graph]" in runs["on"].stderr and "CPU graph]" not in runs["off"].stderr
+    assert runs["on"].stdout == runs["off"].stdout
+
+
 @pytest.mark.parametrize("command", [["export", "--out", "{tmp}/out"], ["validate", "{tmp}", "-c", "x.pth"],
                                      ["inspect"]])
 def test_commands_that_need_pytorch_say_which_extra_to_install(runtime_bin: Path, tmp_path: Path,
@@ -79,7 +96,7 @@ def test_serve_without_the_serve_extra_says_which_extra_to_install(runtime_bin: 
 TARGETS_VENV = ROOT / ".venv-targets"
 
 
-@pytest.mark.parametrize("command", [["check-trt", "{pkg}"], ["build-engine", "{pkg}"],
+@pytest.mark.parametrize("command", [["check-trt", "{pkg}"], ["build-engine", "{pkg}"], ["build-cpu", "{pkg}"],
                                      ["package", "{pkg}", "--triton", "{tmp}/repo"]])
 def test_target_commands_without_onnx_say_to_install_the_targets_extra(runtime_bin: Path, shared_package,
                                                                        tmp_path: Path, command: list[str]) -> None:

@@ -85,7 +85,7 @@ class ArtifactSide:
     def open(cls, backend: str, package: DeploymentPackage, threads: int | None = None) -> "ArtifactSide":
         """`backend` ("onnxruntime", "tensorrt") on `package`, built by the runtime's own factory; `threads`
         sets ONNX Runtime's intra-op threads (a GPU backend has none to set)."""
-        return cls(backends.make_backend(backend, package, **backends.thread_options(backend, threads)), backend,
+        return cls(backends.make_backend(backend, package, **backends.cpu_options(backend, threads)), backend,
                    package.manifest)
 
     def describe(self) -> str:

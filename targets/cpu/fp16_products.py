@@ -2,10 +2,10 @@
 
     Cast(X -> float16) -> MatMul(·, W float16 [K, N] initializer) -> Cast(-> float)
 
-becomes one `ai.rwkv_deploy.cpu::Fp16MatMul(X, Wᵀ [N, K] float16)`, which computes the same thing (X rounded to
-fp16, fp32 accumulation, the product rounded to fp16) while reading the weights as fp16. ONNX Runtime's x86 path
-widens fp16 weights to fp32 at load time (twice the bytes per step and in memory). Products whose pattern differs
-are left alone, so the rewritten graph is the same function as the portable one."""
+becomes one `ai.rwkv_deploy.cpu::Fp16MatMul(X, Wᵀ [N, K] float16)`, which reads the weights as fp16 and computes
+in fp32 without rounding X or the product to fp16: the portable graph's function within fp16 rounding, and closer
+to fp32. ONNX Runtime's x86 path widens fp16 weights to fp32 at load time (twice the bytes per step and in memory).
+Products whose pattern differs are left alone."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DOMAIN = "ai.rwkv_deploy.cpu"
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
+
 OP = "Fp16MatMul"
 
 
@@ -59,7 +60,7 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             new_weights[transposed] = numpy_helper.from_array(rows, transposed)
         cast_out = after[0]
         replace[index] = helper.make_node(OP, [cast_in.input[0], transposed], [cast_out.output[0]],
-                                          name=(node.name or f"matmul{index}") + "/fp16", domain=DOMAIN)
+                                          name=(node.name or f"matmul{index}") + "/fp16", domain=CPU_OPS_DOMAIN)
         drop.add(id(cast_out))
     nodes = []
     for index, node in enumerate(graph.node):
@@ -68,11 +69,10 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
         nodes.append(replace.get(index, node))
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unused(graph)
     graph.initializer.extend(new_weights.values())
     _drop_unused(graph)
     if replace:
-        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
     return out, len(replace)
 
 

@@ -1,16 +1,23 @@
-"""Write a package's CPU step graph: its fp16 step graph with the weight products on rwkv-deploy's CPU operators
-(fp16_products.py), weights beside it in one external-data file, written under a temporary name and renamed."""
+"""A package's CPU step graph: its fp16 step graph with the weight products on rwkv-deploy's CPU operators
+(fp16_products.py), weights beside it in one external-data file, written under temporary names and renamed.
+
+`install_cpu_graph` puts it in the package (`cpu/step.onnx` and `cpu/step.onnx.data`, hashed into manifest.json
+and listed in its `cpu_graphs` section, manifest.json rewritten last), where `generate`, `serve` and `bench` find
+it; `write_cpu_graph` writes it anywhere (bench's work folder)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rwkv_deploy.errors import RefusedError
-from rwkv_deploy.fileio import is_link
-from rwkv_deploy.package.manifest_file import read_manifest
-from rwkv_deploy.package.names import STEP_GRAPH
+from rwkv_deploy.fileio import is_link, refuse_link
+from rwkv_deploy.package.manifest import CpuGraphEntry, sha256_file
+from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
+from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, STEP_GRAPH
 
 from .fp16_products import rewrite_fp16_products
 
@@ -26,6 +33,29 @@ class CpuGraph:
     path: Path
     data: Path
     products: int  # weight products moved onto Fp16MatMul
+    sha256: str = ""  # of the graph and of its data, as written
+    data_sha256: str = ""
+
+
+def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
+    """Write the CPU step graph of the verified package `package_dir` into it and list it in manifest.json
+    (replacing an earlier one)."""
+    package_dir = Path(package_dir)
+    folder = package_dir / CPU_DIR
+    refuse_link(folder)
+    folder.mkdir(exist_ok=True)
+    refuse_link(folder)  # not swapped for a link meanwhile
+    path = f"{CPU_DIR}/{STEP_GRAPH}.onnx"
+    written = write_cpu_graph(package_dir, package_dir / path)
+    manifest = read_manifest(package_dir)
+    step = manifest.graphs[STEP_GRAPH]
+    data = f"{path}.data"
+    entry = CpuGraphEntry(path=path, external_data=written.data.name, ops=CPU_OPS_DOMAIN, ops_version=CPU_OPS_VERSION,
+                          source=step.path, source_sha256=manifest.files[step.path])
+    files = {**manifest.files, path: written.sha256, data: written.data_sha256}
+    write_manifest(package_dir, replace(manifest, files=dict(sorted(files.items())),
+                                        cpu_graphs={**manifest.cpu_graphs, STEP_GRAPH: entry}))
+    return written
 
 
 def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
@@ -50,26 +80,16 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
     model, products = rewrite_fp16_products(onnx.load(str(package_dir / step.path), load_external_data=True))
     if products == 0:
         raise CpuGraphError(f"{package_dir / step.path}: no Cast -> MatMul -> Cast product over an fp16 weight found")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp_data = out.with_name(f".{out.name}.{os.getpid()}.tmp.data")
-    try:
-        onnx.save_model(model, str(tmp), save_as_external_data=True, location=tmp_data.name,
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # written under the final names in a private folder, then both renamed into place
+        onnx.save_model(model, str(staging / out.name), save_as_external_data=True, location=data.name,
                         all_tensors_to_one_file=True)  # small constants stay inline (shape inference reads them)
-        # the graph names its data file: write it again pointing at the final name, then rename both
-        for tensor in _external_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data.name
-        onnx.save_model(model, str(tmp), save_as_external_data=False)
-        os.replace(tmp_data, data)
-        os.replace(tmp, out)
+        digests = sha256_file(staging / out.name), sha256_file(staging / data.name)
+        for name in (out.name, data.name):
+            os.chmod(staging / name, 0o644)  # as every other package file (onnx writes its data file 0600)
+        os.replace(staging / data.name, data)
+        os.replace(staging / out.name, out)
     finally:
-        for leftover in (tmp, tmp_data):
-            leftover.unlink(missing_ok=True)
-    return CpuGraph(out, data, products)
+        shutil.rmtree(staging, ignore_errors=True)
+    return CpuGraph(out, data, products, *digests)
 
-
-def _external_tensors(model):
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    return [t for t in _get_all_tensors(model) if uses_external_data(t)]

@@ -156,6 +156,46 @@ def test_unknown_graphs_in_the_manifest_are_ignored(node, bundled_pkg, tmp_path)
     assert_same_run(node_greedy(node, pkg, "import ", 16, tmp_path / "dump.json"), ref, "manifest with a prefill graph")
 
 
+def _with_derived_artifacts(pkg: Path) -> None:
+    """Add a CPU graph and a TensorRT engine section as `build-cpu` and `build-engine` write them (the files'
+    contents do not matter to a runtime that does not use them; they are listed with their sha256)."""
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    graph = manifest["graphs"]["step"]["path"]
+    (pkg / "cpu").mkdir()
+    (pkg / "engines").mkdir()
+    shutil.copy(pkg / graph, pkg / "cpu" / "step.onnx")
+    for name, data in (("cpu/step.onnx.data", b"w" * 64), ("engines/step.plan", b"plan"), ("engines/step.json", b"{}")):
+        (pkg / name).write_bytes(data)
+    edit_manifest(pkg, lambda m: m.update(
+        cpu_graphs={"step": {"path": "cpu/step.onnx", "external_data": "step.onnx.data", "ops": "ai.rwkv_deploy.cpu",
+                             "ops_version": 1, "source": graph, "source_sha256": m["files"][graph]}},
+        engines={"step": {"plan": "engines/step.plan", "info": "engines/step.json", "library": "tensorrt_rtx",
+                          "version": "1.3.0.35", "targets": ["8.6", ">12.0"]}}))
+    relist(pkg, "cpu/step.onnx", "cpu/step.onnx.data", "engines/step.plan", "engines/step.json")
+
+
+def test_a_package_with_a_cpu_graph_and_engines_runs_on_its_portable_graph(node, bundled_pkg, tmp_path):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    _with_derived_artifacts(pkg)
+    DeploymentPackage.open(pkg)  # the Python reader takes the same manifest
+    ref = python_greedy(bundled_pkg, "import ", 16)
+    assert_same_run(node_greedy(node, pkg, "import ", 16, tmp_path / "dump.json"), ref, "manifest with derived graphs")
+
+
+@pytest.mark.parametrize("change, expect", [
+    (lambda m: m["cpu_graphs"]["step"].update(path="../step.onnx"), "cpu_graphs.step.path"),
+    (lambda m: m["cpu_graphs"]["step"].update(external_data="../../etc/passwd"), "cpu_graphs.step.external_data"),
+    (lambda m: m["cpu_graphs"]["step"].update(extra=1), "has an unknown field"),
+    (lambda m: m["files"].pop("cpu/step.onnx.data"), "is not listed in files"),
+    (lambda m: m["engines"].update(other=m["engines"]["step"]), "which is not in graphs"),
+], ids=["dotdot-cpu-graph", "dotdot-cpu-data", "unknown-field", "unlisted-cpu-data", "engine-of-no-graph"])
+def test_derived_artifacts_are_held_to_the_trust_rules(node, bundled_pkg, tmp_path, change, expect):
+    pkg = copy_package(bundled_pkg, tmp_path / "pkg")
+    _with_derived_artifacts(pkg)
+    edit_manifest(pkg, change)
+    assert_refused(node, pkg, pkg / "manifest.json", expect=expect)
+
+
 # -- sampling ---------------------------------------------------------------------------------------------
 
 def cli_tokens(node, pkg: Path, *args: str) -> list[int]:

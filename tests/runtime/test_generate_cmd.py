@@ -76,8 +76,12 @@ def test_threads_and_spin_wait_reach_onnx_runtime_and_change_no_token(package_di
 @pytest.mark.parametrize("args,message", [
     pytest.param(["--temperature", "-1"], "temperature must be a finite number >= 0", id="bad-temperature"),
     pytest.param(["--top-p", "0"], "top_p must be in", id="bad-top-p"),
-    pytest.param(["--backend", "tensorrt", "--spin-wait"], "--threads and --spin-wait apply to --backend onnxruntime",
-                 id="spin-wait-on-tensorrt"),
+    pytest.param(["--backend", "tensorrt", "--spin-wait"], "--spin-wait and --cpu-graph on apply to --backend "
+                 "onnxruntime", id="spin-wait-on-tensorrt"),
+    pytest.param(["--backend", "tensorrt", "--cpu-graph", "on"], "--spin-wait and --cpu-graph on apply to --backend "
+                 "onnxruntime", id="cpu-graph-on-tensorrt"),
+    pytest.param(["--cpu-graph", "always"], "--cpu-graph 'always': expected one of auto, on, off",
+                 id="bad-cpu-graph"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(package_dir, args, message):
     result = runner.invoke(app, ["generate", str(package_dir), "--prompt", "x", *args])

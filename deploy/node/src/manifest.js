@@ -28,7 +28,7 @@ const MAX_VOCAB = 1 << 24;
 const MAX_DIM = 2 ** 31;
 const SHA256 = /^[0-9a-f]{64}$/;
 const TOP = ["model", "graphs", "state", "tokenizer", "files", "token_input", "logits_output", "format_version"];
-const TOP_OPTIONAL = ["producer", "source", "engines"];
+const TOP_OPTIONAL = ["producer", "source", "engines", "cpu_graphs"];
 
 /** Why `name` cannot be a relative path inside a package, or null if it can (package/schema.py path_problem). */
 export function pathProblem(name) {
@@ -121,6 +121,10 @@ function referencedBy(data) {
   for (const f of data.tokenizer.files ?? []) refs.push(["tokenizer.files", f]);
   for (const s of data.state) if (s.init_file != null) refs.push([`state ${JSON.stringify(s.name)} init_file`, s.init_file]);
   for (const [kind, e] of Object.entries(data.engines ?? {})) for (const key of ["plan", "info"]) refs.push([`engines.${kind}.${key}`, e[key]]);
+  for (const [kind, e] of Object.entries(data.cpu_graphs ?? {})) {
+    refs.push([`cpu_graphs.${kind}.path`, e.path]);
+    refs.push([`cpu_graphs.${kind}.external_data`, externalDataPath(e.path, e.external_data)]);
+  }
   return refs;
 }
 
@@ -197,11 +201,22 @@ function checkSchema(data, where) {
   }
   for (const key of ["producer", "source"]) if (own(data, key)) obj(data[key], where, key, [], Object.keys(data[key] ?? {}));
   if (own(data, "engines")) {
-    const engines = obj(data.engines, where, "engines", [], ["tensorrt"]);
+    const engines = obj(data.engines, where, "engines", [], Object.keys(data.engines ?? {}));
     for (const [k, e] of Object.entries(engines)) {
-      obj(e, where, `engines.${k}`, ["plan", "info"]);
+      if (!own(data.graphs, k)) throw fail(where, `engines.${k.slice(0, 40)}`, `is an engine of ${JSON.stringify(k.slice(0, 40))}, which is not in graphs`);
+      obj(e, where, `engines.${k}`, ["plan", "info", "library", "version"], ["targets"]);
       safePath(e.plan, where, `engines.${k}.plan`);
       safePath(e.info, where, `engines.${k}.info`);
+    }
+  }
+  if (own(data, "cpu_graphs")) {
+    const cpu = obj(data.cpu_graphs, where, "cpu_graphs", [], Object.keys(data.cpu_graphs ?? {}));
+    for (const [k, e] of Object.entries(cpu)) {
+      if (!own(data.graphs, k)) throw fail(where, `cpu_graphs.${k.slice(0, 40)}`, `is a CPU graph of ${JSON.stringify(k.slice(0, 40))}, which is not in graphs`);
+      obj(e, where, `cpu_graphs.${k}`, ["path", "external_data", "ops", "ops_version", "source", "source_sha256"]);
+      safePath(e.path, where, `cpu_graphs.${k}.path`);
+      str(e.external_data, where, `cpu_graphs.${k}.external_data`);
+      safePath(externalDataPath(e.path, e.external_data), where, `cpu_graphs.${k}.external_data`);
     }
   }
   for (const [field, name] of referencedBy(data)) {

@@ -30,7 +30,7 @@ def test_stepping_the_cpu_graph_gives_the_portable_graphs_logits(shared_package,
     assert graph.products > 0 and graph.data.is_file()
     package = DeploymentPackage.open(package_dir)
     portable = stream_logits(OnnxStepBackend(package, threads=1), TOKENS)
-    ours = stream_logits(OnnxStepBackend(package, threads=2, cpu_graph=graph.path), TOKENS)
+    ours = stream_logits(OnnxStepBackend(package, threads=2, cpu_graph_file=graph.path), TOKENS)
     assert np.abs(ours - portable).max() <= 2e-3 * np.abs(portable).max()  # fp16 rounding of products, at most
     assert (ours.argmax(-1) == portable.argmax(-1)).all()
 

@@ -10,8 +10,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN as DOMAIN  # noqa: E402
 from rwkv_deploy.runtime import cpu_ops  # noqa: E402
-from rwkv_deploy.targets.cpu.fp16_products import DOMAIN, OP, rewrite_fp16_products  # noqa: E402
+from rwkv_deploy.targets.cpu.fp16_products import OP, rewrite_fp16_products  # noqa: E402
 from rwkv_deploy.targets.cpu.graph_file import CpuGraphError, write_cpu_graph  # noqa: E402
 from tests.helpers.golden import golden_package  # noqa: E402
 

@@ -1,0 +1,157 @@
+"""`rwkv-deploy build-cpu`: the CPU step graph written into an fp16 package, listed and hashed like every other
+file, checked by `verify`, carried by archives, and run by `generate` and `serve` on the CPU (`--cpu-graph`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rwkv_deploy.runtime import cpu_ops
+from tests.helpers.small_packages import shared
+
+pytest.importorskip("onnx")
+pytestmark = pytest.mark.slow  # exports an fp16 package
+needs_library = pytest.mark.skipif(cpu_ops.library_path() is None, reason="CPU operators not built in this install")
+
+TOKENS = np.array([72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 10] * 2, dtype=np.int64)
+
+
+def _cli(*args: str):
+    from rwkv_deploy.cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def with_cpu_graph(shared_package, tmp_path_factory):
+    """A copy of the shared RWKV-7 fp16 package with its CPU graph (read it; copy it to change it)."""
+    package = tmp_path_factory.mktemp("cpu") / "pkg"
+    shutil.copytree(shared(shared_package, "7", "fp16"), package)
+    result = _cli("build-cpu", str(package))
+    assert result.exit_code == 0, result.output
+    assert "weight products on rwkv-deploy's CPU operators" in result.output
+    return package
+
+
+def _copy(package, tmp_path):
+    shutil.copytree(package, tmp_path / "pkg")
+    return tmp_path / "pkg"
+
+
+def test_the_cpu_graph_is_listed_hashed_and_verified(with_cpu_graph):
+    from rwkv_deploy.package.manifest import sha256_file
+    from rwkv_deploy.package.verify import verify_package
+
+    manifest = json.loads((with_cpu_graph / "manifest.json").read_text())
+    entry = manifest["cpu_graphs"]["step"]
+    assert entry["path"] == "cpu/step.onnx" and entry["external_data"] == "step.onnx.data"
+    assert entry["source"] == manifest["graphs"]["step"]["path"]
+    assert entry["source_sha256"] == manifest["files"][entry["source"]]
+    for name in ("cpu/step.onnx", "cpu/step.onnx.data"):
+        assert manifest["files"][name] == sha256_file(with_cpu_graph / name)
+    assert verify_package(with_cpu_graph) == []
+
+
+def test_a_changed_cpu_graph_is_refused_before_it_runs(with_cpu_graph, tmp_path):
+    from rwkv_deploy.package.verify import verify_package
+    from rwkv_deploy.runtime import DeploymentPackage
+    from rwkv_deploy.runtime.package import PackageError
+
+    package = _copy(with_cpu_graph, tmp_path)
+    data = package / "cpu" / "step.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 1
+    data.write_bytes(bytes(raw))
+    assert any("cpu/step.onnx.data" in p and "sha256" in p for p in verify_package(package))
+    with pytest.raises(PackageError, match=r"cpu/step\.onnx\.data"):
+        DeploymentPackage.open(package)
+
+
+def test_a_cpu_graph_made_from_another_step_graph_is_refused(with_cpu_graph, tmp_path):
+    from rwkv_deploy.package.manifest import ManifestError
+    from rwkv_deploy.package.manifest_file import read_manifest
+
+    package = _copy(with_cpu_graph, tmp_path)
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["cpu_graphs"]["step"]["source_sha256"] = "0" * 64
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"cpu_graphs\.step\.source_sha256.*build-cpu"):
+        read_manifest(package)
+
+
+def test_build_cpu_never_writes_through_a_linked_folder(shared_package, tmp_path):
+    package = _copy(shared(shared_package, "7", "fp16"), tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (package / "cpu").symlink_to(elsewhere)
+    result = _cli("build-cpu", str(package))
+    assert result.exit_code == 2
+    assert "cpu" in result.output and "link" in result.output
+    assert list(elsewhere.iterdir()) == []
+
+
+@needs_library
+def test_the_runtime_steps_with_the_cpu_graph_when_asked(with_cpu_graph):
+    from rwkv_deploy.runtime import DeploymentPackage, stream_logits
+    from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
+
+    package = DeploymentPackage.open(with_cpu_graph)
+    portable = OnnxStepBackend(package, threads=1)
+    ours = OnnxStepBackend(package, threads=1, cpu_graph="auto")
+    assert not portable.runs_cpu_graph and ours.runs_cpu_graph
+    assert ours.graph_path == with_cpu_graph / "cpu" / "step.onnx"
+    expected, got = stream_logits(portable, TOKENS), stream_logits(ours, TOKENS)
+    assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()  # fp16 rounding of the products
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+@needs_library
+@pytest.mark.parametrize("choice, runs", [("auto", True), ("on", True), ("off", False)])
+def test_generate_takes_the_cpu_graph_as_told_with_the_same_tokens(with_cpu_graph, choice, runs):
+    command = [sys.executable, "-m", "rwkv_deploy.cli.main", "generate", str(with_cpu_graph), "-p", "Hello",
+               "-n", "24", "--greedy", "--threads", "1"]
+    done = subprocess.run(command + ["--cpu-graph", choice], capture_output=True, text=True, timeout=300)
+    portable = subprocess.run(command + ["--cpu-graph", "off"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("CPU graph]" in done.stderr) == runs
+    assert done.stdout == portable.stdout
+
+
+def test_cpu_graph_on_names_why_it_cannot_run(shared_package):
+    done = subprocess.run([sys.executable, "-m", "rwkv_deploy.cli.main", "generate",
+                           str(shared(shared_package, "7", "fp16")), "-p", "x", "-n", "1", "--cpu-graph", "on"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--cpu-graph on, but the package has no CPU graph (add one with `rwkv-deploy build-cpu DIR`)" in done.stderr
+
+
+@needs_library
+def test_an_archive_carries_the_cpu_graph_to_generate(with_cpu_graph, tmp_path):
+    archive = tmp_path / "model.zip"
+    assert _cli("package", str(with_cpu_graph), "-o", str(archive)).exit_code == 0
+    done = subprocess.run([sys.executable, "-m", "rwkv_deploy.cli.main", "generate", str(archive), "-p", "Hello",
+                           "-n", "8", "--greedy", "--cpu-graph", "on"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CPU graph]" in done.stderr
+
+
+@needs_library
+def test_serve_runs_the_cpu_graph(with_cpu_graph, tmp_path_factory):
+    pytest.importorskip("uvicorn")
+    import urllib.request
+
+    from tests.helpers.serve_process import serving
+
+    with serving(tmp_path_factory, [f"tiny={with_cpu_graph}"], "--threads", "1") as server:
+        assert "tiny (world chat template, CPU graph)" in server.log_tail()
+        body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0}).encode()
+        request = urllib.request.Request(f"{server.url}/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            completion = json.loads(answer.read())
+    assert completion["usage"]["completion_tokens"] == 8
