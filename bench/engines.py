@@ -58,7 +58,7 @@ class DeployEngine(Engine):
                  spin_wait: bool = False, cpu_graph: Path | None = None) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
-        from rwkv_deploy.runtime.backends import make_backend, cpu_options
+        from rwkv_deploy.runtime.backends import cpu_options, make_backend
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
         extra = {"cpu_graph_file": cpu_graph} if cpu_graph is not None else {}  # the CPU step graph (DEPLOY_CPU)

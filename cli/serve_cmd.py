@@ -88,9 +88,8 @@ def serve_cmd(
                            max_prompt_tokens=max_prompt_tokens, max_body_mib=max_body_mib,
                            state_cache_mib=state_cache_mib, max_sessions=max_sessions,
                            prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, cpu_graph=cpu_graph,
-                           chat_templates=per_model,
-                           default_template=default, drain_seconds=drain_seconds, access_log=access_log,
-                           verify=not no_verify, triton=triton, triton_model=triton_model,
+                           chat_templates=per_model, default_template=default, drain_seconds=drain_seconds,
+                           access_log=access_log, verify=not no_verify, triton=triton, triton_model=triton_model,
                            request_timeout=request_timeout, max_connections=max_connections,
                            allowed_hosts=tuple(allow_host))
     import rwkv_deploy.runtime.onnx_backend  # noqa: F401  (loaded before an archive is extracted, as generate does)

@@ -21,20 +21,20 @@ if TYPE_CHECKING:
     from .trust import PackageReader
 
 
-def _checked_graphs(manifest: Manifest) -> Iterator[tuple[str, str, GraphInfo]]:
-    """(manifest field, graph kind, graph) of every graph to check: the package's graphs and its CPU graphs
-    (each holds to its source graph's I/O and opset)."""
+def _checked_graphs(manifest: Manifest) -> Iterator[tuple[str, str, GraphInfo, tuple[str, int] | None]]:
+    """(manifest field, graph kind, graph, operator domain and version it must import) of every graph to check:
+    the package's graphs and its CPU graphs (each holds to its source graph's I/O and opset)."""
     for kind, graph in manifest.graphs.items():
-        yield f"graphs.{kind}", kind, graph
+        yield f"graphs.{kind}", kind, graph, None
     for kind, cpu in manifest.cpu_graphs.items():
         source = manifest.graphs[kind]
-        yield f"cpu_graphs.{kind}", kind, GraphInfo(path=cpu.path, precision=source.precision, opset=source.opset,
-                                                   external_data=cpu.external_data)
+        yield (f"cpu_graphs.{kind}", kind, GraphInfo(path=cpu.path, precision=source.precision, opset=source.opset,
+                                                    external_data=cpu.external_data), (cpu.ops, cpu.ops_version))
 
 
 def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
-    problems, loaded = [], {}
-    for field, kind, graph in _checked_graphs(manifest):
+    problems = []
+    for field, kind, graph, operators in _checked_graphs(manifest):
         if graph.path not in reader.names:
             continue  # reported as missing by the file checks
         try:
@@ -43,18 +43,14 @@ def graph_problems(reader: "PackageReader", manifest: Manifest) -> list[str]:
         except (OSError, zipfile.BadZipFile, DecodeError, ValueError, RuntimeError, UnsafePathError) as exc:
             problems.append(f"{graph.path}: not a readable ONNX model ({type(exc).__name__}: {exc})")
             continue
-        loaded[graph.path] = model
         want_in, want_out = _expected_io(kind, graph, manifest)
         weights = {t.name for t in model.graph.initializer}  # old IR versions also list initializers as inputs
         inputs = [v for v in model.graph.input if v.name not in weights]
         problems += (_io_problems(graph.path, "input", inputs, want_in)
                      + _io_problems(graph.path, "output", list(model.graph.output), want_out)
                      + _opset_problems(field, graph, model)
-                     + _external_data_problems(reader, field, graph, model))
-    for kind, cpu in manifest.cpu_graphs.items():
-        if cpu.path in loaded:
-            problems += _operator_domain_problems(f"cpu_graphs.{kind}", cpu.path, loaded[cpu.path], cpu.ops,
-                                                  cpu.ops_version)
+                     + _external_data_problems(reader, field, graph, model)
+                     + (_operator_domain_problems(field, graph.path, model, *operators) if operators else []))
     return problems
 
 

@@ -14,13 +14,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from rwkv_deploy import limits
 
-from .manifest import (CpuGraphEntry, EngineEntry, GraphInfo, Manifest, ManifestError, ModelInfo, StateEntry, TokenizerInfo,
+from .manifest import (CpuGraphEntry, EngineEntry, GraphInfo, Manifest, ManifestError, ModelInfo, StateEntry,
+                       TokenizerInfo,
                        external_data_path)
 from .names import (BATCH_AXIS, FORMAT_VERSION, INDEX_FORMAT, INDEX_FORMAT_VERSION, INDEX_NAME,
                     LOGITS_OUTPUT, MANIFEST_NAME, PREFILL_LOGITS, STEP_GRAPH, TOKEN_INPUT, state_input, state_output)
@@ -329,13 +330,18 @@ def _tokenizer(value: Any, at: _At, vocab_size: int) -> TokenizerInfo:
     return TokenizerInfo(kind=kind, files=files, eos_token_id=eos)
 
 
+def _sha256(value: Any, at: _At) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise at.fail("must be a lowercase hex sha256 (64 characters)")
+    return value
+
+
 def _files(value: Any, at: _At) -> dict[str, str]:
     if not isinstance(value, dict):
         raise at.fail(f"must be an object, not {_type_name(value)}")
     for name, digest in value.items():
         _path(name, at)
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise (at / name[:80]).fail("must be a lowercase hex sha256 (64 characters)")
+        _sha256(digest, at / name[:80])
     return dict(value)
 
 
@@ -346,18 +352,24 @@ def _free_object(value: Any, at: _At) -> dict[str, Any]:
     return value
 
 
+def _per_graph(value: Any, at: _At, graphs: dict[str, GraphInfo], what: str) -> Iterator[tuple[str, Any, _At]]:
+    """(graph name, entry, its place) of a section keyed by the package's graphs (engines, CPU graphs)."""
+    if not isinstance(value, dict):
+        raise at.fail(f"must be an object, not {_type_name(value)}")
+    for graph, entry in value.items():
+        where = at / _string(graph, at, _GRAPH_NAME)
+        if graph not in graphs:
+            raise where.fail(f"is {what} of {graph!r}, which is not in graphs")
+        yield graph, entry, where
+
+
 def _engines(value: Any, at: _At, graphs: dict[str, GraphInfo]) -> dict[str, EngineEntry]:
     """The TensorRT engines section: per graph of `graphs`, its plan and record (package paths) and what the
     plan needs to run (package/engines.py reads the rest)."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise at.fail(f"must be an object, not {_type_name(value)}")
     engines = {}
-    for graph, entry in value.items():
-        where = at / _string(graph, at, _GRAPH_NAME)
-        if graph not in graphs:
-            raise where.fail(f"is an engine of {graph!r}, which is not in graphs")
+    for graph, entry, where in _per_graph(value, at, graphs, "an engine"):
         e = _object(entry, where, ("plan", "info", "library", "version"), ("targets",))
         targets = [_string(t, where / "targets" / i, max_length=16)
                    for i, t in enumerate(_list(e.get("targets", []), where / "targets", 64))]
@@ -372,17 +384,10 @@ def _cpu_graphs(value: Any, at: _At, graphs: dict[str, GraphInfo], files: dict[s
     """The CPU target graphs section: per graph of `graphs`, the derived graph and its weights (package paths),
     the operators it needs and the source graph it was made from: that graph as `files` lists it now (a graph
     replaced since is refused here, not run beside a CPU graph made from its predecessor)."""
-    if not isinstance(value, dict):
-        raise at.fail(f"must be an object, not {_type_name(value)}")
     entries = {}
-    for graph, entry in value.items():
-        where = at / _string(graph, at, _GRAPH_NAME)
-        if graph not in graphs:
-            raise where.fail(f"is a CPU graph of {graph!r}, which is not in graphs")
+    for graph, entry, where in _per_graph(value, at, graphs, "a CPU graph"):
         e = _object(entry, where, ("path", "external_data", "ops", "ops_version", "source", "source_sha256"))
-        digest = _string(e["source_sha256"], where / "source_sha256")
-        if not _SHA256.fullmatch(digest):
-            raise (where / "source_sha256").fail("must be a lowercase hex sha256 (64 characters)")
+        digest = _sha256(e["source_sha256"], where / "source_sha256")
         path, source = _path(e["path"], where / "path"), _path(e["source"], where / "source")
         if source != graphs[graph].path:
             raise (where / "source").fail(f"is {source[:80]!r}, not the {graph} graph {graphs[graph].path!r}")
@@ -421,9 +426,7 @@ def index_from_json(data: Any, where: str = INDEX_NAME) -> dict[str, tuple[str, 
         if problem := path_problem(name):
             raise where_m.fail(f"is not a safe relative path ({problem})")
         e = _object(entry, where_m, ("size", "sha256"))
-        if not isinstance(e["sha256"], str) or not _SHA256.fullmatch(e["sha256"]):
-            raise (where_m / "sha256").fail("must be a lowercase hex sha256 (64 characters)")
-        result[name] = (e["sha256"], _int(e["size"], where_m / "size", 0, 1 << 48))
+        result[name] = (_sha256(e["sha256"], where_m / "sha256"), _int(e["size"], where_m / "size", 0, 1 << 48))
     return result
 
 

@@ -34,8 +34,7 @@ def unusable_reason(package: DeploymentPackage, first_provider: str) -> str | No
     if first_provider != CPU_PROVIDER:
         return f"its operators run on ONNX Runtime's CPU provider only, and this session runs on {first_provider}"
     if cpu_ops.library_path() is None:
-        return ("rwkv-deploy's CPU operators are not built in this install (reinstall with a C++ compiler and "
-                "ONNX Runtime's C API header: ONNXRUNTIME_C_API_INCLUDE=DIR pip install rwkv-deploy)")
+        return cpu_ops.NOT_BUILT
     if entry.ops != cpu_ops.DOMAIN or entry.ops_version > cpu_ops.VERSION:
         return (f"it needs operators {entry.ops} version {entry.ops_version}; this install provides "
                 f"{cpu_ops.DOMAIN} version {cpu_ops.VERSION}")

@@ -16,6 +16,8 @@ from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
 
 DOMAIN, VERSION = CPU_OPS_DOMAIN, CPU_OPS_VERSION  # what this library provides
 LIBRARY_STEM = "_rwkv_cpu_ops"
+NOT_BUILT = ("rwkv-deploy's CPU operators are not built in this install (reinstall with a C++ compiler and ONNX "
+             "Runtime's C API header: ONNXRUNTIME_C_API_INCLUDE=DIR pip install rwkv-deploy)")
 
 
 class CpuOpsUnavailable(RefusedError):
@@ -35,9 +37,7 @@ def library_path() -> Path | None:
 def require_library() -> Path:
     path = library_path()
     if path is None:
-        raise CpuOpsUnavailable("rwkv-deploy's CPU operators are not built in this install (reinstall with a C++ "
-                                "compiler and ONNX Runtime's C API header: ONNXRUNTIME_C_API_INCLUDE=DIR pip install "
-                                "rwkv-deploy)")
+        raise CpuOpsUnavailable(NOT_BUILT)
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.limits import MIB
-from rwkv_deploy.runtime.backends import make_backend, cpu_options
+from rwkv_deploy.runtime.backends import cpu_options, make_backend
 from rwkv_deploy.runtime.package import DeploymentPackage, package_directory
 
 from .app import ServedModel, ServerState, build_app

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import is_link, refuse_link
-from rwkv_deploy.package.manifest import CpuGraphEntry, sha256_file
+from rwkv_deploy.package.manifest import CpuGraphEntry, external_data_path, sha256_file
 from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
 from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, STEP_GRAPH
 
@@ -49,10 +49,9 @@ def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
     written = write_cpu_graph(package_dir, package_dir / path)
     manifest = read_manifest(package_dir)
     step = manifest.graphs[STEP_GRAPH]
-    data = f"{path}.data"
     entry = CpuGraphEntry(path=path, external_data=written.data.name, ops=CPU_OPS_DOMAIN, ops_version=CPU_OPS_VERSION,
                           source=step.path, source_sha256=manifest.files[step.path])
-    files = {**manifest.files, path: written.sha256, data: written.data_sha256}
+    files = {**manifest.files, path: written.sha256, external_data_path(path, entry.external_data): written.data_sha256}
     write_manifest(package_dir, replace(manifest, files=dict(sorted(files.items())),
                                         cpu_graphs={**manifest.cpu_graphs, STEP_GRAPH: entry}))
     return written

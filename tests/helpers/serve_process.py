@@ -87,5 +87,9 @@ def start_serve(packages: list[str | Path], log: Path, *options: str) -> ServePr
 def serving(tmp_path_factory, packages: list[str | Path], *options: str) -> Iterator[ServeProcess]:
     """A server for a test module: its log in a fresh folder, stopped with SIGTERM at the end, which must exit 0."""
     process = start_serve(packages, tmp_path_factory.mktemp("serve") / "serve.log", *options)
-    yield process
+    try:
+        yield process
+    except BaseException:  # a failed assertion in the block: stop the server anyway, the failure is the news
+        process.stop(signal.SIGKILL)
+        raise
     assert process.stop() == 0, process.log_tail()
