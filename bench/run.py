@@ -261,8 +261,8 @@ def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[s
 
 def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str], progress: Progress,
                     write_cpu_graph: CpuGraphWriter | None) -> list[dict[str, Any]]:
-    """One job per fp16 package: its CPU step graph in the work folder, decode at every batch (prompts stay on the
-    package's prefill graph, so prefill is not measured again)."""
+    """One job per fp16 or quantized package: its CPU step graph in the work folder, decode at every batch (prompts
+    stay on the package's prefill graph, so prefill is not measured again)."""
     if not options.cpu_ops:
         return []
     from rwkv_deploy.runtime import cpu_ops
@@ -271,7 +271,7 @@ def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: li
         notes.append("rwkv-deploy-cpu: skipped (rwkv-deploy's CPU operator library is not built in this install)")
         return []
     found = []
-    for job in (j for j in jobs if j["engine"] == DEPLOY and j["precision"] == "fp16"):
+    for job in (j for j in jobs if j["engine"] == DEPLOY and j["precision"] != "fp32"):
         name = Path(job["package"]).name
         graph = options.work_dir / "cpu" / name / "step.cpu.onnx"
         graph.parent.mkdir(parents=True, exist_ok=True)
@@ -284,10 +284,11 @@ def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: li
         found.append({**job, "engine": DEPLOY_CPU, "cpu_graph": str(graph), "prefill_lengths": [],
                       "context_states": {}})
     if found:
-        notes.append(f"rwkv-deploy-cpu: fp16 packages' step graphs with the weight products on rwkv-deploy's CPU "
-                     f"operators ({cpu_ops.kernel_path()} kernels; fp16 weights read as fp16, fp32 arithmetic)")
+        notes.append(f"rwkv-deploy-cpu: packages' step graphs with the weight products on rwkv-deploy's CPU operators "
+                     f"(fp16: {cpu_ops.kernel_path()} kernels, fp16 weights read as fp16, fp32 arithmetic; int8/int5/"
+                     f"int4: {cpu_ops.quant_kernel_path()} kernels, MatMulNBits' weights, int8 activations)")
     else:
-        notes.append("rwkv-deploy-cpu: no fp16 package to measure (--precisions fp16)")
+        notes.append("rwkv-deploy-cpu: no fp16 or quantized package to measure")
     return found
 
 

@@ -17,18 +17,19 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def build_cpu_cmd(
-    package_dir: Path = typer.Argument(..., metavar="DIR", help="fp16 package directory (the CPU graph is added "
-                                       "to it)"),
+    package_dir: Path = typer.Argument(..., metavar="DIR", help="fp16, int8, int5 or int4 package directory (the "
+                                       "CPU graph is added to it)"),
 ) -> None:
-    """Add a CPU step graph to an fp16 package: its weight products on rwkv-deploy's CPU operators (fp16 weights
-    read as fp16, fp32 arithmetic). Writes cpu/step.onnx and its data into the package and lists them in
-    manifest.json; `generate` and `serve` run it on the CPU where this install built the operators."""
+    """Add a CPU step graph to a package: its weight products on rwkv-deploy's CPU operators (fp16: weights read as
+    fp16, fp32 arithmetic; int8/int5/int4: the same quantized weights against int8 activations, on AVX-512 VNNI
+    where the CPU has it). Writes cpu/step.onnx and its data into the package and lists them in manifest.json;
+    `generate` and `serve` run it on the CPU where this install built the operators."""
     require_targets_extra("build-cpu")
     from rwkv_deploy.runtime import cpu_ops
     from rwkv_deploy.targets.cpu.graph_file import install_cpu_graph
 
     written = install_cpu_graph(package_dir)
-    kernels = cpu_ops.kernel_path()
+    kernels = cpu_ops.kernel_path() if written.precision == "fp16" else cpu_ops.quant_kernel_path()
     here = (f"this install runs it with its {kernels} kernels" if kernels else
             "this install has no CPU operator library, so it runs the portable graph")
     typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products on rwkv-deploy's "

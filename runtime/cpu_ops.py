@@ -1,7 +1,9 @@
 """rwkv-deploy's CPU operator library for ONNX Runtime (runtime/native/rwkv_cpu_ops.cc, built by `pip install`).
 
-It provides `ai.rwkv_deploy.cpu::Fp16MatMul`, the weight product of CPU target graphs (targets/cpu/): fp16 weights
-read as fp16, fp32 arithmetic, AVX-512 / AVX2+F16C / portable kernels chosen at load. The library comes from the
+It provides the weight products of CPU target graphs (targets/cpu/), kernels chosen at load by CPUID:
+- `ai.rwkv_deploy.cpu::Fp16MatMul`: fp16 weights read as fp16, fp32 arithmetic (AVX-512 / AVX2+F16C / portable);
+- `ai.rwkv_deploy.cpu::BlockQuantMatMul`: MatMulNBits' 8- and 4-bit weights against int8 activations
+  (AVX-512 VNNI / AVX2 / portable). The library comes from the
 install only, never from a package: a package is untrusted input and must not bring code to load."""
 
 from __future__ import annotations
@@ -41,12 +43,21 @@ def require_library() -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def kernel_path() -> str | None:
-    """Which kernels this machine runs ("avx512", "avx2" or "portable"), or None without the library."""
+@lru_cache(maxsize=2)
+def _path_of(symbol: str) -> str | None:
     path = library_path()
     if path is None:
         return None
-    library = ctypes.CDLL(str(path))
-    library.RwkvCpuOpsPath.restype = ctypes.c_char_p
-    return library.RwkvCpuOpsPath().decode()
+    function = getattr(ctypes.CDLL(str(path)), symbol)
+    function.restype = ctypes.c_char_p
+    return function().decode()
+
+
+def kernel_path() -> str | None:
+    """Which Fp16MatMul kernels this machine runs ("avx512", "avx2" or "portable"), or None without the library."""
+    return _path_of("RwkvCpuOpsPath")
+
+
+def quant_kernel_path() -> str | None:
+    """Which BlockQuantMatMul kernels this machine runs ("avx512": with VNNI, "avx2", "portable"), or None."""
+    return _path_of("RwkvCpuOpsQuantPath")

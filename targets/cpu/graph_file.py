@@ -1,5 +1,5 @@
-"""A package's CPU step graph: its fp16 step graph with the weight products on rwkv-deploy's CPU operators
-(fp16_products.py), weights beside it in one external-data file, written under temporary names and renamed.
+"""A package's CPU step graph: its step graph with the weight products on rwkv-deploy's CPU operators (fp16:
+fp16_products.py; int8, int5, int4: quant_products.py), weights beside it in one external-data file, written under temporary names and renamed.
 
 `install_cpu_graph` puts it in the package (`cpu/step.onnx` and `cpu/step.onnx.data`, hashed into manifest.json
 and listed in its `cpu_graphs` section, manifest.json rewritten last), where `generate`, `serve` and `bench` find
@@ -12,6 +12,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
+
+import onnx
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import is_link, refuse_link
@@ -20,8 +23,17 @@ from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
 from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, STEP_GRAPH
 
 from .fp16_products import rewrite_fp16_products
+from .quant_products import rewrite_quant_products
 
-SUPPORTED_PRECISIONS = ("fp16",)
+Rewrite = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]
+# precision -> the rewrite of its step graph, and what it looks for (for the message when it finds none)
+REWRITES: dict[str, tuple[Rewrite, str]] = {
+    "fp16": (rewrite_fp16_products, "no Cast -> MatMul -> Cast product over an fp16 weight"),
+    **{precision: (rewrite_quant_products, "no MatMulNBits product in a format the CPU operators take (8-bit blocks "
+                   "of 16 or 32, 4-bit blocks of 32, zero points, accuracy_level 4)")
+       for precision in ("int8", "int5", "int4")},
+}
+SUPPORTED_PRECISIONS = tuple(REWRITES)
 
 
 class CpuGraphError(RefusedError):
@@ -32,7 +44,8 @@ class CpuGraphError(RefusedError):
 class CpuGraph:
     path: Path
     data: Path
-    products: int  # weight products moved onto Fp16MatMul
+    products: int  # weight products moved onto the CPU operators
+    precision: str  # the package's: fp16, int8, int5 or int4
     sha256: str = ""  # of the graph and of its data, as written
     data_sha256: str = ""
 
@@ -59,8 +72,6 @@ def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
 
 def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
     """The CPU step graph of the verified package `package_dir`, written to `out` (and `out`.data)."""
-    import onnx
-
     from rwkv_deploy.package.verify import verify_package
 
     package_dir, out = Path(package_dir), Path(out)
@@ -73,12 +84,13 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
         raise CpuGraphError(f"{package_dir}: no CPU graph written, the package fails verification: {problems[0]}")
     manifest = read_manifest(package_dir)
     step = manifest.graphs[STEP_GRAPH]
-    if step.precision not in SUPPORTED_PRECISIONS:
-        raise CpuGraphError(f"{package_dir}: the package is {step.precision}; the CPU operators take fp16 packages "
-                            "(no fp16 weight products here)")
-    model, products = rewrite_fp16_products(onnx.load(str(package_dir / step.path), load_external_data=True))
+    if step.precision not in REWRITES:
+        raise CpuGraphError(f"{package_dir}: the package is {step.precision}; the CPU operators take "
+                            f"{', '.join(SUPPORTED_PRECISIONS)} packages (fp32 products stay on ONNX Runtime's own)")
+    rewrite, wanted = REWRITES[step.precision]
+    model, products = rewrite(onnx.load(str(package_dir / step.path), load_external_data=True))
     if products == 0:
-        raise CpuGraphError(f"{package_dir / step.path}: no Cast -> MatMul -> Cast product over an fp16 weight found")
+        raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # written under the final names in a private folder, then both renamed into place
         onnx.save_model(model, str(staging / out.name), save_as_external_data=True, location=data.name,
@@ -90,5 +102,5 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CpuGraph(out, data, products, *digests)
+    return CpuGraph(out, data, products, step.precision, *digests)
 

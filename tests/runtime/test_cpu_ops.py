@@ -1,6 +1,7 @@
-"""rwkv-deploy's CPU operator library: built by the install, and its Fp16MatMul is X · Wᵀ in fp32 arithmetic over
-fp16 weights, within fp32 rounding of the exact product, on every kernel path this machine has (AVX-512,
-AVX2+F16C, portable C++; RWKV_DEPLOY_CPU_KERNELS caps the choice)."""
+"""rwkv-deploy's CPU operator library: built by the install; its Fp16MatMul is X · Wᵀ in fp32 arithmetic over
+fp16 weights, within fp32 rounding of the exact product, and its BlockQuantMatMul is ONNX Runtime's MatMulNBits
+(accuracy_level 4) over the same tensors, within fp32 rounding, on every kernel path this machine has (AVX-512,
+AVX2, portable C++; RWKV_DEPLOY_CPU_KERNELS caps the choice)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,57 @@ def products_within_fp32_rounding(threads: int = 1) -> list[str]:
     return problems
 
 
+# (M, K, N) for the quantized products: decode and batches; K of 1 block, of 16 blocks and more, of a partial
+# last block; N under and over a task's 64 rows
+QUANT_SHAPES = [(1, 768, 768), (3, 3072, 130), (1, 64, 3072), (16, 800, 96), (2, 40, 7), (5, 544, 65)]
+QUANT_FORMATS = [(8, 32), (8, 16), (4, 32)]  # (bits, block_size): int8's layers, every head, int4's layers
+
+
+def _block_quant_models(w: np.ndarray, bits: int, block: int, x_width: int | str | None = None) -> tuple[bytes, bytes]:
+    """The same quantized product as BlockQuantMatMul and as ONNX Runtime's MatMulNBits (accuracy_level 4)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rwkv_deploy.export.quantize import quantize_matmul_weight
+
+    (k, n), blocks = w.shape, -(-w.shape[0] // block)
+    parts = quantize_matmul_weight(w, bits, block, symmetric=False)
+    inits = [numpy_helper.from_array(parts["B"].reshape(n, blocks, -1), "b"),
+             numpy_helper.from_array(parts["scales"], "s"), numpy_helper.from_array(parts["zero_points"], "z")]
+    models = []
+    for op, domain, extra in (("BlockQuantMatMul", cpu_ops.DOMAIN, {}),
+                              ("MatMulNBits", "com.microsoft", {"K": k, "N": n, "accuracy_level": 4})):
+        graph = helper.make_graph(
+            [helper.make_node(op, ["x", "b", "s", "z"], ["y"], domain=domain, bits=bits, block_size=block, **extra)],
+            "one_product", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", x_width or k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)])
+        model.ir_version = 10
+        models.append(model.SerializeToString())
+    return models[0], models[1]
+
+
+def quant_products_match_matmulnbits(threads: int = 1) -> list[str]:
+    """Problems of BlockQuantMatMul against MatMulNBits on QUANT_SHAPES x QUANT_FORMATS (empty: every output within
+    1e-5 of the largest |output|: the same int8 activations, summed in another order)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    problems = []
+    for bits, block in QUANT_FORMATS:
+        for m, k, n in QUANT_SHAPES:
+            w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.register_custom_ops_library(str(cpu_ops.require_library()))
+            ours, theirs = (ort.InferenceSession(model, options).run(None, {"x": x})[0]
+                            for model in _block_quant_models(w, bits, block))
+            if ours.shape != (m, n) or not np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max():
+                problems.append(f"{bits}-bit blocks of {block}, {m}x{k}x{n}: max difference "
+                                f"{np.abs(ours - theirs).max():.3g} of {np.abs(theirs).max():.3g}")
+    return problems
+
+
 needs_library = pytest.mark.skipif(cpu_ops.library_path() is None, reason="CPU operators not built in this install")
 
 
@@ -71,14 +123,24 @@ def test_products_are_exact_within_fp32_rounding_on_this_machines_kernels(thread
 
 
 @needs_library
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantized_products_are_matmulnbits_on_this_machines_kernels(threads: int) -> None:
+    assert cpu_ops.quant_kernel_path() in ("avx512", "avx2", "portable")
+    assert quant_products_match_matmulnbits(threads) == []
+
+
+@needs_library
 @pytest.mark.parametrize("cap", ["avx2", "portable"])
-def test_every_narrower_kernel_path_gives_the_same_products(cap: str) -> None:
-    script = ("from tests.runtime.test_cpu_ops import products_within_fp32_rounding as check\n"
-              "from rwkv_deploy.runtime import cpu_ops\nprint(cpu_ops.kernel_path(), check(2))")
+@pytest.mark.parametrize("op, check", [("fp16", "products_within_fp32_rounding"),
+                                       ("quant", "quant_products_match_matmulnbits")])
+def test_every_narrower_kernel_path_gives_the_same_products(cap: str, op: str, check: str) -> None:
+    path = "quant_kernel_path" if op == "quant" else "kernel_path"
+    script = (f"from tests.runtime.test_cpu_ops import {check} as check\n"
+              f"from rwkv_deploy.runtime import cpu_ops\nprint(cpu_ops.{path}(), check(2))")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "RWKV_DEPLOY_CPU_KERNELS": cap}, check=True).stdout.split(None, 1)
     assert out[1].strip() == "[]"
-    if cap == "avx2" and cpu_ops.kernel_path() == "portable":
+    if cap == "avx2" and getattr(cpu_ops, path)() == "portable":
         assert out[0] == "portable"  # a CPU without AVX2 falls back
     else:
         assert out[0] == cap
@@ -93,3 +155,26 @@ def test_a_weight_of_another_width_is_an_error_not_a_crash() -> None:
     session = ort.InferenceSession(_fp16_matmul_model(np.zeros((4, 8), np.float16), x_width="k"), options)
     with pytest.raises(Exception, match="must agree on K"):
         session.run(None, {"x": np.zeros((1, 9), np.float32)})
+
+
+@needs_library
+def test_a_quantized_format_without_kernels_is_refused_when_the_session_loads() -> None:
+    import onnxruntime as ort
+
+    ours, _ = _block_quant_models(np.zeros((128, 8), np.float32), 8, 64)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(cpu_ops.require_library()))
+    with pytest.raises(Exception, match="8-bit blocks of 16 or 32 values or 4-bit blocks of 32"):
+        ort.InferenceSession(ours, options)
+
+
+@needs_library
+def test_quantized_weights_of_the_wrong_shape_are_an_error_not_a_crash() -> None:
+    import onnxruntime as ort
+
+    ours, _ = _block_quant_models(np.zeros((64, 8), np.float32), 8, 32, x_width="k")
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(cpu_ops.require_library()))
+    session = ort.InferenceSession(ours, options)
+    with pytest.raises(Exception, match="K in the last of B's blocks"):
+        session.run(None, {"x": np.zeros((1, 96), np.float32)})

@@ -155,3 +155,18 @@ def test_serve_runs_the_cpu_graph(with_cpu_graph, tmp_path_factory):
         with urllib.request.urlopen(request, timeout=60) as answer:
             completion = json.loads(answer.read())
     assert completion["usage"]["completion_tokens"] == 8
+
+
+@needs_library
+def test_an_int8_package_gets_a_cpu_graph_that_generate_runs_to_the_same_tokens(shared_package, tmp_path):
+    package = _copy(shared(shared_package, "7", "int8"), tmp_path)
+    result = _cli("build-cpu", str(package))
+    assert result.exit_code == 0, result.output
+    assert "weight products on rwkv-deploy's CPU operators" in result.output
+    command = [sys.executable, "-m", "rwkv_deploy.cli.main", "generate", str(package), "-p", "Hello", "-n", "24",
+               "--greedy", "--threads", "2"]
+    ours = subprocess.run(command + ["--cpu-graph", "on"], capture_output=True, text=True, timeout=300)
+    portable = subprocess.run(command + ["--cpu-graph", "off"], capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert "CPU graph]" in ours.stderr
+    assert ours.stdout == portable.stdout

@@ -1,0 +1,77 @@
+"""The CPU step graph of a quantized package: its MatMulNBits products become BlockQuantMatMul over the same
+tensors (formats the operators lack, and the fp32 products, stay as they are), and the step computes what the
+portable graph computes, within fp32 rounding (and the rare int8 rounding of an activation that it moves)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN as DOMAIN  # noqa: E402
+from rwkv_deploy.runtime import cpu_ops  # noqa: E402
+from rwkv_deploy.targets.cpu.graph_file import write_cpu_graph  # noqa: E402
+from rwkv_deploy.targets.cpu.quant_products import OP, rewrite_quant_products  # noqa: E402
+from tests.helpers.golden import golden_package  # noqa: E402
+
+needs_library = pytest.mark.skipif(cpu_ops.library_path() is None, reason="CPU operators not built in this install")
+
+
+def _product(name: str, bits: int, block: int, accuracy: int = 4, zero_points: bool = True) -> list:
+    """A MatMulNBits node "name" on x with its (zero) weights, as [node, *initializers]."""
+    n, k = 8, 64
+    blocks = k // block
+    tensors = [numpy_helper.from_array(np.zeros((n, blocks, block * bits // 8), np.uint8), f"{name}.b"),
+               numpy_helper.from_array(np.ones(n * blocks, np.float32), f"{name}.s")]
+    inputs = ["x", f"{name}.b", f"{name}.s"]
+    if zero_points:
+        tensors.append(numpy_helper.from_array(np.zeros(n * blocks * bits // 8, np.uint8), f"{name}.z"))
+        inputs.append(f"{name}.z")
+    node = helper.make_node("MatMulNBits", inputs, [name], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block, accuracy_level=accuracy)
+    return [node, *tensors]
+
+
+def _model(*products: list) -> onnx.ModelProto:
+    nodes = [p[0] for p in products]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, ["b", 8]) for n in nodes],
+                              initializer=[t for p in products for t in p[1:]])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_the_formats_the_operators_take_are_rewritten_and_the_others_stay() -> None:
+    model = _model(_product("int8", 8, 32), _product("head", 8, 16), _product("int4", 4, 32),
+                   _product("blocks64", 8, 64), _product("fp32_activations", 8, 32, accuracy=0),
+                   _product("symmetric", 4, 32, zero_points=False))
+    rewritten, count = rewrite_quant_products(model)
+    ops = {n.output[0]: (n.domain, n.op_type) for n in rewritten.graph.node}
+    assert count == 3
+    assert {name for name, op in ops.items() if op == (DOMAIN, OP)} == {"int8", "head", "int4"}
+    ours = next(n for n in rewritten.graph.node if n.output[0] == "int4")
+    assert list(ours.input) == ["x", "int4.b", "int4.s", "int4.z"]  # the same tensors, nothing copied
+    assert {a.name: a.i for a in ours.attribute} == {"bits": 4, "block_size": 32}
+    assert any(o.domain == DOMAIN for o in rewritten.opset_import)
+    assert len(rewritten.graph.initializer) == len(model.graph.initializer)
+    assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 6  # the source is left as it was
+
+
+@needs_library
+def test_the_int8_golden_packages_cpu_graph_steps_as_its_portable_graph(tmp_path) -> None:
+    from rwkv_deploy.runtime import DeploymentPackage, stream_logits
+    from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
+
+    package_dir = golden_package("v7-int8")
+    written = write_cpu_graph(package_dir, tmp_path / "step.cpu.onnx")
+    graph = onnx.load(str(written.path), load_external_data=False).graph
+    assert written.products > 0 and [n.op_type for n in graph.node].count(OP) == written.products
+    assert "MatMulNBits" not in {n.op_type for n in graph.node}
+    package = DeploymentPackage.open(package_dir)
+    tokens = np.array([5, 17, 200, 3, 64, 64, 9, 1], np.int64)
+    expected = stream_logits(OnnxStepBackend(package, threads=1), tokens)
+    got = stream_logits(OnnxStepBackend(package, threads=2, cpu_graph_file=written.path), tokens)
+    difference = np.abs(got - expected) / np.abs(expected).max()
+    assert np.quantile(difference, 0.9) <= 1e-5 and difference.max() <= 1e-2  # see test_cpu_step_graph.py
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
