@@ -143,54 +143,71 @@ __attribute__((target(RWKV_AVX512_VNNI))) inline __m512i lane_blocks(int v) {
   return _mm512_add_epi32(_mm512_srli_epi32(lane, B == 32 ? 3 : 2), _mm512_set1_epi32(v * 64 / B));
 }
 
-template <int BITS, int B>
-__attribute__((target(RWKV_AVX512_VNNI))) inline __m512 scaled_dot(const uint8_t* w, const int8_t* x,
-                                                                   int64_t w_bytes, int64_t x_bytes) {
-  const __m512i xv = x_bytes >= 64 ? _mm512_loadu_si512(x) : _mm512_maskz_loadu_epi8((__mmask64(1) << x_bytes) - 1, x);
-  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), weights64<BITS>(w, w_bytes), xv));
-}
-
-template <int BITS, int B>
-__attribute__((target(RWKV_AVX512_VNNI))) float dot_avx512(const QuantProduct& p, int64_t n, int64_t m) {
+// Weight row n against X rows [m, m + R): R = 4 for batches, each weight vector unpacked once for the 4 rows.
+template <int BITS, int B, int R>
+__attribute__((target(RWKV_AVX512_VNNI))) void dots_avx512(const QuantProduct& p, int64_t n, int64_t m) {
   constexpr int kVectors = 16 * B / 64;  // vectors of 64 values per group of 16 blocks
   constexpr int64_t kVectorBytes = 64 * BITS / 8, kGroupBytes = kVectors * kVectorBytes;
   const QuantWeights& w = p.w;
-  const RowPair r(p, n, m);
+  const RowPair row(p, n, m);
+  const int64_t x_stride = w.x_row_values(), s_stride = w.blocks;  // from one X row to the next
   __m512i lanes[kVectors];
   for (int v = 0; v < kVectors; ++v) lanes[v] = lane_blocks<BITS, B>(v);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), correction = _mm512_setzero_ps();
+  __m512 acc[R], correction[R], scale[R];
+  for (int r = 0; r < R; ++r) acc[r] = correction[r] = _mm512_setzero_ps();
   const int64_t groups = w.blocks / 16;
   for (int64_t g = 0; g < groups; ++g) {  // whole groups: unrolled, no masks
-    const uint8_t* wg = r.w + g * kGroupBytes;
-    const int8_t* xg = r.xq + g * 16 * B;
+    const uint8_t* wg = row.w + g * kGroupBytes;
+    const int8_t* xg = row.xq + g * 16 * B;
     for (int64_t line = 0; line < kGroupBytes; line += 64) _mm_prefetch((const char*)wg + line + kPrefetchBytes, _MM_HINT_T0);
-    const __m512 sv = _mm512_loadu_ps(r.s + g * 16);
-    const __m512 scale = _mm512_mul_ps(sv, _mm512_loadu_ps(r.xs + g * 16));
-    correction = _mm512_fmadd_ps(_mm512_mul_ps(sv, zero_points16<BITS>(r.zp, g * 16, 16)),
-                                 _mm512_loadu_ps(r.xc + g * 16), correction);
+    const __m512 sv = _mm512_loadu_ps(row.s + g * 16);
+    const __m512 sz = _mm512_mul_ps(sv, zero_points16<BITS>(row.zp, g * 16, 16));
+    for (int r = 0; r < R; ++r) {
+      scale[r] = _mm512_mul_ps(sv, _mm512_loadu_ps(row.xs + r * s_stride + g * 16));
+      correction[r] = _mm512_fmadd_ps(sz, _mm512_loadu_ps(row.xc + r * s_stride + g * 16), correction[r]);
+    }
 #pragma GCC unroll 8
-    for (int v = 0; v < kVectors; v += 2) {
-      acc0 = _mm512_fmadd_ps(scaled_dot<BITS, B>(wg + v * kVectorBytes, xg + v * 64, 64, 64),
-                             _mm512_permutexvar_ps(lanes[v], scale), acc0);
-      acc1 = _mm512_fmadd_ps(scaled_dot<BITS, B>(wg + (v + 1) * kVectorBytes, xg + (v + 1) * 64, 64, 64),
-                             _mm512_permutexvar_ps(lanes[v + 1], scale), acc1);
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512i wv = weights64<BITS>(wg + v * kVectorBytes, kVectorBytes);
+      for (int r = 0; r < R; ++r) {
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv,
+                                              _mm512_loadu_si512(xg + r * x_stride + v * 64));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(lanes[v], scale[r]), acc[r]);
+      }
     }
   }
   const int64_t g0 = groups * 16, count = w.blocks - g0;
   if (count > 0) {  // the last, partial group: masked loads; lanes past the row have zero scales
     const __mmask16 mask = (__mmask16)((1u << count) - 1);
-    const __m512 sv = _mm512_maskz_loadu_ps(mask, r.s + g0);
-    const __m512 scale = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(mask, r.xs + g0));
-    correction = _mm512_fmadd_ps(_mm512_mul_ps(sv, zero_points16<BITS>(r.zp, g0, count)),
-                                 _mm512_maskz_loadu_ps(mask, r.xc + g0), correction);
-    const int64_t w_left = w.row_bytes() - groups * kGroupBytes;
-    const int64_t x_left = w.x_row_values() - g0 * B;
-    for (int v = 0; v * kVectorBytes < w_left; ++v)
-      acc0 = _mm512_fmadd_ps(scaled_dot<BITS, B>(r.w + groups * kGroupBytes + v * kVectorBytes, r.xq + g0 * B + v * 64,
-                                                 w_left - v * kVectorBytes, x_left - v * 64),
-                             _mm512_permutexvar_ps(lanes[v], scale), acc0);
+    const __m512 sv = _mm512_maskz_loadu_ps(mask, row.s + g0);
+    const __m512 sz = _mm512_mul_ps(sv, zero_points16<BITS>(row.zp, g0, count));
+    for (int r = 0; r < R; ++r) {
+      scale[r] = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(mask, row.xs + r * s_stride + g0));
+      correction[r] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(mask, row.xc + r * s_stride + g0), correction[r]);
+    }
+    const int64_t w_left = w.row_bytes() - groups * kGroupBytes, x_left = x_stride - g0 * B;
+    for (int v = 0; v * kVectorBytes < w_left; ++v) {
+      const __m512i wv = weights64<BITS>(row.w + groups * kGroupBytes + v * kVectorBytes, w_left - v * kVectorBytes);
+      const int64_t x_bytes = x_left - v * 64;
+      const __mmask64 x_mask = x_bytes >= 64 ? ~__mmask64(0) : (__mmask64(1) << x_bytes) - 1;
+      for (int r = 0; r < R; ++r) {
+        const __m512i xv = _mm512_maskz_loadu_epi8(x_mask, row.xq + r * x_stride + g0 * B + v * 64);
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(lanes[v], scale[r]), acc[r]);
+      }
+    }
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(correction);
+  for (int r = 0; r < R; ++r)
+    p.y[(m + r) * w.n + n] = _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(correction[r]);
+}
+
+template <int BITS, int B>
+void rows_avx512(const QuantProduct& p, int64_t n0, int64_t n1) {
+  const int64_t m4 = p.x.m & ~int64_t(3);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < m4; m += 4) dots_avx512<BITS, B, 4>(p, n, m);
+    for (int64_t m = m4; m < p.x.m; ++m) dots_avx512<BITS, B, 1>(p, n, m);
+  }
 }
 
 // Rows [n0, n1) against every row of X: one weight row at a time (it stays in L1 across the X rows).
@@ -238,8 +255,8 @@ QuantRows quant_rows(Path path, int bits, int block) {
   const bool supported = (bits == 8 && (block == 16 || block == 32)) || (bits == 4 && block == 32);
   if (!supported) return nullptr;
   if (path == Path::kAvx512) {
-    if (bits == 4) return rows<dot_avx512<4, 32>>;
-    return block == 16 ? rows<dot_avx512<8, 16>> : rows<dot_avx512<8, 32>>;
+    if (bits == 4) return rows_avx512<4, 32>;
+    return block == 16 ? rows_avx512<8, 16> : rows_avx512<8, 32>;
   }
   if (path == Path::kAvx2) {
     if (bits == 4) return rows<dot_avx2<4, 32>>;

@@ -17,15 +17,20 @@ Path chosen_path(bool needs_vnni);
 const char* path_name(Path path);
 float half_to_float(uint16_t h);
 
-// -- Fp16MatMul: Y[M, N] = X[M, K] . W[N, K]^T, W fp16 one output row per line (fp16_matmul.cc) ------------
-struct Fp16Product {
-  const float* x;     // [M, K]
-  const uint16_t* w;  // [N, K]
-  float* y;           // [M, N]
+// -- Fp16MatMul, Fp32MatMul: Y[M, N] = X[M, K] . W[N, K]^T, W one output row per line (weight_matmul.cc) --------
+template <typename W>  // uint16_t: fp16 bits; float
+struct WeightProduct {
+  const float* x;  // [M, K]
+  const W* w;      // [N, K]
+  float* y;        // [M, N]
   int64_t m, k, n;
 };
+using Fp16Product = WeightProduct<uint16_t>;
+using Fp32Product = WeightProduct<float>;
 using Fp16Rows = void (*)(const Fp16Product&, int64_t n0, int64_t n1);
+using Fp32Rows = void (*)(const Fp32Product&, int64_t n0, int64_t n1);
 Fp16Rows fp16_rows(Path path);
+Fp32Rows fp32_rows(Path path);
 
 // -- BlockQuantMatMul: ONNX Runtime's MatMulNBits weights, int8 activations (block_quant_matmul.cc) ----------
 // W: [N, blocks, block * bits / 8] uint8, value j of a 4-bit block in byte j / 2 (low nibble first);

@@ -6,12 +6,15 @@
 // and neither X nor Y is rounded to fp16, so the result is the portable graph's within fp16 rounding and closer
 // to fp32.
 //
+// Fp32MatMul(X float [..., K], W float [N, K]) -> Y float [..., N]: the same for fp32 weights (the low-rank
+// products every package keeps in fp32), read with software prefetch.
+//
 // BlockQuantMatMul(X float [..., K], B uint8, scales float, zero_points uint8; bits, block_size) -> Y float:
 // ONNX Runtime's MatMulNBits with its inputs and attributes as they are (8-bit blocks of 16 or 32, 4-bit blocks
 // of 32, zero points given), X quantized to int8 per block as MatMulNBits' accuracy_level 4 does, and the
 // int8 x uint8 products on AVX-512 VNNI where the machine has it, AVX2 or portable C++ otherwise.
 //
-// Kernels live in fp16_matmul.cc and block_quant_matmul.cc, paths chosen once at load by CPUID (kernels.h).
+// Kernels live in weight_matmul.cc and block_quant_matmul.cc, paths chosen once at load by CPUID (kernels.h).
 // Loaded with SessionOptions.register_custom_ops_library(path); exports RegisterCustomOps.
 
 #include <cstdint>
@@ -31,6 +34,7 @@ constexpr int64_t kRowsPerTask = 64;  // output rows per parallel task
 
 const Path g_fp16_path = chosen_path(false);
 const Fp16Rows g_fp16_rows = fp16_rows(g_fp16_path);
+const Fp32Rows g_fp32_rows = fp32_rows(g_fp16_path);
 const Path g_quant_path = chosen_path(true);
 
 // -- the ONNX Runtime kernel ---------------------------------------------------------------------------------
@@ -88,44 +92,70 @@ void task_rows(int64_t n, size_t index, int64_t* n0, int64_t* n1) {
   *n1 = *n0 + kRowsPerTask < n ? *n0 + kRowsPerTask : n;
 }
 
-// -- Fp16MatMul ------------------------------------------------------------------------------------------------
-void fp16_task(void* data, size_t index) {
-  const Fp16Product& p = *static_cast<const Fp16Product*>(data);
-  int64_t n0, n1;
-  task_rows(p.n, index, &n0, &n1);
-  g_fp16_rows(p, n0, n1);
+// ONNX Runtime's pool splits the tasks between its threads. (Running small products on the calling thread alone,
+// to spare waking a sleeping worker, measured no faster for products under 1 MB and slower under 4 MB.)
+OrtStatusPtr run_tasks(OrtKernelContext* context, void (*fn)(void*, size_t), size_t tasks, void* data) {
+  return g_api->KernelContext_ParallelFor(context, fn, tasks, 0, data);
 }
 
-OrtStatusPtr ORT_API_CALL fp16_compute(void* /*kernel*/, OrtKernelContext* context) {
+// -- Fp16MatMul, Fp32MatMul -------------------------------------------------------------------------------------
+template <typename W>
+struct WeightOp;
+template <>
+struct WeightOp<uint16_t> {
+  static constexpr const char* kName = "Fp16MatMul";
+  static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  static Fp16Rows rows() { return g_fp16_rows; }
+};
+template <>
+struct WeightOp<float> {
+  static constexpr const char* kName = "Fp32MatMul";
+  static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  static Fp32Rows rows() { return g_fp32_rows; }
+};
+
+template <typename W>
+void weight_task(void* data, size_t index) {
+  const WeightProduct<W>& p = *static_cast<const WeightProduct<W>*>(data);
+  int64_t n0, n1;
+  task_rows(p.n, index, &n0, &n1);
+  WeightOp<W>::rows()(p, n0, n1);
+}
+
+template <typename W>
+OrtStatusPtr ORT_API_CALL weight_compute(void* /*kernel*/, OrtKernelContext* context) {
   const OrtValue *x_value = nullptr, *w_value = nullptr;
   const float* x = nullptr;
-  const uint16_t* w = nullptr;
+  const W* w = nullptr;
   RETURN_IF_ERROR(input_data(context, 0, &x_value, &x));
   RETURN_IF_ERROR(input_data(context, 1, &w_value, &w));
   std::vector<int64_t> x_dims, w_dims;
   RETURN_IF_ERROR(shape_of(x_value, &x_dims));
   RETURN_IF_ERROR(shape_of(w_value, &w_dims));
   if (x_dims.empty() || w_dims.size() != 2 || x_dims.back() != w_dims[1])
-    return fail("Fp16MatMul: X [..., K] and W [N, K] must agree on K");
+    return fail(sizeof(W) == 2 ? "Fp16MatMul: X [..., K] and W [N, K] must agree on K"
+                               : "Fp32MatMul: X [..., K] and W [N, K] must agree on K");
   const int64_t k = w_dims[1], n = w_dims[0];
   int64_t m = 0;
   float* y = nullptr;
   RETURN_IF_ERROR(output_rows(context, x_dims, n, &m, &y));
   if (m == 0 || n == 0) return nullptr;
-  Fp16Product p{x, w, y, m, k, n};
-  return g_api->KernelContext_ParallelFor(context, fp16_task, tasks_for(n), 0, &p);
+  WeightProduct<W> p{x, w, y, m, k, n};
+  return run_tasks(context, weight_task<W>, tasks_for(n), &p);
 }
 
-OrtStatusPtr ORT_API_CALL fp16_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void** kernel) {
+OrtStatusPtr ORT_API_CALL stateless_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void** kernel) {
   *kernel = nullptr;
   return nullptr;
 }
 
-ONNXTensorElementDataType ORT_API_CALL fp16_input_type(const OrtCustomOp*, size_t index) {
-  return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+template <typename W>
+ONNXTensorElementDataType ORT_API_CALL weight_input_type(const OrtCustomOp*, size_t index) {
+  return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : WeightOp<W>::kType;
 }
+template <typename W>
+const char* ORT_API_CALL weight_name(const OrtCustomOp*) { return WeightOp<W>::kName; }
 size_t ORT_API_CALL two(const OrtCustomOp*) { return 2; }
-const char* ORT_API_CALL fp16_name(const OrtCustomOp*) { return "Fp16MatMul"; }
 
 // -- BlockQuantMatMul ----------------------------------------------------------------------------------------
 struct QuantKernel {
@@ -170,7 +200,7 @@ OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* con
   std::vector<uint8_t> buffer((size_t)quant_x_bytes(qw, m));
   QuantProduct p{qw, quantize_x(qw, x, m, k, buffer.data()), y};
   std::pair<const QuantProduct*, QuantRows> job{&p, kernel.rows};
-  return g_api->KernelContext_ParallelFor(context, quant_task, tasks_for(qw.n), 0, &job);
+  return run_tasks(context, quant_task, tasks_for(qw.n), &job);
 }
 
 OrtStatusPtr ORT_API_CALL quant_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
@@ -244,7 +274,10 @@ OrtCustomOp make_op(NameFn name, InputTypeFn input_type, CountFn inputs, CreateF
   return op;
 }
 
-OrtCustomOp g_fp16_matmul = make_op(fp16_name, fp16_input_type, two, fp16_create, fp16_compute, no_destroy);
+OrtCustomOp g_fp16_matmul = make_op(weight_name<uint16_t>, weight_input_type<uint16_t>, two, stateless_create,
+                                    weight_compute<uint16_t>, no_destroy);
+OrtCustomOp g_fp32_matmul = make_op(weight_name<float>, weight_input_type<float>, two, stateless_create,
+                                    weight_compute<float>, no_destroy);
 OrtCustomOp g_block_quant_matmul = make_op(quant_name, quant_input_type, four, quant_create, quant_compute,
                                            quant_destroy);
 
@@ -264,6 +297,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   OrtCustomOpDomain* domain = nullptr;
   RETURN_IF_ERROR(g_api->CreateCustomOpDomain(kDomain, &domain));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_fp16_matmul));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_fp32_matmul));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_block_quant_matmul));
   return g_api->AddCustomOpDomain(options, domain);
 }

@@ -70,13 +70,13 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_weights.values())
-    _drop_unused(graph)
+    drop_unused(graph)
     if replace:
         out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
     return out, len(replace)
 
 
-def _drop_unused(graph: onnx.GraphProto) -> None:
+def drop_unused(graph: onnx.GraphProto) -> None:
     """Remove nodes whose outputs nobody reads (the fp16 Casts left behind) and initializers nobody reads."""
     while True:
         needed = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}

@@ -23,6 +23,7 @@ from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
 from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, STEP_GRAPH
 
 from .fp16_products import rewrite_fp16_products
+from .fp32_products import rewrite_fp32_products
 from .quant_products import rewrite_quant_products
 
 Rewrite = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]
@@ -91,6 +92,7 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
     model, products = rewrite(onnx.load(str(package_dir / step.path), load_external_data=True))
     if products == 0:
         raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
+    model, fp32_products = rewrite_fp32_products(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # written under the final names in a private folder, then both renamed into place
         onnx.save_model(model, str(staging / out.name), save_as_external_data=True, location=data.name,
@@ -102,5 +104,5 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CpuGraph(out, data, products, step.precision, *digests)
+    return CpuGraph(out, data, products + fp32_products, step.precision, *digests)
 

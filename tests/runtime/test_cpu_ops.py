@@ -29,12 +29,14 @@ def test_the_install_built_the_library_when_the_header_was_there() -> None:
 
 
 def _fp16_matmul_model(w: np.ndarray, x_width: int | str | None = None):
+    """Fp16MatMul over an fp16 `w`, Fp32MatMul over an fp32 one."""
     from onnx import TensorProto, helper, numpy_helper
 
     m_dim, (n, k) = "m", w.shape
     x_width = k if x_width is None else x_width
+    op = "Fp16MatMul" if w.dtype == np.float16 else "Fp32MatMul"
     graph = helper.make_graph(
-        [helper.make_node("Fp16MatMul", ["x", "w"], ["y"], domain=cpu_ops.DOMAIN)], "one_product",
+        [helper.make_node(op, ["x", "w"], ["y"], domain=cpu_ops.DOMAIN)], "one_product",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m_dim, x_width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m_dim, n])], initializer=[numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(cpu_ops.DOMAIN, 1)])
@@ -42,14 +44,15 @@ def _fp16_matmul_model(w: np.ndarray, x_width: int | str | None = None):
     return model.SerializeToString()
 
 
-def products_within_fp32_rounding(threads: int = 1) -> list[str]:
-    """Problems of Fp16MatMul against float64 on SHAPES (empty: all within K·eps32·Σ|x·w|)."""
+def products_within_fp32_rounding(threads: int = 1, weights: str = "float16") -> list[str]:
+    """Problems of Fp16MatMul (Fp32MatMul: weights="float32") against float64 on SHAPES (empty: all within
+    K·eps32·Σ|x·w|)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     problems = []
     for m, k, n in SHAPES:
-        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+        w = (rng.standard_normal((n, k)) * 0.05).astype(weights)
         x = rng.standard_normal((m, k)).astype(np.float32)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -118,8 +121,9 @@ needs_library = pytest.mark.skipif(cpu_ops.library_path() is None, reason="CPU o
 
 @needs_library
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_are_exact_within_fp32_rounding_on_this_machines_kernels(threads: int) -> None:
-    assert products_within_fp32_rounding(threads) == []
+@pytest.mark.parametrize("weights", ["float16", "float32"])
+def test_products_are_exact_within_fp32_rounding_on_this_machines_kernels(threads: int, weights: str) -> None:
+    assert products_within_fp32_rounding(threads, weights) == []
 
 
 @needs_library
@@ -131,12 +135,13 @@ def test_quantized_products_are_matmulnbits_on_this_machines_kernels(threads: in
 
 @needs_library
 @pytest.mark.parametrize("cap", ["avx2", "portable"])
-@pytest.mark.parametrize("op, check", [("fp16", "products_within_fp32_rounding"),
-                                       ("quant", "quant_products_match_matmulnbits")])
+@pytest.mark.parametrize("op, check", [("fp16", "products_within_fp32_rounding(2)"),
+                                       ("fp32", "products_within_fp32_rounding(2, 'float32')"),
+                                       ("quant", "quant_products_match_matmulnbits(2)")])
 def test_every_narrower_kernel_path_gives_the_same_products(cap: str, op: str, check: str) -> None:
     path = "quant_kernel_path" if op == "quant" else "kernel_path"
-    script = (f"from tests.runtime.test_cpu_ops import {check} as check\n"
-              f"from rwkv_deploy.runtime import cpu_ops\nprint(cpu_ops.{path}(), check(2))")
+    script = ("from tests.runtime import test_cpu_ops as t\n"
+              f"from rwkv_deploy.runtime import cpu_ops\nprint(cpu_ops.{path}(), t.{check})")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "RWKV_DEPLOY_CPU_KERNELS": cap}, check=True).stdout.split(None, 1)
     assert out[1].strip() == "[]"

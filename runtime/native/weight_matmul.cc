@@ -1,5 +1,5 @@
-// Fp16MatMul's kernels: Y[M, N] = X[M, K] . W[N, K]^T in fp32 arithmetic, W fp16 one output row per line.
-// Paths: AVX-512F, AVX2+F16C+FMA, portable C++.
+// Fp16MatMul's and Fp32MatMul's kernels: Y[M, N] = X[M, K] . W[N, K]^T in fp32 arithmetic, W (fp16 or fp32)
+// one output row per line, one template for both weight types. Paths: AVX-512F, AVX2+F16C+FMA, portable C++.
 
 #include <cstdlib>
 #include <cstring>
@@ -11,19 +11,38 @@
 namespace rwkv_cpu {
 namespace {
 
-// Software prefetch this far ahead in the weight stream, one line per loop: with the hardware prefetcher alone the
+// Software prefetch this far ahead in the weight stream, every line: with the hardware prefetcher alone the
 // 0.1B head product took 8.3-9.9 ms, 4.0-4.8 with this, and a whole decode step 31.7 -> 26.4 ms at 1 thread,
 // 21.5 -> 17.6 at 2 (2 KB and 8 KB measured the same; docs/bench.md "rwkv-deploy's CPU operators").
 constexpr int64_t kPrefetchBytes = 4096;
 
+// -- loading weights of either type as fp32 ------------------------------------------------------------------
+inline float to_float(uint16_t w) { return half_to_float(w); }
+inline float to_float(float w) { return w; }
+
+__attribute__((target("avx2,f16c,fma"))) inline __m256 load8(const uint16_t* w) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w));
+}
+__attribute__((target("avx2,f16c,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+__attribute__((target("avx512f,avx2,f16c,fma"))) inline __m512 load16(const uint16_t* w) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)w));
+}
+__attribute__((target("avx512f,avx2,f16c,fma"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+
+// One software prefetch per cache line of the weights a loop iteration reads (`bytes` of them).
+inline void prefetch_ahead(const void* at, int bytes) {
+  for (int line = 0; line < bytes; line += 64) _mm_prefetch((const char*)at + line + kPrefetchBytes, _MM_HINT_T0);
+}
+
 // -- the products: rows [n0, n1) of Y for all M rows of X ---------------------------------------------------
-void rows_portable(const Fp16Product& p, int64_t n0, int64_t n1) {
+template <typename W>
+void rows_portable(const WeightProduct<W>& p, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
-    const uint16_t* w = p.w + n * p.k;
+    const W* w = p.w + n * p.k;
     for (int64_t m = 0; m < p.m; ++m) {
       const float* x = p.x + m * p.k;
       float acc = 0.f;
-      for (int64_t i = 0; i < p.k; ++i) acc += x[i] * half_to_float(w[i]);
+      for (int64_t i = 0; i < p.k; ++i) acc += x[i] * to_float(w[i]);
       p.y[m * p.n + n] = acc;
     }
   }
@@ -36,59 +55,46 @@ __attribute__((target("avx2,f16c,fma"))) float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One weight row (output n) against up to 4 rows of X: the weights are read once, front to back, in one
-// sequential stream over the whole matrix (interleaving several weight rows defeats the prefetcher: measured),
-// with two accumulators per X row to hide the FMA latency.
-template <int MB>
-__attribute__((target("avx2,f16c,fma"))) void row_avx2(const Fp16Product& p, int64_t n, int64_t m) {
-  __m256 acc0[MB], acc1[MB];
-  for (int r = 0; r < MB; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  const uint16_t* w = p.w + n * p.k;
+// One weight row (output n) against one row of X: the weights are read once, front to back, in one sequential
+// stream over the whole matrix (interleaving several weight rows defeats the prefetcher: measured), with two
+// accumulators to hide the FMA latency.
+template <typename W>
+__attribute__((target("avx2,f16c,fma"))) void row_avx2(const WeightProduct<W>& p, int64_t n, int64_t m) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const W* w = p.w + n * p.k;
+  const float* x = p.x + m * p.k;
   int64_t i = 0;
   for (; i + 16 <= p.k; i += 16) {
-    _mm_prefetch((const char*)(w + i) + kPrefetchBytes, _MM_HINT_T0);
-    __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + i)));
-    __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + i + 8)));
-    for (int r = 0; r < MB; ++r) {
-      const float* x = p.x + (m + r) * p.k + i;
-      acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc1[r]);
-    }
+    prefetch_ahead(w + i, 16 * sizeof(W));
+    acc0 = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(load8(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
   }
-  for (int r = 0; r < MB; ++r) {
-    float s = hsum256(_mm256_add_ps(acc0[r], acc1[r]));
-    for (int64_t j = i; j < p.k; ++j) s += p.x[(m + r) * p.k + j] * half_to_float(w[j]);
-    p.y[(m + r) * p.n + n] = s;
-  }
+  float s = hsum256(_mm256_add_ps(acc0, acc1));
+  for (int64_t j = i; j < p.k; ++j) s += x[j] * to_float(w[j]);
+  p.y[m * p.n + n] = s;
 }
 
 __attribute__((target("avx512f"))) float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-template <int MB>
-__attribute__((target("avx512f,avx2,f16c,fma"))) void row_avx512(const Fp16Product& p, int64_t n, int64_t m) {
-  __m512 acc0[MB], acc1[MB];
-  for (int r = 0; r < MB; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
-  const uint16_t* w = p.w + n * p.k;
+template <typename W>
+__attribute__((target("avx512f,avx2,f16c,fma"))) void row_avx512(const WeightProduct<W>& p, int64_t n, int64_t m) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  const W* w = p.w + n * p.k;
+  const float* x = p.x + m * p.k;
   int64_t i = 0;
   for (; i + 32 <= p.k; i += 32) {
-    _mm_prefetch((const char*)(w + i) + kPrefetchBytes, _MM_HINT_T0);
-    __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + i)));
-    __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + i + 16)));
-    for (int r = 0; r < MB; ++r) {
-      const float* x = p.x + (m + r) * p.k + i;
-      acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc1[r]);
-    }
+    prefetch_ahead(w + i, 32 * sizeof(W));
+    acc0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(load16(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
   }
-  for (int r = 0; r < MB; ++r) {
-    float s = hsum512(_mm512_add_ps(acc0[r], acc1[r]));
-    for (int64_t j = i; j < p.k; ++j) s += p.x[(m + r) * p.k + j] * half_to_float(w[j]);
-    p.y[(m + r) * p.n + n] = s;
-  }
+  float s = hsum512(_mm512_add_ps(acc0, acc1));
+  for (int64_t j = i; j < p.k; ++j) s += x[j] * to_float(w[j]);
+  p.y[m * p.n + n] = s;
 }
 
 // Batches (M >= 4): 4 weight rows x 4 X rows per pass, each converted weight vector used 4 times.
-__attribute__((target("avx512f,avx2,f16c,fma"))) void block4x4_avx512(const Fp16Product& p, int64_t n, int64_t m) {
+template <typename W>
+__attribute__((target("avx512f,avx2,f16c,fma"))) void block4x4_avx512(const WeightProduct<W>& p, int64_t n, int64_t m) {
   __m512 acc[4][4];
   for (int j = 0; j < 4; ++j)
     for (int r = 0; r < 4; ++r) acc[j][r] = _mm512_setzero_ps();
@@ -97,19 +103,20 @@ __attribute__((target("avx512f,avx2,f16c,fma"))) void block4x4_avx512(const Fp16
     __m512 xv[4];
     for (int r = 0; r < 4; ++r) xv[r] = _mm512_loadu_ps(p.x + (m + r) * p.k + i);
     for (int j = 0; j < 4; ++j) {
-      __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p.w + (n + j) * p.k + i)));
+      __m512 wv = load16(p.w + (n + j) * p.k + i);
       for (int r = 0; r < 4; ++r) acc[j][r] = _mm512_fmadd_ps(wv, xv[r], acc[j][r]);
     }
   }
   for (int j = 0; j < 4; ++j)
     for (int r = 0; r < 4; ++r) {
       float s = hsum512(acc[j][r]);
-      for (int64_t t = i; t < p.k; ++t) s += p.x[(m + r) * p.k + t] * half_to_float(p.w[(n + j) * p.k + t]);
+      for (int64_t t = i; t < p.k; ++t) s += p.x[(m + r) * p.k + t] * to_float(p.w[(n + j) * p.k + t]);
       p.y[(m + r) * p.n + n + j] = s;
     }
 }
 
-__attribute__((target("avx2,f16c,fma"))) void block4x4_avx2(const Fp16Product& p, int64_t n, int64_t m) {
+template <typename W>
+__attribute__((target("avx2,f16c,fma"))) void block4x4_avx2(const WeightProduct<W>& p, int64_t n, int64_t m) {
   __m256 acc[4][4];
   for (int j = 0; j < 4; ++j)
     for (int r = 0; r < 4; ++r) acc[j][r] = _mm256_setzero_ps();
@@ -118,27 +125,28 @@ __attribute__((target("avx2,f16c,fma"))) void block4x4_avx2(const Fp16Product& p
     __m256 xv[4];
     for (int r = 0; r < 4; ++r) xv[r] = _mm256_loadu_ps(p.x + (m + r) * p.k + i);
     for (int j = 0; j < 4; ++j) {
-      __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p.w + (n + j) * p.k + i)));
+      __m256 wv = load8(p.w + (n + j) * p.k + i);
       for (int r = 0; r < 4; ++r) acc[j][r] = _mm256_fmadd_ps(wv, xv[r], acc[j][r]);
     }
   }
   for (int j = 0; j < 4; ++j)
     for (int r = 0; r < 4; ++r) {
       float s = hsum256(acc[j][r]);
-      for (int64_t t = i; t < p.k; ++t) s += p.x[(m + r) * p.k + t] * half_to_float(p.w[(n + j) * p.k + t]);
+      for (int64_t t = i; t < p.k; ++t) s += p.x[(m + r) * p.k + t] * to_float(p.w[(n + j) * p.k + t]);
       p.y[(m + r) * p.n + n + j] = s;
     }
 }
 
 // Rows [n0, n1): one weight row at a time against every X row (decoding, M < 4: one sequential stream over
 // the weights), or 4 x 4 blocks for the X rows in fours (batches) and single rows for the rest.
-template <void (*R1)(const Fp16Product&, int64_t, int64_t), void (*B44)(const Fp16Product&, int64_t, int64_t)>
-void rows_simd(const Fp16Product& p, int64_t n0, int64_t n1) {
+template <typename W, void (*R1)(const WeightProduct<W>&, int64_t, int64_t),
+          void (*B44)(const WeightProduct<W>&, int64_t, int64_t)>
+void rows_simd(const WeightProduct<W>& p, int64_t n0, int64_t n1) {
   const int64_t m4 = p.m & ~int64_t(3);
   int64_t n = n0;
   if (m4 > 0) {
-    // X rows outside: their 4-row block stays in L1 while the task's weight rows (fp16, half the bytes) come
-    // from L2; the other order re-read X from L2 for every 4 weight rows (measured 6-12% slower, M = 16 and 64).
+    // X rows outside: their 4-row block stays in L1 while the task's weight rows come from L2; the other order
+    // re-read X from L2 for every 4 weight rows (fp16: measured 6-12% slower, M = 16 and 64).
     const int64_t n4 = n0 + ((n1 - n0) & ~int64_t(3));
     for (int64_t m = 0; m < m4; m += 4)
       for (int64_t t = n0; t < n4; t += 4) B44(p, t, m);
@@ -148,6 +156,13 @@ void rows_simd(const Fp16Product& p, int64_t n0, int64_t n1) {
   }
   for (int64_t t = n0; t < n1; ++t)
     for (int64_t m = m4; m < p.m; ++m) R1(p, t, m);
+}
+
+template <typename W>
+void (*weight_rows(Path path))(const WeightProduct<W>&, int64_t, int64_t) {
+  if (path == Path::kAvx512) return rows_simd<W, row_avx512<W>, block4x4_avx512<W>>;
+  if (path == Path::kAvx2) return rows_simd<W, row_avx2<W>, block4x4_avx2<W>>;
+  return rows_portable<W>;
 }
 
 }  // namespace
@@ -190,10 +205,7 @@ const char* path_name(Path path) {
   return path == Path::kAvx512 ? "avx512" : path == Path::kAvx2 ? "avx2" : "portable";
 }
 
-Fp16Rows fp16_rows(Path path) {
-  if (path == Path::kAvx512) return rows_simd<row_avx512<1>, block4x4_avx512>;
-  if (path == Path::kAvx2) return rows_simd<row_avx2<1>, block4x4_avx2>;
-  return rows_portable;
-}
+Fp16Rows fp16_rows(Path path) { return weight_rows<uint16_t>(path); }
+Fp32Rows fp32_rows(Path path) { return weight_rows<float>(path); }
 
 }  // namespace rwkv_cpu

@@ -1,0 +1,43 @@
+"""Rewrite the fp32 weight products of a CPU step graph: every `MatMul(X, W float32 [K, N] initializer)` (the
+low-rank (LoRA) products every package keeps in fp32) becomes `ai.rwkv_deploy.cpu::Fp32MatMul(X, Wᵀ [N, K])`,
+the same fp32 arithmetic summed in another order. Small products run on the calling thread instead of waking
+ONNX Runtime's sleeping workers for a few microseconds of work, and the weight stream is prefetched. Products of
+two activations (the WKV state's) stay as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
+
+from .fp16_products import drop_unused
+
+OP = "Fp32MatMul"
+
+
+def rewrite_fp32_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of `model` with its fp32 weight products on Fp32MatMul, and how many were rewritten."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    transposed: dict[str, onnx.TensorProto] = {}
+    count = 0
+    for index, node in enumerate(graph.node):
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and node.domain == "" else None
+        if weight is None or weight.data_type != TensorProto.FLOAT or len(weight.dims) != 2 or node.input[0] in inits:
+            continue
+        rows = weight.name + ".rows"
+        if rows not in transposed:
+            transposed[rows] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), rows)
+        graph.node[index].CopyFrom(helper.make_node(OP, [node.input[0], rows], list(node.output),
+                                                    name=(node.name or f"matmul{index}") + "/fp32",
+                                                    domain=CPU_OPS_DOMAIN))
+        count += 1
+    graph.initializer.extend(transposed.values())
+    drop_unused(graph)
+    if count and not any(o.domain == CPU_OPS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
+    return out, count
