@@ -1,9 +1,10 @@
-// BlockQuantMatMul's kernels: Y[M, N] = X[M, K] . W^T with W in ONNX Runtime's MatMulNBits layout (kernels.h),
-// X quantized to int8 per weight block, int8 x uint8 dot products in int32, one fp32 scale per block pair.
+// BlockQuantMatMul's kernels: Y[M, N] = X[M, K] . W^T with W block-quantized and interleaved 16 rows at a time
+// (kernels.h), X quantized to int8 per weight block.
 //
-// Per block b of row n: sum_j (q_j - z) s (xq_j sx) = s (sx dot(q, xq) - z sx sum(xq)); the second term is the
-// zero-point correction, summed over a row's blocks as one fp32 dot product of (s z) with (sx sum(xq)).
-// Paths: AVX-512 VNNI (vpdpbusd, 64 values per instruction), AVX2 (widened to int16, vpmaddwd), portable C++.
+// Per block b of row n: sum_j (q_j - z) s (xq_j sx) = s (sx dot(q, xq) - z sx sum(xq)). The interleaving puts 4
+// values of each of 16 rows in one 64-byte vector, so one int8 x uint8 dot-product instruction against 4 values
+// of x broadcast advances 16 rows at once in int32; a block's dot products are scaled once per block, for all 16
+// rows together. Paths: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw on nibbles, then vpmaddwd), portable C++.
 
 #include <cmath>
 #include <cstring>
@@ -15,224 +16,203 @@
 namespace rwkv_cpu {
 namespace {
 
-constexpr int64_t kPrefetchBytes = 4096;  // as the fp16 kernels: one line per 64 weight bytes, this far ahead
+constexpr int64_t kPrefetchBytes = 4096;  // as the weight kernels: every line, this far ahead
 constexpr int64_t kAlign = 64;
 
 int64_t aligned(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-int zero_point(const uint8_t* zp, int bits, int64_t b) {
-  return bits == 8 ? zp[b] : (zp[b / 2] >> (4 * (b & 1))) & 15;
-}
-
-// Where value t of block b sits in a row of quantized x (QuantX's layout).
-int64_t x_position(int bits, int block, int64_t b, int t) {
-  if (bits == 8) return b * block + t;
-  return (b / 2) * 64 + (t & 1) * 32 + (b & 1) * 16 + t / 2;  // 4-bit, blocks of 32
-}
-
-// The arrays one (weight row n, X row m) dot product reads.
-struct RowPair {
-  const uint8_t* w;
-  const float* s;
-  const uint8_t* zp;
-  const int8_t* xq;
-  const float* xs;
-  const float* xc;
-  RowPair(const QuantProduct& p, int64_t n, int64_t m)
-      : w(p.w.w + n * p.w.row_bytes()), s(p.w.scales + n * p.w.blocks),
-        zp(p.w.zero_points + n * p.w.zp_row_bytes()), xq(p.x.q + m * p.w.x_row_values()),
-        xs(p.x.scale + m * p.w.blocks), xc(p.x.scaled_sum + m * p.w.blocks) {}
+// The values, scales and zero points of group g, block b; and the X rows' arrays for block b.
+struct Block {
+  const uint8_t* values;
+  const float* scales;
+  const uint8_t* zero_points;
+  Block(const QuantWeights& w, int64_t g, int64_t b) {
+    values = w.w + (g * w.blocks + b) * w.block_bytes();
+    scales = reinterpret_cast<const float*>(values + w.value_bytes());
+    zero_points = values + w.value_bytes() + kGroupRows * 4;
+  }
 };
 
+int zero_point(const uint8_t* zp, int bits, int j) { return bits == 8 ? zp[j] : (zp[j / 2] >> (4 * (j & 1))) & 15; }
+
 // -- portable --------------------------------------------------------------------------------------------
-float dot_portable(const QuantProduct& p, int64_t n, int64_t m) {
+void rows_portable(const QuantProduct& p, int64_t n0, int64_t n1) {
   const QuantWeights& w = p.w;
-  const RowPair r(p, n, m);
   const int B = w.block;
-  float acc = 0.f;
-  for (int64_t b = 0; b < w.blocks; ++b) {
-    int32_t d = 0;
-    if (w.bits == 8) {
-      for (int t = 0; t < B; ++t) d += int32_t(r.w[b * B + t]) * r.xq[b * B + t];
-    } else {  // byte j: value 2j in its low nibble, 2j + 1 in its high
-      const uint8_t* wb = r.w + b * B / 2;
-      for (int t = 0; t < B; ++t)
-        d += int32_t((wb[t / 2] >> (4 * (t & 1))) & 15) * r.xq[x_position(4, B, b, t)];
+  for (int64_t g = n0 / kGroupRows; g * kGroupRows < n1; ++g) {
+    for (int64_t m = 0; m < p.x.m; ++m) {
+      float acc[kGroupRows] = {};
+      for (int64_t b = 0; b < w.blocks; ++b) {
+        const Block blk(w, g, b);
+        const int8_t* xq = p.x.q + m * w.blocks * B + b * B;
+        int32_t d[kGroupRows] = {};
+        for (int j = 0; j < kGroupRows; ++j) {
+          for (int t = 0; t < B; ++t) {
+            int q;
+            if (w.bits == 8) {
+              q = blk.values[(t / 4) * 64 + 4 * j + t % 4];
+            } else {  // value 8c + i: low nibble of byte 4j + i; 8c + 4 + i: its high nibble
+              const int c = t / 8, i = t % 8;
+              q = (blk.values[c * 64 + 4 * j + i % 4] >> (i < 4 ? 0 : 4)) & 15;
+            }
+            d[j] += q * xq[t];
+          }
+          acc[j] += blk.scales[j] * (p.x.scale[m * w.blocks + b] * float(d[j]) -
+                                     float(zero_point(blk.zero_points, w.bits, j)) * p.x.scaled_sum[m * w.blocks + b]);
+        }
+      }
+      for (int j = 0; j < kGroupRows && g * kGroupRows + j < w.n; ++j) p.y[m * w.n + g * kGroupRows + j] = acc[j];
     }
-    acc += r.s[b] * (r.xs[b] * float(d) - float(zero_point(r.zp, w.bits, b)) * r.xc[b]);
   }
-  return acc;
 }
 
-// -- AVX2: per block, values widened to int16 and multiplied pairwise into int32 (vpmaddwd) -------------------
-__attribute__((target("avx2,fma"))) float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+// -- AVX2: 8 rows per 32-byte half; u8 x s8 pairs by vpmaddubsw on 4-bit halves (no int16 overflow), then vpmaddwd
+__attribute__((target("avx2,fma"))) inline __m256i dot4_avx2(__m256i w_nibbles, __m256i x4) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w_nibbles, x4), _mm256_set1_epi16(1));
 }
 
-__attribute__((target("avx2,fma"))) inline __m256i dot16_avx2(__m128i w_u8, const int8_t* x) {
-  return _mm256_madd_epi16(_mm256_cvtepu8_epi16(w_u8), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)x)));
+// The int32 dot products of 8 rows (one half of a chunk) with the 4 (8-bit) or 8 (4-bit) x values of the chunk.
+template <int BITS>
+__attribute__((target("avx2,fma"))) inline __m256i chunk_avx2(const uint8_t* at, const int8_t* x) {
+  const __m256i v = _mm256_loadu_si256((const __m256i*)at), low4 = _mm256_set1_epi8(15);
+  const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+  int32_t x0, x1;
+  std::memcpy(&x0, x, 4);
+  if (BITS == 8)  // q = 16 hi + lo
+    return _mm256_add_epi32(dot4_avx2(lo, _mm256_set1_epi32(x0)),
+                            _mm256_slli_epi32(dot4_avx2(hi, _mm256_set1_epi32(x0)), 4));
+  std::memcpy(&x1, x + 4, 4);
+  return _mm256_add_epi32(dot4_avx2(lo, _mm256_set1_epi32(x0)), dot4_avx2(hi, _mm256_set1_epi32(x1)));
 }
 
 template <int BITS, int B>
-__attribute__((target("avx2,fma"))) float dot_avx2(const QuantProduct& p, int64_t n, int64_t m) {
+__attribute__((target("avx2,fma"))) void rows_avx2(const QuantProduct& p, int64_t n0, int64_t n1) {
+  constexpr int kValuesPerChunk = BITS == 8 ? 4 : 8, kChunks = B / kValuesPerChunk;
   const QuantWeights& w = p.w;
-  const RowPair r(p, n, m);
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  float correction = 0.f;
-  const __m128i low4 = _mm_set1_epi8(15);
-  for (int64_t b = 0; b < w.blocks; ++b) {
-    _mm_prefetch((const char*)r.w + b * B * BITS / 8 + kPrefetchBytes, _MM_HINT_T0);
-    __m256i d = _mm256_setzero_si256();
-    if (BITS == 8) {
-      for (int c = 0; c < B; c += 16)
-        d = _mm256_add_epi32(d, dot16_avx2(_mm_loadu_si128((const __m128i*)(r.w + b * B + c)), r.xq + b * B + c));
-    } else {  // B == 32: 16 bytes, low nibbles against the block's even values, high against its odd ones
-      __m128i packed = _mm_loadu_si128((const __m128i*)(r.w + b * 16));
-      d = _mm256_add_epi32(dot16_avx2(_mm_and_si128(packed, low4), r.xq + x_position(4, B, b, 0)),
-                           dot16_avx2(_mm_and_si128(_mm_srli_epi16(packed, 4), low4), r.xq + x_position(4, B, b, 1)));
+  for (int64_t g = n0 / kGroupRows; g * kGroupRows < n1; ++g) {
+    for (int64_t m = 0; m < p.x.m; ++m) {
+      __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t b = 0; b < w.blocks; ++b) {
+        const Block blk(w, g, b);
+        for (int64_t line = 0; line < w.block_bytes(); line += 64)
+          _mm_prefetch((const char*)blk.values + line + kPrefetchBytes, _MM_HINT_T0);
+        const int8_t* xq = p.x.q + m * w.blocks * B + b * B;
+        const __m256 xs = _mm256_set1_ps(p.x.scale[m * w.blocks + b]);
+        const __m256 xc = _mm256_set1_ps(p.x.scaled_sum[m * w.blocks + b]);
+        for (int h = 0; h < 2; ++h) {  // rows 0-7, 8-15
+          __m256i d = _mm256_setzero_si256();
+          for (int c = 0; c < kChunks; ++c)
+            d = _mm256_add_epi32(d, chunk_avx2<BITS>(blk.values + c * 64 + h * 32, xq + c * kValuesPerChunk));
+          __m128i z8;
+          if (BITS == 8) {
+            z8 = _mm_loadl_epi64((const __m128i*)(blk.zero_points + h * 8));
+          } else {
+            int32_t packed;
+            std::memcpy(&packed, blk.zero_points + h * 4, 4);
+            const __m128i v = _mm_cvtsi32_si128(packed), low4 = _mm_set1_epi8(15);
+            z8 = _mm_unpacklo_epi8(_mm_and_si128(v, low4), _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+          }
+          const __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(z8));
+          const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(d), xs, _mm256_mul_ps(z, xc));
+          acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(blk.scales + h * 8), t, acc[h]);
+        }
+      }
+      float out[kGroupRows];
+      _mm256_storeu_ps(out, acc[0]);
+      _mm256_storeu_ps(out + 8, acc[1]);
+      for (int j = 0; j < kGroupRows && g * kGroupRows + j < w.n; ++j) p.y[m * w.n + g * kGroupRows + j] = out[j];
     }
-    acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(r.s[b] * r.xs[b]), acc[b & 1]);
-    correction += r.s[b] * float(zero_point(r.zp, BITS, b)) * r.xc[b];
   }
-  return hsum8(_mm256_add_ps(acc[0], acc[1])) - correction;
 }
 
-// -- AVX-512 VNNI: 64 values per vpdpbusd, scales of 16 blocks at a time ------------------------------------
+// -- AVX-512 VNNI: one vpdpbusd advances 16 rows by 4 values -------------------------------------------------
 #define RWKV_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma"
 
-// 64 weights of a row as uint8 in QuantX's order, from `at` (8-bit: 64 bytes; 4-bit: the 32 packed bytes of a
-// pair of blocks, loaded into both halves, the upper half shifted by 4: low nibbles, then high nibbles).
-// `bytes`: how many of them lie inside the row (masked load past its end).
 template <int BITS>
-__attribute__((target(RWKV_AVX512_VNNI))) inline __m512i weights64(const uint8_t* at, int64_t bytes) {
-  if (BITS == 8)
-    return bytes >= 64 ? _mm512_loadu_si512(at) : _mm512_maskz_loadu_epi8((__mmask64(1) << bytes) - 1, at);
-  const __m256i packed = bytes >= 32 ? _mm256_loadu_si256((const __m256i*)at)
-                                     : _mm256_maskz_loadu_epi8((__mmask32(1) << bytes) - 1, at);
-  const __m512i both = _mm512_broadcast_i64x4(packed);
-  const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(15));
-}
-
-// Zero points of blocks [g, g + count) of a row as 16 floats (count <= 16; lanes past it are zero).
-template <int BITS>
-__attribute__((target(RWKV_AVX512_VNNI))) inline __m512 zero_points16(const uint8_t* zp, int64_t g, int64_t count) {
+__attribute__((target(RWKV_AVX512_VNNI))) inline __m512 zero_points16(const uint8_t* zp) {
   __m128i z;
   if (BITS == 8) {
-    z = count >= 16 ? _mm_loadu_si128((const __m128i*)(zp + g))
-                    : _mm_maskz_loadu_epi8((__mmask16)((1u << count) - 1), zp + g);
-  } else {  // g is even: blocks g, g + 1 share a byte
-    __m128i packed = _mm_maskz_loadu_epi8((__mmask16)((1u << ((count + 1) / 2)) - 1), zp + g / 2);
-    const __m128i low4 = _mm_set1_epi8(15);
+    z = _mm_loadu_si128((const __m128i*)zp);
+  } else {
+    const __m128i packed = _mm_loadl_epi64((const __m128i*)zp), low4 = _mm_set1_epi8(15);
     z = _mm_unpacklo_epi8(_mm_and_si128(packed, low4), _mm_and_si128(_mm_srli_epi16(packed, 4), low4));
-    z = _mm_maskz_mov_epi8((__mmask16)((1u << count) - 1), z);
   }
   return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z));
 }
 
-// For vector v of a group of 16 blocks: which of them each int32 lane (4 values) belongs to.
-template <int BITS, int B>
-__attribute__((target(RWKV_AVX512_VNNI))) inline __m512i lane_blocks(int v) {
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  if (BITS == 4)  // lanes 0-3 and 8-11: the pair's first block, 4-7 and 12-15: its second
-    return _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(1)),
-                            _mm512_set1_epi32(2 * v));
-  return _mm512_add_epi32(_mm512_srli_epi32(lane, B == 32 ? 3 : 2), _mm512_set1_epi32(v * 64 / B));
+__attribute__((target(RWKV_AVX512_VNNI))) inline __m512i x4(const int8_t* x) {
+  int32_t v;
+  std::memcpy(&v, x, 4);
+  return _mm512_set1_epi32(v);
 }
 
-// Weight row n against X rows [m, m + R): R = 4 for batches, each weight vector unpacked once for the 4 rows.
+// Group g against X rows [m, m + R): R = 4 for batches, each weight vector loaded once for the 4 rows.
 template <int BITS, int B, int R>
-__attribute__((target(RWKV_AVX512_VNNI))) void dots_avx512(const QuantProduct& p, int64_t n, int64_t m) {
-  constexpr int kVectors = 16 * B / 64;  // vectors of 64 values per group of 16 blocks
-  constexpr int64_t kVectorBytes = 64 * BITS / 8, kGroupBytes = kVectors * kVectorBytes;
+__attribute__((target(RWKV_AVX512_VNNI))) void group_avx512(const QuantProduct& p, int64_t g, int64_t m) {
+  constexpr int kChunks = BITS == 8 ? B / 4 : B / 8;
   const QuantWeights& w = p.w;
-  const RowPair row(p, n, m);
-  const int64_t x_stride = w.x_row_values(), s_stride = w.blocks;  // from one X row to the next
-  __m512i lanes[kVectors];
-  for (int v = 0; v < kVectors; ++v) lanes[v] = lane_blocks<BITS, B>(v);
-  __m512 acc[R], correction[R], scale[R];
-  for (int r = 0; r < R; ++r) acc[r] = correction[r] = _mm512_setzero_ps();
-  const int64_t groups = w.blocks / 16;
-  for (int64_t g = 0; g < groups; ++g) {  // whole groups: unrolled, no masks
-    const uint8_t* wg = row.w + g * kGroupBytes;
-    const int8_t* xg = row.xq + g * 16 * B;
-    for (int64_t line = 0; line < kGroupBytes; line += 64) _mm_prefetch((const char*)wg + line + kPrefetchBytes, _MM_HINT_T0);
-    const __m512 sv = _mm512_loadu_ps(row.s + g * 16);
-    const __m512 sz = _mm512_mul_ps(sv, zero_points16<BITS>(row.zp, g * 16, 16));
-    for (int r = 0; r < R; ++r) {
-      scale[r] = _mm512_mul_ps(sv, _mm512_loadu_ps(row.xs + r * s_stride + g * 16));
-      correction[r] = _mm512_fmadd_ps(sz, _mm512_loadu_ps(row.xc + r * s_stride + g * 16), correction[r]);
-    }
+  const int64_t x_row = w.blocks * B;
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < w.blocks; ++b) {
+    const Block blk(w, g, b);
+    for (int64_t line = 0; line < w.block_bytes(); line += 64)
+      _mm_prefetch((const char*)blk.values + line + kPrefetchBytes, _MM_HINT_T0);
+    const int8_t* xq = p.x.q + m * x_row + b * B;
+    __m512i d[R][2];  // two chains per row, to hide vpdpbusd's latency
+    for (int r = 0; r < R; ++r) d[r][0] = d[r][1] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
-      const __m512i wv = weights64<BITS>(wg + v * kVectorBytes, kVectorBytes);
-      for (int r = 0; r < R; ++r) {
-        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv,
-                                              _mm512_loadu_si512(xg + r * x_stride + v * 64));
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(lanes[v], scale[r]), acc[r]);
+    for (int c = 0; c < kChunks; ++c) {
+      const __m512i v = _mm512_loadu_si512(blk.values + c * 64);
+      if (BITS == 8) {
+        for (int r = 0; r < R; ++r) d[r][c & 1] = _mm512_dpbusd_epi32(d[r][c & 1], v, x4(xq + r * x_row + c * 4));
+      } else {
+        const __m512i low4 = _mm512_set1_epi8(15);
+        const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        for (int r = 0; r < R; ++r) {
+          d[r][0] = _mm512_dpbusd_epi32(d[r][0], lo, x4(xq + r * x_row + c * 8));
+          d[r][1] = _mm512_dpbusd_epi32(d[r][1], hi, x4(xq + r * x_row + c * 8 + 4));
+        }
       }
     }
-  }
-  const int64_t g0 = groups * 16, count = w.blocks - g0;
-  if (count > 0) {  // the last, partial group: masked loads; lanes past the row have zero scales
-    const __mmask16 mask = (__mmask16)((1u << count) - 1);
-    const __m512 sv = _mm512_maskz_loadu_ps(mask, row.s + g0);
-    const __m512 sz = _mm512_mul_ps(sv, zero_points16<BITS>(row.zp, g0, count));
+    const __m512 s = _mm512_loadu_ps(blk.scales), z = zero_points16<BITS>(blk.zero_points);
     for (int r = 0; r < R; ++r) {
-      scale[r] = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(mask, row.xs + r * s_stride + g0));
-      correction[r] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(mask, row.xc + r * s_stride + g0), correction[r]);
-    }
-    const int64_t w_left = w.row_bytes() - groups * kGroupBytes, x_left = x_stride - g0 * B;
-    for (int v = 0; v * kVectorBytes < w_left; ++v) {
-      const __m512i wv = weights64<BITS>(row.w + groups * kGroupBytes + v * kVectorBytes, w_left - v * kVectorBytes);
-      const int64_t x_bytes = x_left - v * 64;
-      const __mmask64 x_mask = x_bytes >= 64 ? ~__mmask64(0) : (__mmask64(1) << x_bytes) - 1;
-      for (int r = 0; r < R; ++r) {
-        const __m512i xv = _mm512_maskz_loadu_epi8(x_mask, row.xq + r * x_stride + g0 * B + v * 64);
-        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(lanes[v], scale[r]), acc[r]);
-      }
+      const int64_t at = (m + r) * w.blocks + b;
+      const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d[r][0], d[r][1])),
+                                       _mm512_set1_ps(p.x.scale[at]), _mm512_mul_ps(z, _mm512_set1_ps(p.x.scaled_sum[at])));
+      acc[r] = _mm512_fmadd_ps(s, t, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    p.y[(m + r) * w.n + n] = _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(correction[r]);
+  const int64_t left = w.n - g * kGroupRows;
+  const __mmask16 rows = left >= kGroupRows ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(p.y + (m + r) * w.n + g * kGroupRows, rows, acc[r]);
 }
 
 template <int BITS, int B>
 void rows_avx512(const QuantProduct& p, int64_t n0, int64_t n1) {
   const int64_t m4 = p.x.m & ~int64_t(3);
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t m = 0; m < m4; m += 4) dots_avx512<BITS, B, 4>(p, n, m);
-    for (int64_t m = m4; m < p.x.m; ++m) dots_avx512<BITS, B, 1>(p, n, m);
+  for (int64_t g = n0 / kGroupRows; g * kGroupRows < n1; ++g) {
+    for (int64_t m = 0; m < m4; m += 4) group_avx512<BITS, B, 4>(p, g, m);
+    for (int64_t m = m4; m < p.x.m; ++m) group_avx512<BITS, B, 1>(p, g, m);
   }
-}
-
-// Rows [n0, n1) against every row of X: one weight row at a time (it stays in L1 across the X rows).
-template <float (*DOT)(const QuantProduct&, int64_t, int64_t)>
-void rows(const QuantProduct& p, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t m = 0; m < p.x.m; ++m) p.y[m * p.w.n + n] = DOT(p, n, m);
 }
 
 }  // namespace
 
 int64_t quant_x_bytes(const QuantWeights& w, int64_t m) {
-  return aligned(m * w.x_row_values()) + 2 * aligned(m * w.blocks * int64_t(sizeof(float)));
+  return aligned(m * w.blocks * w.block) + 2 * aligned(m * w.blocks * int64_t(sizeof(float)));
 }
 
 QuantX quantize_x(const QuantWeights& w, const float* x, int64_t m, int64_t k, void* buffer) {
   const int B = w.block;
   int8_t* q = static_cast<int8_t*>(buffer);
-  float* scale = reinterpret_cast<float*>(q + aligned(m * w.x_row_values()));
+  float* scale = reinterpret_cast<float*>(q + aligned(m * w.blocks * B));
   float* scaled_sum = reinterpret_cast<float*>(reinterpret_cast<char*>(scale) +
                                                aligned(m * w.blocks * int64_t(sizeof(float))));
-  std::memset(q, 0, size_t(m * w.x_row_values()));
+  std::memset(q, 0, size_t(m * w.blocks * B));
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * k;
-    int8_t* qr = q + r * w.x_row_values();
+    int8_t* qr = q + r * w.blocks * B;
     for (int64_t b = 0; b < w.blocks; ++b) {
       const int64_t j0 = b * B, j1 = j0 + B < k ? j0 + B : k;
       float amax = 0.f;
@@ -241,7 +221,7 @@ QuantX quantize_x(const QuantWeights& w, const float* x, int64_t m, int64_t k, v
       int32_t sum = 0;
       for (int64_t j = j0; j < j1; ++j) {
         const int v = int(std::nearbyint(xr[j] * inverse));
-        qr[x_position(w.bits, B, b, int(j - j0))] = int8_t(v);
+        qr[j] = int8_t(v);
         sum += v;
       }
       scale[r * w.blocks + b] = amax / 127.f;
@@ -259,10 +239,10 @@ QuantRows quant_rows(Path path, int bits, int block) {
     return block == 16 ? rows_avx512<8, 16> : rows_avx512<8, 32>;
   }
   if (path == Path::kAvx2) {
-    if (bits == 4) return rows<dot_avx2<4, 32>>;
-    return block == 16 ? rows<dot_avx2<8, 16>> : rows<dot_avx2<8, 32>>;
+    if (bits == 4) return rows_avx2<4, 32>;
+    return block == 16 ? rows_avx2<8, 16> : rows_avx2<8, 32>;
   }
-  return rows<dot_portable>;
+  return rows_portable;
 }
 
 }  // namespace rwkv_cpu

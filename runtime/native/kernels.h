@@ -32,34 +32,35 @@ using Fp32Rows = void (*)(const Fp32Product&, int64_t n0, int64_t n1);
 Fp16Rows fp16_rows(Path path);
 Fp32Rows fp32_rows(Path path);
 
-// -- BlockQuantMatMul: ONNX Runtime's MatMulNBits weights, int8 activations (block_quant_matmul.cc) ----------
-// W: [N, blocks, block * bits / 8] uint8, value j of a 4-bit block in byte j / 2 (low nibble first);
-// scales: [N, blocks] float; zero points: [N, zp_row_bytes] uint8 (4-bit: two per byte, low nibble first).
-// Weight (n, j) = (q - zero point) * scale of its block.
+// -- BlockQuantMatMul: 8- or 4-bit block-quantized weights, interleaved 16 rows at a time, int8 activations ---
+// (block_quant_matmul.cc). W [groups = ceil(N / 16), blocks, block_bytes()]: for each group of 16 output rows and
+// each block of `block` K values, the 16 rows' values, then their 16 fp32 scales, then their 16 zero points:
+// - 8-bit: block / 4 chunks of 64 bytes; chunk c holds row j's values 4c .. 4c + 3 at bytes 4j .. 4j + 3;
+// - 4-bit: block / 8 chunks of 64 bytes; chunk c holds row j's values 8c + i in the low nibble and 8c + 4 + i in
+//   the high nibble of byte 4j + i (i < 4);
+// - zero points: 16 bytes (8-bit), 8 bytes of two nibbles, row 2i low (4-bit).
+// Weight (n, k) = (q - zero point) * scale of its block; rows past N are zeros.
+constexpr int kGroupRows = 16;
+
 struct QuantWeights {
   const uint8_t* w;
-  const float* scales;
-  const uint8_t* zero_points;
   int64_t n, blocks;
   int bits, block;
-  int64_t row_bytes() const { return blocks * block * bits / 8; }
-  int64_t zp_row_bytes() const { return bits == 8 ? blocks : (blocks + 1) / 2; }
-  // quantized x values per row of X: 4-bit rows are padded to a whole pair of blocks
-  int64_t x_row_values() const { return (bits == 8 ? blocks : (blocks + 1) / 2 * 2) * block; }
+  int64_t value_bytes() const { return int64_t(kGroupRows) * block * bits / 8; }
+  int64_t block_bytes() const { return value_bytes() + kGroupRows * 4 + kGroupRows * bits / 8; }
+  int64_t groups() const { return (n + kGroupRows - 1) / kGroupRows; }
 };
 
 // X quantized per weight block: int8 values with one scale per block (max |x| / 127), as llama.cpp's Q8 and
-// ONNX Runtime's accuracy_level 4. 8-bit: in X's order. 4-bit (blocks of 32): in the order two blocks' packed
-// bytes unpack, low nibbles of both then high nibbles of both: per pair of blocks (b0, b1), 64 values: b0's
-// even-indexed values, b1's even, b0's odd, b1's odd (16 each).
+// ONNX Runtime's MatMulNBits at accuracy_level 4 do.
 struct QuantX {
-  const int8_t* q;  // [M, x_row_values]
-  const float* scale;  // [M, blocks]
+  const int8_t* q;          // [M, blocks * block], zero past K
+  const float* scale;       // [M, blocks]
   const float* scaled_sum;  // [M, blocks]: scale * sum of the block's q (for the zero points)
   int64_t m;
 };
 
-// Sizes of QuantX's arrays for M rows; quantize_x fills them from X [M, K] (K <= blocks * block, zero padded).
+// Bytes of QuantX's arrays for M rows; quantize_x fills them from X [M, K] (K <= blocks * block).
 int64_t quant_x_bytes(const QuantWeights& w, int64_t m);
 QuantX quantize_x(const QuantWeights& w, const float* x, int64_t m, int64_t k, void* buffer);
 
@@ -68,6 +69,7 @@ struct QuantProduct {
   QuantX x;
   float* y;  // [M, N]
 };
+// Rows [n0, n1) of Y (n0 a multiple of 16).
 using QuantRows = void (*)(const QuantProduct&, int64_t n0, int64_t n1);
 // The kernel for this weight format on `path`; nullptr when the format is not one of 8-bit blocks of 16 or 32
 // values or 4-bit blocks of 32 (what rwkv-deploy's int8 / int5 / int4 packages hold).

@@ -9,10 +9,11 @@
 // Fp32MatMul(X float [..., K], W float [N, K]) -> Y float [..., N]: the same for fp32 weights (the low-rank
 // products every package keeps in fp32), read with software prefetch.
 //
-// BlockQuantMatMul(X float [..., K], B uint8, scales float, zero_points uint8; bits, block_size) -> Y float:
-// ONNX Runtime's MatMulNBits with its inputs and attributes as they are (8-bit blocks of 16 or 32, 4-bit blocks
-// of 32, zero points given), X quantized to int8 per block as MatMulNBits' accuracy_level 4 does, and the
-// int8 x uint8 products on AVX-512 VNNI where the machine has it, AVX2 or portable C++ otherwise.
+// BlockQuantMatMul(X float [..., K], W uint8 [ceil(N / 16), blocks, bytes]; bits, block_size, N) -> Y float:
+// ONNX Runtime's MatMulNBits (8-bit blocks of 16 or 32, 4-bit blocks of 32, zero points) with its weights
+// interleaved 16 output rows at a time (kernels.h; targets/cpu/quant_products.py packs them), X quantized to
+// int8 per block as MatMulNBits' accuracy_level 4 does, and the int8 x uint8 products on AVX-512 VNNI where the
+// machine has it, AVX2 or portable C++ otherwise.
 //
 // Kernels live in weight_matmul.cc and block_quant_matmul.cc, paths chosen once at load by CPUID (kernels.h).
 // Loaded with SessionOptions.register_custom_ops_library(path); exports RegisterCustomOps.
@@ -160,6 +161,7 @@ size_t ORT_API_CALL two(const OrtCustomOp*) { return 2; }
 // -- BlockQuantMatMul ----------------------------------------------------------------------------------------
 struct QuantKernel {
   int bits, block;
+  int64_t n;
   QuantRows rows;
 };
 
@@ -172,27 +174,20 @@ void quant_task(void* data, size_t index) {
 
 OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* context) {
   const QuantKernel& kernel = *static_cast<const QuantKernel*>(kernel_data);
-  const OrtValue *x_value = nullptr, *w_value = nullptr, *s_value = nullptr, *z_value = nullptr;
-  const float *x = nullptr, *scales = nullptr;
-  const uint8_t *w = nullptr, *zero_points = nullptr;
+  const OrtValue *x_value = nullptr, *w_value = nullptr;
+  const float* x = nullptr;
+  const uint8_t* w = nullptr;
   RETURN_IF_ERROR(input_data(context, 0, &x_value, &x));
   RETURN_IF_ERROR(input_data(context, 1, &w_value, &w));
-  RETURN_IF_ERROR(input_data(context, 2, &s_value, &scales));
-  RETURN_IF_ERROR(input_data(context, 3, &z_value, &zero_points));
   std::vector<int64_t> x_dims, w_dims;
   RETURN_IF_ERROR(shape_of(x_value, &x_dims));
   RETURN_IF_ERROR(shape_of(w_value, &w_dims));
-  if (x_dims.empty() || w_dims.size() != 3 || w_dims[2] != kernel.block * kernel.bits / 8)
-    return fail("BlockQuantMatMul: B must be [N, blocks, block_size * bits / 8]");
-  QuantWeights qw{w, scales, zero_points, w_dims[0], w_dims[1], kernel.bits, kernel.block};
+  QuantWeights qw{w, kernel.n, w_dims.size() == 3 ? w_dims[1] : 0, kernel.bits, kernel.block};
+  if (x_dims.empty() || w_dims.size() != 3 || w_dims[0] != qw.groups() || w_dims[2] != qw.block_bytes())
+    return fail("BlockQuantMatMul: W must be [ceil(N / 16), blocks, 16 * (block_size * bits / 8 + 4) + 16 * bits / 8]");
   const int64_t k = x_dims.back();
   if (k > qw.blocks * qw.block || k <= (qw.blocks - 1) * qw.block)
-    return fail("BlockQuantMatMul: X [..., K] must have K in the last of B's blocks");
-  int64_t scale_count = 0, zero_point_count = 0;
-  RETURN_IF_ERROR(element_count(s_value, &scale_count));
-  RETURN_IF_ERROR(element_count(z_value, &zero_point_count));
-  if (scale_count != qw.n * qw.blocks || zero_point_count != qw.n * qw.zp_row_bytes())
-    return fail("BlockQuantMatMul: scales and zero_points must hold one entry per block of B");
+    return fail("BlockQuantMatMul: X [..., K] must have K in the last of W's blocks");
   int64_t m = 0;
   float* y = nullptr;
   RETURN_IF_ERROR(output_rows(context, x_dims, qw.n, &m, &y));
@@ -204,21 +199,22 @@ OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* con
 }
 
 OrtStatusPtr ORT_API_CALL quant_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
-  int64_t bits = 0, block = 0;
+  int64_t bits = 0, block = 0, n = 0;
   RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_int64(info, "bits", &bits));
   RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_int64(info, "block_size", &block));
+  RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_int64(info, "N", &n));
   QuantRows rows = quant_rows(g_quant_path, (int)bits, (int)block);
   if (rows == nullptr) return fail("BlockQuantMatMul: takes 8-bit blocks of 16 or 32 values or 4-bit blocks of 32");
-  *kernel = new QuantKernel{(int)bits, (int)block, rows};
+  if (n <= 0) return fail("BlockQuantMatMul: N must be positive");
+  *kernel = new QuantKernel{(int)bits, (int)block, n, rows};
   return nullptr;
 }
 
 void ORT_API_CALL quant_destroy(void* kernel) { delete static_cast<QuantKernel*>(kernel); }
 
 ONNXTensorElementDataType ORT_API_CALL quant_input_type(const OrtCustomOp*, size_t index) {
-  return index == 0 || index == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 }
-size_t ORT_API_CALL four(const OrtCustomOp*) { return 4; }
 const char* ORT_API_CALL quant_name(const OrtCustomOp*) { return "BlockQuantMatMul"; }
 
 // -- the custom-op descriptions ------------------------------------------------------------------------------
@@ -278,7 +274,7 @@ OrtCustomOp g_fp16_matmul = make_op(weight_name<uint16_t>, weight_input_type<uin
                                     weight_compute<uint16_t>, no_destroy);
 OrtCustomOp g_fp32_matmul = make_op(weight_name<float>, weight_input_type<float>, two, stateless_create,
                                     weight_compute<float>, no_destroy);
-OrtCustomOp g_block_quant_matmul = make_op(quant_name, quant_input_type, four, quant_create, quant_compute,
+OrtCustomOp g_block_quant_matmul = make_op(quant_name, quant_input_type, two, quant_create, quant_compute,
                                            quant_destroy);
 
 }  // namespace

@@ -72,22 +72,28 @@ QUANT_FORMATS = [(8, 32), (8, 16), (4, 32)]  # (bits, block_size): int8's layers
 
 
 def _block_quant_models(w: np.ndarray, bits: int, block: int, x_width: int | str | None = None) -> tuple[bytes, bytes]:
-    """The same quantized product as BlockQuantMatMul and as ONNX Runtime's MatMulNBits (accuracy_level 4)."""
+    """The same quantized product as BlockQuantMatMul (weights packed) and as ONNX Runtime's MatMulNBits
+    (accuracy_level 4)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from rwkv_deploy.export.quantize import quantize_matmul_weight
+    from rwkv_deploy.targets.cpu.quant_products import pack_weights
 
     (k, n), blocks = w.shape, -(-w.shape[0] // block)
     parts = quantize_matmul_weight(w, bits, block, symmetric=False)
-    inits = [numpy_helper.from_array(parts["B"].reshape(n, blocks, -1), "b"),
-             numpy_helper.from_array(parts["scales"], "s"), numpy_helper.from_array(parts["zero_points"], "z")]
+    b = parts["B"].reshape(n, blocks, -1)
+    packed = pack_weights(b, parts["scales"], parts["zero_points"], bits, block) if block in (16, 32) else b
     models = []
-    for op, domain, extra in (("BlockQuantMatMul", cpu_ops.DOMAIN, {}),
-                              ("MatMulNBits", "com.microsoft", {"K": k, "N": n, "accuracy_level": 4})):
+    for op, domain, inputs, extra in (
+            ("BlockQuantMatMul", cpu_ops.DOMAIN, [numpy_helper.from_array(packed, "w")], {}),
+            ("MatMulNBits", "com.microsoft", [numpy_helper.from_array(b, "w"), numpy_helper.from_array(parts["scales"], "s"),
+                                              numpy_helper.from_array(parts["zero_points"], "z")],
+             {"K": k, "accuracy_level": 4})):
         graph = helper.make_graph(
-            [helper.make_node(op, ["x", "b", "s", "z"], ["y"], domain=domain, bits=bits, block_size=block, **extra)],
+            [helper.make_node(op, ["x"] + [t.name for t in inputs], ["y"], domain=domain, bits=bits, block_size=block,
+                              N=n, **extra)],
             "one_product", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", x_width or k])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], initializer=inits)
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], initializer=inputs)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)])
         model.ir_version = 10
         models.append(model.SerializeToString())
@@ -181,5 +187,5 @@ def test_quantized_weights_of_the_wrong_shape_are_an_error_not_a_crash() -> None
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(cpu_ops.require_library()))
     session = ort.InferenceSession(ours, options)
-    with pytest.raises(Exception, match="K in the last of B's blocks"):
+    with pytest.raises(Exception, match="K in the last of W's blocks"):
         session.run(None, {"x": np.zeros((1, 96), np.float32)})

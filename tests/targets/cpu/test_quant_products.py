@@ -51,11 +51,46 @@ def test_the_formats_the_operators_take_are_rewritten_and_the_others_stay() -> N
     assert count == 3
     assert {name for name, op in ops.items() if op == (DOMAIN, OP)} == {"int8", "head", "int4"}
     ours = next(n for n in rewritten.graph.node if n.output[0] == "int4")
-    assert list(ours.input) == ["x", "int4.b", "int4.s", "int4.z"]  # the same tensors, nothing copied
-    assert {a.name: a.i for a in ours.attribute} == {"bits": 4, "block_size": 32}
+    assert list(ours.input) == ["x", "int4.b.packed"]
+    assert {a.name: a.i for a in ours.attribute} == {"bits": 4, "block_size": 32, "N": 8}
     assert any(o.domain == DOMAIN for o in rewritten.opset_import)
-    assert len(rewritten.graph.initializer) == len(model.graph.initializer)
+    weights = {t.name: tuple(t.dims) for t in rewritten.graph.initializer}
+    # one group of 16 rows (8 real), 2 blocks of 32: 4-bit values 256 bytes, 16 scales, 8 bytes of zero points
+    assert weights["int4.b.packed"] == (1, 2, 256 + 64 + 8) and weights["int8.b.packed"] == (1, 2, 512 + 64 + 16)
+    assert "int4.b" not in weights and "blocks64.b" in weights  # the packed product's source tensors are gone
     assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 6  # the source is left as it was
+
+
+def test_packing_places_each_value_scale_and_zero_point_where_the_kernels_read_them() -> None:
+    from rwkv_deploy.targets.cpu.quant_products import pack_weights
+
+    n, blocks, block = 20, 3, 32
+    rng = np.random.default_rng(0)
+    for bits in (8, 4):
+        q = rng.integers(0, 1 << bits, (n, blocks, block), dtype=np.uint8)
+        z = rng.integers(0, 1 << bits, (n, blocks), dtype=np.uint8)
+        s = rng.standard_normal((n, blocks)).astype(np.float32)
+        b = q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
+        zp = z.reshape(-1) if bits == 8 else (z[:, 0::2] | (np.pad(z, ((0, 0), (0, 1)))[:, 1::2] << 4)).reshape(-1)
+        packed = pack_weights(b, s.reshape(-1), zp, bits, block)
+        assert packed.shape == (2, blocks, 16 * block * bits // 8 + 64 + 16 * bits // 8)
+        for row, blk, t in ((0, 0, 0), (5, 1, 7), (19, 2, 31), (17, 0, 12)):
+            group, j = divmod(row, 16)
+            cell = packed[group, blk]
+            if bits == 8:
+                value = cell[(t // 4) * 64 + 4 * j + t % 4]
+            else:
+                byte = cell[(t // 8) * 64 + 4 * j + t % 4]
+                value = (byte >> (0 if t % 8 < 4 else 4)) & 15
+            assert value == q[row, blk, t]
+            values = 16 * block * bits // 8
+            assert cell[values:values + 64].view(np.float32)[j] == s[row, blk]
+            zero = cell[values + 64 + (j if bits == 8 else j // 2)]
+            assert (zero if bits == 8 else (zero >> (4 * (j % 2))) & 15) == z[row, blk]
+        values = 16 * block * bits // 8  # rows 20 .. 31 (group 1, j >= 4) are padding: zero everywhere
+        chunks = packed[1, :, :values].reshape(blocks, -1, 16, 4)
+        assert not chunks[:, :, 4:].any() and chunks[:, :, :4].any()
+        assert not packed[1, :, values:values + 64].view(np.float32)[:, 4:].any()
 
 
 @needs_library
