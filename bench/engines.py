@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .options import DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_CPU, DEPLOY_CPU_SPIN, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 from .timing import Timing, time_calls
 
-__all__ = ["DEPLOY", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
+__all__ = ["DEPLOY", "DEPLOY_CPU", "DEPLOY_CPU_SPIN", "DEPLOY_SPIN", "RWKV_PACKAGE", "RWKVCPP", "TORCH_REFERENCE", "Engine", "DeployEngine", "TorchReferenceEngine",
            "RwkvPackageEngine", "RwkvCppEngine", "LlamaCppEngine", "GenaiEngine"]
 
 

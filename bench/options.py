@@ -12,7 +12,9 @@ from .shapes import ModelShape
 DEPLOY, TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP = "rwkv-deploy", "torch-reference", "rwkv-package", "rwkv.cpp"
 LLAMACPP = "llama.cpp"
 DEPLOY_SPIN = "rwkv-deploy-spin"  # our packages with ONNX Runtime's spin-waiting threads (`spin_wait`)
-DEPLOY_CPU = "rwkv-deploy-cpu"  # fp16 packages' CPU step graphs (targets/cpu/) on rwkv-deploy's CPU operators
+DEPLOY_CPU = "rwkv-deploy-cpu"  # packages' CPU step graphs (targets/cpu/) on rwkv-deploy's CPU operators
+DEPLOY_CPU_SPIN = "rwkv-deploy-cpu-spin"  # the CPU step graphs with spin-waiting threads (--cpu-ops --spin-wait)
+SPINNING = {DEPLOY_SPIN: DEPLOY, DEPLOY_CPU_SPIN: DEPLOY_CPU}  # spinning engine -> its graph's (same numbers)
 GENAI = "onnxruntime-genai"  # our packages' GenAI folders (`package --genai`) run by ONNX Runtime GenAI
 BASELINES = (TORCH_REFERENCE, RWKV_PACKAGE, RWKVCPP)  # the default set
 KNOWN_BASELINES = BASELINES + (LLAMACPP,)  # llama.cpp on request: its first run builds it (minutes)
@@ -49,8 +51,9 @@ class BenchOptions:
     # also measure each package's ONNX Runtime GenAI folder (engine GENAI: decode at batch 1, prefill, fidelity),
     # as a C, C++ or C# application runs it; needs the onnxruntime-genai package
     genai: bool = False
-    # also measure each fp16 package's CPU step graph (engine DEPLOY_CPU: decode at every batch, fidelity): the
-    # weight products on rwkv-deploy's CPU operators (fp16 weights read as fp16); needs the built operator library
+    # also measure each fp16 or quantized package's CPU step graph (engine DEPLOY_CPU: decode at every batch,
+    # fidelity; with spin_wait also DEPLOY_CPU_SPIN): the weight products on rwkv-deploy's CPU operators; needs
+    # the built operator library
     cpu_ops: bool = False
     threads: tuple[int, ...] = field(default_factory=default_threads)  # each thread count measured in turn
     rounds: int = 3  # each measurement split over this many rounds; engine order reversed every round

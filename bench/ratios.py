@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
+from .options import DEPLOY, DEPLOY_CPU, DEPLOY_CPU_SPIN, DEPLOY_SPIN, GENAI, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE
 
 DECODE_VS_RWKV_PACKAGE = {"fp32": 1.7, "int8": 3.0, "int4": 4.0}
 BATCH16_VS_BATCH1 = 8.0
@@ -92,6 +92,9 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     f"wait), over rwkv.cpp {counterpart}'s")
                 add("cpu_decode_b1_vs_rwkvcpp", p, cpu1, theirs, DECODE_VS_RWKVCPP[p],
                     f"decode tokens/s at batch 1 of the CPU step graph, over rwkv.cpp {counterpart}'s")
+                add("cpu_decode_b1_spinning_vs_rwkvcpp", p, row(DEPLOY_CPU_SPIN, "decode", 1, 0, p), theirs,
+                    DECODE_VS_RWKVCPP[p], f"decode tokens/s at batch 1 of the CPU step graph with spin-waiting "
+                    f"threads, over rwkv.cpp {counterpart}'s")
                 for length in prefill_lengths:
                     add(f"prefill{length}_vs_rwkvcpp", p, row(DEPLOY, "prefill", 1, length, p),
                         row(RWKVCPP, "prefill", 1, length, counterpart), PREFILL_VS_RWKVCPP,
@@ -106,6 +109,9 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                     f"wait), over llama.cpp {counterpart}'s")
                 add("cpu_decode_b1_vs_llamacpp", p, cpu1, theirs, DECODE_VS_LLAMACPP,
                     f"decode tokens/s at batch 1 of the CPU step graph, over llama.cpp {counterpart}'s")
+                add("cpu_decode_b1_spinning_vs_llamacpp", p, row(DEPLOY_CPU_SPIN, "decode", 1, 0, p), theirs,
+                    DECODE_VS_LLAMACPP, f"decode tokens/s at batch 1 of the CPU step graph with spin-waiting "
+                    f"threads, over llama.cpp {counterpart}'s (its threads spin)")
                 add("decode_b16_vs_llamacpp", p, row(DEPLOY, "decode", 16, 0, p),
                     row(LLAMACPP, "decode", 16, 0, counterpart), None,
                     f"decode tokens/s at batch 16, over llama.cpp {counterpart}'s 16 parallel sequences")

@@ -23,7 +23,7 @@ from rwkv_deploy.package.names import MANIFEST_NAME, STEP_GRAPH
 from . import machine
 from .fidelity import FIELDS as FIDELITY_FIELDS
 from .fidelity import token_stream
-from .options import (BASELINES, DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
+from .options import (BASELINES, DEPLOY, DEPLOY_CPU, DEPLOY_CPU_SPIN, DEPLOY_SPIN, SPINNING, GENAI, KNOWN_BASELINES, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE,
                       BenchOptions)
 from .ratios import Ratio, compute_ratios
 
@@ -92,7 +92,7 @@ def run_bench(options: BenchOptions, progress: Progress = lambda stage: None,
     jobs += _spinning_jobs(options, jobs, notes)
     rows = _measure(options, jobs, progress)
     for row in rows:
-        same_numbers = DEPLOY if row["engine"] == DEPLOY_SPIN else row["engine"]  # one graph, bit-identical logits
+        same_numbers = SPINNING.get(row["engine"], row["engine"])  # one graph, bit-identical logits
         row.update(fidelity.get((same_numbers, row["precision"]), dict.fromkeys(FIDELITY_FIELDS)))
     progress("measuring the memory read bandwidth")
     bandwidth = {n: machine.memory_read_bandwidth(n) for n in options.threads}
@@ -299,11 +299,13 @@ def _spinning_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: lis
     if options.backend != "onnxruntime" or max(options.threads) < 2:
         notes.append("rwkv-deploy-spin: skipped (spin-waiting applies to ONNX Runtime at 2 or more threads)")
         return []
-    notes.append("rwkv-deploy-spin: the same packages with ONNX Runtime's worker threads spin-waiting between ops "
-                 "(the runtime's spin_wait=True, generate --spin-wait), as rwkv.cpp's threads do; measured at thread "
-                 "counts above 1 only; fidelity is the rwkv-deploy row's (same graph, same numbers)")
-    return [{**job, "engine": DEPLOY_SPIN, "batches": [1], "prefill_lengths": [], "context_states": {}}
-            for job in jobs if job["engine"] == DEPLOY]
+    notes.append("rwkv-deploy-spin (and rwkv-deploy-cpu-spin, the CPU graphs): the same packages with ONNX Runtime's "
+                 "worker threads spin-waiting between ops (the runtime's spin_wait=True, generate --spin-wait), as "
+                 "rwkv.cpp's and llama.cpp's threads do; measured at thread counts above 1 only; fidelity is the "
+                 "non-spinning row's (same graph, same numbers)")
+    spinning = {engine: spin for spin, engine in SPINNING.items()}
+    return [{**job, "engine": spinning[job["engine"]], "batches": [1], "prefill_lengths": [], "context_states": {}}
+            for job in jobs if job["engine"] in spinning]
 
 
 def _fidelity(options: BenchOptions, jobs: list[dict[str, Any]], checkpoint: Path | None, vocab: int,
@@ -339,7 +341,7 @@ def _measure(options: BenchOptions, jobs: list[dict[str, Any]], progress: Progre
     for threads in options.threads:
         for round_ in range(options.rounds):
             for job in (jobs if round_ % 2 == 0 else jobs[::-1]):
-                if job["engine"] == DEPLOY_SPIN and threads < 2:
+                if job["engine"] in SPINNING and threads < 2:
                     continue  # one thread has no worker to wait
                 progress(f"measuring {job['engine']} {job['precision']} at {threads} thread(s), "
                          f"round {round_ + 1}/{options.rounds}")

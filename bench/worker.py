@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import fidelity
-from .engines import (DEPLOY, DEPLOY_CPU, DEPLOY_SPIN, GENAI, GenaiEngine, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine,
+from .engines import (DEPLOY, DEPLOY_CPU, DEPLOY_CPU_SPIN, DEPLOY_SPIN, GENAI, GenaiEngine, LLAMACPP, RWKV_PACKAGE, RWKVCPP, TORCH_REFERENCE, DeployEngine, Engine,
                       LlamaCppEngine, RwkvCppEngine, RwkvPackageEngine, TorchReferenceEngine)
 
 
@@ -24,9 +24,9 @@ def make_engine(job: dict[str, Any]) -> Engine:
     if job["engine"] in (DEPLOY, DEPLOY_SPIN):
         return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"],
                             spin_wait=job["engine"] == DEPLOY_SPIN)
-    if job["engine"] == DEPLOY_CPU:
+    if job["engine"] in (DEPLOY_CPU, DEPLOY_CPU_SPIN):
         return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"],
-                            cpu_graph=Path(job["cpu_graph"]))
+                            spin_wait=job["engine"] == DEPLOY_CPU_SPIN, cpu_graph=Path(job["cpu_graph"]))
     if job["engine"] == TORCH_REFERENCE:
         import torch
 

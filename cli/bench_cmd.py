@@ -71,14 +71,15 @@ def bench_cmd(
     backend: str = typer.Option(DEFAULTS.backend, "--backend", help=" | ".join(BACKENDS)),
     spin_wait: bool = typer.Option(DEFAULTS.spin_wait, "--spin-wait",
                                    help="also measure the packages with spin-waiting ONNX Runtime threads at each "
-                                   "thread count above 1 (engine rwkv-deploy-spin, decode batch 1), as rwkv.cpp's "
-                                   "threads wait"),
+                                   "thread count above 1 (engine rwkv-deploy-spin, and rwkv-deploy-cpu-spin with "
+                                   "--cpu-ops; decode batch 1), as rwkv.cpp's and llama.cpp's threads wait"),
     genai: bool = typer.Option(DEFAULTS.genai, "--genai", help="also measure each package's ONNX Runtime GenAI "
                                "folder (engine onnxruntime-genai: decode batch 1, prefill, fidelity), as a C, C++ or "
                                "C# application runs it"),
     cpu_ops: bool = typer.Option(DEFAULTS.cpu_ops, "--cpu-ops",
-                                 help="also measure each fp16 package's CPU step graph (engine rwkv-deploy-cpu: "
-                                 "fp16 weights read as fp16 by rwkv-deploy's CPU operators; decode, fidelity)"),
+                                 help="also measure each fp16, int8, int5 or int4 package's CPU step graph (engine "
+                                 "rwkv-deploy-cpu: the weight products on rwkv-deploy's CPU operators; decode, "
+                                 "fidelity)"),
     threads: Optional[str] = typer.Option(None, help="thread counts, each measured in turn (default: 1 and all "
                                           "cores)"),
     rounds: int = typer.Option(DEFAULTS.rounds, help="rounds per measurement, engine order reversed each round"),

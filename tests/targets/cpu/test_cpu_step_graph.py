@@ -62,15 +62,17 @@ def test_bench_measures_the_cpu_graph_beside_the_portable_one(shared_package, tm
     package_dir = shared(shared_package, "7", "fp16")
     result = CliRunner().invoke(app, [
         "bench", str(package_dir), str(shared(shared_package, "7", "fp32")), str(shared(shared_package, "7", "int8")),
-        "--cpu-ops", "--baselines", "",
-        "--batches", "1,16", "--prefill", "8", "--contexts", "", "--threads", "1", "--rounds", "1",
+        "--cpu-ops", "--spin-wait", "--baselines", "",
+        "--batches", "1,16", "--prefill", "8", "--contexts", "", "--threads", "1,2", "--rounds", "1",
         "--min-seconds", "0.2", "--fidelity-tokens", "0", "--json", "-q", "--work-dir", str(tmp_path / "work"),
         "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
     cpu = [r for r in report["rows"] if r["engine"] == "rwkv-deploy-cpu"]
-    assert {(r["precision"], r["mode"], r["batch"]) for r in cpu} == {
-        (p, "decode", b) for p in ("fp16", "int8") for b in (1, 16)}  # the fp32 package has no CPU graph
+    assert {(r["precision"], r["mode"], r["batch"], r["threads"]) for r in cpu} == {
+        (p, "decode", b, t) for p in ("fp16", "int8") for b in (1, 16) for t in (1, 2)}  # fp32 has no CPU graph
+    spinning = [r for r in report["rows"] if r["engine"] == "rwkv-deploy-cpu-spin"]
+    assert {(r["precision"], r["batch"], r["threads"]) for r in spinning} == {("fp16", 1, 2), ("int8", 1, 2)}
     assert all(r["tokens_per_s"] > 0 for r in cpu)
     names = {(r["name"], r["precision"]) for r in report["ratios"]}
     assert {("cpu_decode_b1_vs_portable", "fp16"), ("cpu_decode_b16_vs_portable", "int8")} <= names
