@@ -58,6 +58,9 @@ def serve_cmd(
     cpu_graph: str = typer.Option("auto", "--cpu-graph", help="the packages' CPU graphs (`rwkv-deploy build-cpu`): "
                                   "auto takes each on the CPU when this install built its operators, on insists, "
                                   "off runs the portable graphs"),
+    spin_wait: bool = typer.Option(False, "--spin-wait", help="ONNX Runtime's worker threads spin between ops instead "
+                                   "of sleeping: faster with cores given to the server, slower beside other busy "
+                                   "processes (docs/bench.md)"),
     chat_template: List[str] = typer.Option([], "--chat-template", help="world | g1 | none, for every model, or "
                                             "NAME=TEMPLATE for one (repeatable); default world"),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="after SIGTERM, how long streams in flight "
@@ -88,7 +91,8 @@ def serve_cmd(
                            max_prompt_tokens=max_prompt_tokens, max_body_mib=max_body_mib,
                            state_cache_mib=state_cache_mib, max_sessions=max_sessions,
                            prefill_chunk=prefill_chunk or PREFILL_CHUNK, threads=threads, cpu_graph=cpu_graph,
-                           chat_templates=per_model, default_template=default, drain_seconds=drain_seconds,
+                           spin_wait=spin_wait, chat_templates=per_model, default_template=default,
+                           drain_seconds=drain_seconds,
                            access_log=access_log, verify=not no_verify, triton=triton, triton_model=triton_model,
                            request_timeout=request_timeout, max_connections=max_connections,
                            allowed_hosts=tuple(allow_host))

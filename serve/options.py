@@ -25,6 +25,7 @@ class ServeOptions:
     prefill_chunk: int = PREFILL_CHUNK  # tokens per prefill call; prefix-cache entries sit at multiples of it
     threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
     cpu_graph: str = "auto"  # the packages' CPU graphs (runtime/cpu_graph.py): auto, on or off
+    spin_wait: bool = False  # ONNX Runtime's workers spin between ops (cores given to the server; docs/bench.md)
     chat_templates: dict[str, str] = field(default_factory=dict)  # model id -> template; missing: default_template
     default_template: str = "world"
     drain_seconds: float = 30.0  # after SIGTERM: how long streams in flight may take to finish

@@ -71,7 +71,8 @@ def open_models(specs: Sequence[str], options: ServeOptions, metrics: Metrics) -
                 backend = TritonSequenceBackend(options.triton, options.triton_model, package, options.max_batch)
             else:
                 backend = make_backend("onnxruntime", package,
-                                       **cpu_options("onnxruntime", options.threads, cpu_graph=options.cpu_graph))
+                                       **cpu_options("onnxruntime", options.threads, options.spin_wait,
+                                                     options.cpu_graph))
             cache = PrefixCache(int(options.state_cache_mib * MIB), cut_granule(options.prefill_chunk))
             scheduler = Scheduler(model_id, backend, package.tokenizer, metrics, cache, options.max_batch,
                                   options.max_queue, options.prefill_chunk)
@@ -151,8 +152,9 @@ def run_server(specs: Sequence[str], options: ServeOptions) -> None:
             logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         server = _server_class()(config)
         server.state = state
+        spinning = ", spinning threads" if options.spin_wait and options.triton is None else ""
         names = ", ".join(f"{m.model_id} ({m.template} chat template"
-                          f"{', CPU graph' if getattr(m.scheduler.backend, 'runs_cpu_graph', False) else ''})"
+                          f"{', CPU graph' if getattr(m.scheduler.backend, 'runs_cpu_graph', False) else ''}{spinning})"
                           for m in models.values())
         if options.triton is not None:
             names += f" through Triton at {options.triton} (model {options.triton_model})"

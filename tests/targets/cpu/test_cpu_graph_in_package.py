@@ -142,14 +142,14 @@ def test_an_archive_carries_the_cpu_graph_to_generate(with_cpu_graph, tmp_path):
 
 
 @needs_library
-def test_serve_runs_the_cpu_graph(with_cpu_graph, tmp_path_factory):
+def test_serve_runs_the_cpu_graph_with_spinning_threads_when_asked(with_cpu_graph, tmp_path_factory):
     pytest.importorskip("uvicorn")
     import urllib.request
 
     from tests.helpers.serve_process import serving
 
-    with serving(tmp_path_factory, [f"tiny={with_cpu_graph}"], "--threads", "1") as server:
-        assert "tiny (world chat template, CPU graph)" in server.log_tail()
+    with serving(tmp_path_factory, [f"tiny={with_cpu_graph}"], "--threads", "2", "--spin-wait") as server:
+        assert "tiny (world chat template, CPU graph, spinning threads)" in server.log_tail()
         body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0}).encode()
         request = urllib.request.Request(f"{server.url}/v1/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
