@@ -11,6 +11,8 @@ the file it concerns (a path inside the package).
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import stat
 import struct
 import zipfile
@@ -21,8 +23,8 @@ from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import UnsafePathError
 
 from .manifest import Manifest
-from .names import ALIGNMENT, INDEX_NAME
-from .schema import SchemaError, parse_index, path_problem
+from .names import ALIGNMENT, CPU_DIR, INDEX_NAME, MANIFEST_NAME
+from .schema import SchemaError, parse_index, parse_json, path_problem
 from .state_files import StateError, check_finite, concrete_shape, read_npz
 from .trust import DirReader, PackageReader, ZipReader, hash_problem, package_problems
 
@@ -46,6 +48,56 @@ def verify_package(path: str | Path) -> list[str]:
             return layout + _verify(ZipReader(zf, skip=unreadable), archive=True)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         return [f"{path.name}: not a readable zip archive ({exc})"]
+
+
+def verify_without_cpu_graphs(directory: str | Path) -> tuple[Manifest | None, list[str]]:
+    """(manifest, problems) of the package directory as it is without its CPU graphs: manifest.json's
+    `cpu_graphs` section left out, and the files under cpu/ it names unlisted. `build-cpu` replaces them, so a
+    corrupt CPU graph, or one made from an earlier step graph, does not stop it; everything else is checked
+    as `verify_package` checks it."""
+    reader = _WithoutCpuGraphs(DirReader(Path(directory)))
+    if reader.manifest_problem:
+        return None, [reader.manifest_problem]
+    manifest, problems = package_problems(reader)
+    if manifest is not None:
+        if graph_checks_available():
+            from .graph_checks import graph_problems
+
+            problems += graph_problems(reader, manifest)
+        problems += _initial_state_problems(reader, manifest)
+    return manifest, problems
+
+
+class _WithoutCpuGraphs(PackageReader):
+    """A package directory's reader that shows manifest.json without `cpu_graphs` and hides the files under cpu/
+    that section names (only those: it cannot hide any other file from the checks)."""
+
+    def __init__(self, inner: DirReader) -> None:
+        self.inner, self.manifest_problem, self._manifest = inner, "", b""
+        hidden: set[str] = set()
+        try:
+            data = parse_json(inner.read_capped(MANIFEST_NAME), MANIFEST_NAME)
+        except (SchemaError, OSError, UnsafePathError) as exc:
+            self.manifest_problem = str(exc)
+            data = None
+        if isinstance(data, dict):
+            graphs = data.pop("cpu_graphs", None)
+            for entry in (graphs.values() if isinstance(graphs, dict) else []):
+                path = entry.get("path") if isinstance(entry, dict) else None
+                data_file = entry.get("external_data") if isinstance(entry, dict) else None
+                if isinstance(path, str) and path.startswith(f"{CPU_DIR}/"):
+                    hidden.add(path)
+                    if isinstance(data_file, str):
+                        hidden.add(f"{path.rsplit('/', 1)[0]}/{data_file}")
+            if isinstance(data.get("files"), dict):
+                data["files"] = {k: v for k, v in data["files"].items() if k not in hidden}
+            self._manifest = json.dumps(data).encode()
+        super().__init__([n for n in inner.names if n not in hidden], inner.problems)
+
+    def open(self, name: str) -> BinaryIO:
+        if name == MANIFEST_NAME and self._manifest:
+            return io.BytesIO(self._manifest)
+        return self.inner.open(name)
 
 
 def graph_checks_available() -> bool:

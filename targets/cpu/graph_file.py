@@ -18,8 +18,8 @@ import onnx
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.fileio import is_link, refuse_link
-from rwkv_deploy.package.manifest import CpuGraphEntry, external_data_path, sha256_file
-from rwkv_deploy.package.manifest_file import read_manifest, write_manifest
+from rwkv_deploy.package.manifest import CpuGraphEntry, Manifest, external_data_path, sha256_file
+from rwkv_deploy.package.manifest_file import write_manifest
 from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, STEP_GRAPH
 
 from .fp16_products import rewrite_fp16_products
@@ -52,38 +52,41 @@ class CpuGraph:
 
 
 def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
-    """Write the CPU step graph of the verified package `package_dir` into it and list it in manifest.json
-    (replacing an earlier one)."""
+    """Write the CPU step graph of the verified package `package_dir` into it and list it in manifest.json,
+    replacing the package's CPU graphs (a corrupt one, or one made from an earlier step graph, included)."""
     package_dir = Path(package_dir)
     folder = package_dir / CPU_DIR
     refuse_link(folder)
     folder.mkdir(exist_ok=True)
     refuse_link(folder)  # not swapped for a link meanwhile
     path = f"{CPU_DIR}/{STEP_GRAPH}.onnx"
-    written = write_cpu_graph(package_dir, package_dir / path)
-    manifest = read_manifest(package_dir)
+    written, manifest = _write(package_dir, package_dir / path)
     step = manifest.graphs[STEP_GRAPH]
     entry = CpuGraphEntry(path=path, external_data=written.data.name, ops=CPU_OPS_DOMAIN, ops_version=CPU_OPS_VERSION,
                           source=step.path, source_sha256=manifest.files[step.path])
     files = {**manifest.files, path: written.sha256, external_data_path(path, entry.external_data): written.data_sha256}
     write_manifest(package_dir, replace(manifest, files=dict(sorted(files.items())),
-                                        cpu_graphs={**manifest.cpu_graphs, STEP_GRAPH: entry}))
+                                        cpu_graphs={STEP_GRAPH: entry}))
     return written
 
 
 def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
     """The CPU step graph of the verified package `package_dir`, written to `out` (and `out`.data)."""
-    from rwkv_deploy.package.verify import verify_package
+    return _write(package_dir, out)[0]
+
+
+def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest]:
+    """The CPU graph written, and the package's manifest without its CPU graphs (verified so)."""
+    from rwkv_deploy.package.verify import verify_without_cpu_graphs
 
     package_dir, out = Path(package_dir), Path(out)
     data = out.with_name(out.name + ".data")
     for target in (out, data):
         if is_link(target):
             raise CpuGraphError(f"{target}: is a symbolic link; refusing to write through it")
-    problems = verify_package(package_dir)
-    if problems:
+    manifest, problems = verify_without_cpu_graphs(package_dir)
+    if problems or manifest is None:
         raise CpuGraphError(f"{package_dir}: no CPU graph written, the package fails verification: {problems[0]}")
-    manifest = read_manifest(package_dir)
     step = manifest.graphs[STEP_GRAPH]
     if step.precision not in REWRITES:
         raise CpuGraphError(f"{package_dir}: the package is {step.precision}; the CPU operators take "
@@ -104,5 +107,5 @@ def write_cpu_graph(package_dir: str | Path, out: str | Path) -> CpuGraph:
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CpuGraph(out, data, products + fp32_products, step.precision, *digests)
+    return CpuGraph(out, data, products + fp32_products, step.precision, *digests), manifest
 

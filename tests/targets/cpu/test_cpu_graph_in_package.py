@@ -85,6 +85,46 @@ def test_a_cpu_graph_made_from_another_step_graph_is_refused(with_cpu_graph, tmp
         read_manifest(package)
 
 
+@pytest.mark.parametrize("damage", ["flipped byte", "made from another step graph"])
+def test_build_cpu_replaces_a_damaged_cpu_graph(with_cpu_graph, tmp_path, damage):
+    from rwkv_deploy.package.verify import verify_package
+
+    package = _copy(with_cpu_graph, tmp_path)
+    if damage == "flipped byte":
+        data = package / "cpu" / "step.onnx.data"
+        raw = bytearray(data.read_bytes())
+        raw[100] ^= 1
+        data.write_bytes(bytes(raw))
+    else:
+        manifest = json.loads((package / "manifest.json").read_text())
+        manifest["cpu_graphs"]["step"]["source_sha256"] = "0" * 64
+        (package / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_package(package) != []
+    result = _cli("build-cpu", str(package))
+    assert result.exit_code == 0, result.output
+    assert verify_package(package) == []
+
+
+@pytest.mark.parametrize("entry_path", ["cpu/step.onnx", "step.onnx"])
+def test_build_cpu_still_refuses_a_damaged_package(with_cpu_graph, tmp_path, entry_path):
+    """Only the CPU graph's own files under cpu/ are left to be replaced: an entry that names the package's step
+    graph cannot hide that graph's damage."""
+    package = _copy(with_cpu_graph, tmp_path)
+    manifest = json.loads((package / "manifest.json").read_text())
+    step = manifest["graphs"]["step"]["path"]
+    manifest["cpu_graphs"]["step"]["path"] = step if entry_path == "step.onnx" else entry_path
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    data = package / (step + ".data")
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 1
+    data.write_bytes(bytes(raw))
+    before = (package / "manifest.json").read_bytes()
+    result = _cli("build-cpu", str(package))
+    assert result.exit_code == 2
+    assert "fails verification" in result.output and step in result.output
+    assert (package / "manifest.json").read_bytes() == before
+
+
 def test_build_cpu_never_writes_through_a_linked_folder(shared_package, tmp_path):
     package = _copy(shared(shared_package, "7", "fp16"), tmp_path)
     elsewhere = tmp_path / "elsewhere"
