@@ -76,16 +76,27 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     return out, len(replace)
 
 
+def _read_names(node: onnx.NodeProto) -> set[str]:
+    """The names `node` reads: its inputs, and every name read inside its subgraphs (Scan/Loop/If bodies read
+    outer values by name)."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in sub.node:
+                names |= _read_names(inner)
+    return names
+
+
 def drop_unused(graph: onnx.GraphProto) -> None:
     """Remove nodes whose outputs nobody reads (the fp16 Casts left behind) and initializers nobody reads."""
     while True:
-        needed = {o.name for o in graph.output} | {name for node in graph.node for name in node.input}
+        needed = {o.name for o in graph.output} | {name for node in graph.node for name in _read_names(node)}
         keep = [n for n in graph.node if any(o in needed for o in n.output)]
         if len(keep) == len(graph.node):
             break
         del graph.node[:]
         graph.node.extend(keep)
-    needed = {name for node in graph.node for name in node.input}
+    needed = {name for node in graph.node for name in _read_names(node)}
     kept = [t for t in graph.initializer if t.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(kept)
