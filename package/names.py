@@ -59,5 +59,6 @@ ENGINE_FORMAT_VERSION = 2
 
 # -- CPU target graphs (`rwkv-deploy build-cpu`) ----------------------------------------------------------
 CPU_DIR = "cpu"  # cpu/<graph>.onnx and cpu/<graph>.onnx.data; manifest.json's `cpu_graphs` is keyed by graph
-CPU_OPS_DOMAIN = "ai.rwkv_deploy.cpu"  # rwkv-deploy's CPU operator library (runtime/native/), opset version 2 (BlockQuantMatMul)
+# rwkv-deploy's CPU operator library (runtime/native/); version 2 added BlockQuantMatMul and Fp32MatMul
+CPU_OPS_DOMAIN = "ai.rwkv_deploy.cpu"
 CPU_OPS_VERSION = 2

@@ -178,8 +178,9 @@ __attribute__((target(RWKV_AVX512_VNNI))) void group_avx512(const QuantProduct& 
     const __m512 s = _mm512_loadu_ps(blk.scales), z = zero_points16<BITS>(blk.zero_points);
     for (int r = 0; r < R; ++r) {
       const int64_t at = (m + r) * w.blocks + b;
-      const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d[r][0], d[r][1])),
-                                       _mm512_set1_ps(p.x.scale[at]), _mm512_mul_ps(z, _mm512_set1_ps(p.x.scaled_sum[at])));
+      const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(d[r][0], d[r][1]));  // t = sum sx - z sx sum(xq)
+      const __m512 t = _mm512_fmsub_ps(sum, _mm512_set1_ps(p.x.scale[at]),
+                                       _mm512_mul_ps(z, _mm512_set1_ps(p.x.scaled_sum[at])));
       acc[r] = _mm512_fmadd_ps(s, t, acc[r]);
     }
   }

@@ -1,5 +1,6 @@
 """A package's CPU step graph: its step graph with the weight products on rwkv-deploy's CPU operators (fp16:
-fp16_products.py; int8, int5, int4: quant_products.py), weights beside it in one external-data file, written under temporary names and renamed.
+fp16_products.py; int8, int5, int4: quant_products.py; the fp32 ones of either: fp32_products.py), weights beside
+it in one external-data file, written under temporary names and renamed.
 
 `install_cpu_graph` puts it in the package (`cpu/step.onnx` and `cpu/step.onnx.data`, hashed into manifest.json
 and listed in its `cpu_graphs` section, manifest.json rewritten last), where `generate`, `serve` and `bench` find
@@ -90,7 +91,7 @@ def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest
     step = manifest.graphs[STEP_GRAPH]
     if step.precision not in REWRITES:
         raise CpuGraphError(f"{package_dir}: the package is {step.precision}; the CPU operators take "
-                            f"{', '.join(SUPPORTED_PRECISIONS)} packages (fp32 products stay on ONNX Runtime's own)")
+                            f"{', '.join(SUPPORTED_PRECISIONS)} packages")
     rewrite, wanted = REWRITES[step.precision]
     model, products = rewrite(onnx.load(str(package_dir / step.path), load_external_data=True))
     if products == 0:

@@ -86,7 +86,8 @@ def _block_quant_models(w: np.ndarray, bits: int, block: int, x_width: int | str
     models = []
     for op, domain, inputs, extra in (
             ("BlockQuantMatMul", cpu_ops.DOMAIN, [numpy_helper.from_array(packed, "w")], {}),
-            ("MatMulNBits", "com.microsoft", [numpy_helper.from_array(b, "w"), numpy_helper.from_array(parts["scales"], "s"),
+            ("MatMulNBits", "com.microsoft", [numpy_helper.from_array(b, "w"),
+                                              numpy_helper.from_array(parts["scales"], "s"),
                                               numpy_helper.from_array(parts["zero_points"], "z")],
              {"K": k, "accuracy_level": 4})):
         graph = helper.make_graph(

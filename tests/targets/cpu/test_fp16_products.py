@@ -75,7 +75,8 @@ def test_a_product_whose_pattern_differs_is_left_alone() -> None:
 
 
 def test_a_package_without_fp16_products_is_refused_in_one_line(tmp_path) -> None:
-    with pytest.raises(CpuGraphError, match=r"v7-fp32: the package is fp32; the CPU operators take fp16, int8, int5, int4 packages"):
+    with pytest.raises(CpuGraphError,
+                       match=r"v7-fp32: the package is fp32; the CPU operators take fp16, int8, int5, int4 packages"):
         write_cpu_graph(golden_package("v7-fp32"), tmp_path / "step.cpu.onnx")
     assert list(tmp_path.iterdir()) == []
 

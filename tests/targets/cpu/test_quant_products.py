@@ -39,7 +39,8 @@ def _model(*products: list) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
                               [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, ["b", 8]) for n in nodes],
                               initializer=[t for p in products for t in p[1:]])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid("com.microsoft", 1)])
 
 
 def test_the_formats_the_operators_take_are_rewritten_and_the_others_stay() -> None:
