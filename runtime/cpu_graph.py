@@ -35,9 +35,10 @@ def unusable_reason(package: DeploymentPackage, first_provider: str) -> str | No
         return f"its operators run on ONNX Runtime's CPU provider only, and this session runs on {first_provider}"
     if cpu_ops.library_path() is None:
         return cpu_ops.NOT_BUILT
-    if entry.ops != cpu_ops.DOMAIN or entry.ops_version > cpu_ops.VERSION:
+    provided = min(cpu_ops.VERSION, cpu_ops.library_version() or 0)  # a stale library provides less
+    if entry.ops != cpu_ops.DOMAIN or entry.ops_version > provided:
         return (f"it needs operators {entry.ops} version {entry.ops_version}; this install provides "
-                f"{cpu_ops.DOMAIN} version {cpu_ops.VERSION}")
+                f"{cpu_ops.DOMAIN} version {provided}")
     return None
 
 

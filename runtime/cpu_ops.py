@@ -53,6 +53,17 @@ def _path_of(symbol: str) -> str | None:
     return function().decode()
 
 
+@lru_cache(maxsize=1)
+def library_version() -> int | None:
+    """The operator domain version the built library implements (1 for a library from before it said), or None
+    without the library: lower than VERSION when the install left a library built from older sources."""
+    path = library_path()
+    if path is None:
+        return None
+    function = getattr(ctypes.CDLL(str(path)), "RwkvCpuOpsVersion", None)
+    return 1 if function is None else int(function())
+
+
 def kernel_path() -> str | None:
     """Which Fp16MatMul kernels this machine runs ("avx512", "avx2" or "portable"), or None without the library."""
     return _path_of("RwkvCpuOpsPath")

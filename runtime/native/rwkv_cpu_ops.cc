@@ -31,6 +31,7 @@ using namespace rwkv_cpu;
 
 const OrtApi* g_api = nullptr;
 constexpr const char* kDomain = "ai.rwkv_deploy.cpu";
+constexpr int kVersion = 2;  // the domain version this library implements: package/names.py CPU_OPS_VERSION
 constexpr int64_t kRowsPerTask = 64;  // output rows per parallel task
 
 const Path g_fp16_path = chosen_path(false);
@@ -285,6 +286,9 @@ extern "C" {
 // quantized products take "avx512" only with AVX-512 VNNI.
 __attribute__((visibility("default"))) const char* RwkvCpuOpsPath() { return path_name(g_fp16_path); }
 __attribute__((visibility("default"))) const char* RwkvCpuOpsQuantPath() { return path_name(g_quant_path); }
+
+// The operator domain version this library implements (a library built from older sources says less).
+__attribute__((visibility("default"))) int RwkvCpuOpsVersion() { return kVersion; }
 
 __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                   const OrtApiBase* api_base) {

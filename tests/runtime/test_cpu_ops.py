@@ -26,6 +26,7 @@ def test_the_install_built_the_library_when_the_header_was_there() -> None:
         pytest.skip("no ONNX Runtime C API header beside this checkout: the install builds no CPU operators")
     assert cpu_ops.library_path() is not None
     assert cpu_ops.kernel_path() in ("avx512", "avx2", "portable")
+    assert cpu_ops.library_version() == cpu_ops.VERSION  # built from these sources, not left from older ones
 
 
 def _fp16_matmul_model(w: np.ndarray, x_width: int | str | None = None):

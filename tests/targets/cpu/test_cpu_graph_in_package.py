@@ -210,3 +210,19 @@ def test_an_int8_package_gets_a_cpu_graph_that_generate_runs_to_the_same_tokens(
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert "CPU graph]" in ours.stderr
     assert ours.stdout == portable.stdout
+
+
+@needs_library
+def test_a_library_left_from_older_sources_is_not_taken_for_a_newer_graph(with_cpu_graph, monkeypatch):
+    """A compile error in `pip install` leaves the previous library in place (the extension is optional); a CPU
+    graph that needs operators it lacks runs the portable graph under auto and is refused, with why, under on."""
+    from rwkv_deploy.runtime import DeploymentPackage, cpu_ops
+    from rwkv_deploy.runtime.cpu_graph import CpuGraphUnavailable, chosen_cpu_graph
+
+    package = DeploymentPackage.open(with_cpu_graph)
+    assert chosen_cpu_graph(package, "auto", "CPUExecutionProvider") is not None
+    monkeypatch.setattr(cpu_ops, "library_version", lambda: 1)
+    assert chosen_cpu_graph(package, "auto", "CPUExecutionProvider") is None
+    with pytest.raises(CpuGraphUnavailable, match="needs operators ai.rwkv_deploy.cpu version 2; this install "
+                                                  "provides ai.rwkv_deploy.cpu version 1"):
+        chosen_cpu_graph(package, "on", "CPUExecutionProvider")
