@@ -58,14 +58,7 @@ def verify_without_cpu_graphs(directory: str | Path) -> tuple[Manifest | None, l
     reader = _WithoutCpuGraphs(DirReader(Path(directory)))
     if reader.manifest_problem:
         return None, [reader.manifest_problem]
-    manifest, problems = package_problems(reader)
-    if manifest is not None:
-        if graph_checks_available():
-            from .graph_checks import graph_problems
-
-            problems += graph_problems(reader, manifest)
-        problems += _initial_state_problems(reader, manifest)
-    return manifest, problems
+    return _checked(reader, archive=False)
 
 
 class _WithoutCpuGraphs(PackageReader):
@@ -114,6 +107,10 @@ def member_name_problem(name: str) -> str | None:
 
 
 def _verify(reader: PackageReader, archive: bool) -> list[str]:
+    return _checked(reader, archive)[1]
+
+
+def _checked(reader: PackageReader, archive: bool) -> tuple[Manifest | None, list[str]]:
     manifest, problems = package_problems(reader)
     if manifest is not None:
         if graph_checks_available():
@@ -123,7 +120,7 @@ def _verify(reader: PackageReader, archive: bool) -> list[str]:
         problems += _initial_state_problems(reader, manifest)
     if archive or INDEX_NAME in reader.names:
         problems += _index_problems(reader)
-    return problems
+    return manifest, problems
 
 
 def _initial_state_problems(reader: PackageReader, manifest: Manifest) -> list[str]:

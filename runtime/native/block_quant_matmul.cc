@@ -16,7 +16,6 @@
 namespace rwkv_cpu {
 namespace {
 
-constexpr int64_t kPrefetchBytes = 4096;  // as the weight kernels: every line, this far ahead
 constexpr int64_t kAlign = 64;
 
 int64_t aligned(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }

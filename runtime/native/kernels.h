@@ -11,6 +11,11 @@ namespace rwkv_cpu {
 
 enum class Path { kPortable, kAvx2, kAvx512 };
 
+// Software prefetch this far ahead in every kernel's weight stream, every line: with the hardware prefetcher
+// alone the 0.1B fp16 head product took 8.3-9.9 ms, 4.0-4.8 with this, and a whole decode step 31.7 -> 26.4 ms
+// at 1 thread, 21.5 -> 17.6 at 2 (2 KB and 8 KB measured the same; docs/bench.md "rwkv-deploy's CPU operators").
+constexpr int64_t kPrefetchBytes = 4096;
+
 // The widest path this machine runs within the RWKV_DEPLOY_CPU_KERNELS cap; `needs_vnni` also asks for
 // AVX-512 VNNI (and BW) before taking the AVX-512 path.
 Path chosen_path(bool needs_vnni);

@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -61,18 +63,17 @@ OrtStatusPtr shape_of(const OrtValue* value, std::vector<int64_t>* dims) {
   return status;
 }
 
-OrtStatusPtr element_count(const OrtValue* value, int64_t* count) {
-  std::vector<int64_t> dims;
-  RETURN_IF_ERROR(shape_of(value, &dims));
-  *count = 1;
-  for (int64_t d : dims) *count *= d;
-  return nullptr;
-}
-
-template <typename T>
-OrtStatusPtr input_data(OrtKernelContext* context, size_t index, const OrtValue** value, const T** data) {
-  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, value));
-  return g_api->GetTensorMutableData(const_cast<OrtValue*>(*value), (void**)data);
+// Every operator here takes X float [..., K] and one weight tensor W: their data and shapes.
+template <typename W>
+OrtStatusPtr x_and_weights(OrtKernelContext* context, const float** x, const W** w, std::vector<int64_t>* x_dims,
+                           std::vector<int64_t>* w_dims) {
+  const OrtValue *x_value = nullptr, *w_value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, 0, &x_value));
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, 1, &w_value));
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(x_value), (void**)x));
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(w_value), (void**)w));
+  RETURN_IF_ERROR(shape_of(x_value, x_dims));
+  return shape_of(w_value, w_dims);
 }
 
 // Y [..., N] for X [..., K]: its rows (M) and the output, allocated.
@@ -92,12 +93,6 @@ size_t tasks_for(int64_t n) { return (size_t)((n + kRowsPerTask - 1) / kRowsPerT
 void task_rows(int64_t n, size_t index, int64_t* n0, int64_t* n1) {
   *n0 = (int64_t)index * kRowsPerTask;
   *n1 = *n0 + kRowsPerTask < n ? *n0 + kRowsPerTask : n;
-}
-
-// ONNX Runtime's pool splits the tasks between its threads. (Running small products on the calling thread alone,
-// to spare waking a sleeping worker, measured no faster for products under 1 MB and slower under 4 MB.)
-OrtStatusPtr run_tasks(OrtKernelContext* context, void (*fn)(void*, size_t), size_t tasks, void* data) {
-  return g_api->KernelContext_ParallelFor(context, fn, tasks, 0, data);
 }
 
 // -- Fp16MatMul, Fp32MatMul -------------------------------------------------------------------------------------
@@ -126,24 +121,21 @@ void weight_task(void* data, size_t index) {
 
 template <typename W>
 OrtStatusPtr ORT_API_CALL weight_compute(void* /*kernel*/, OrtKernelContext* context) {
-  const OrtValue *x_value = nullptr, *w_value = nullptr;
   const float* x = nullptr;
   const W* w = nullptr;
-  RETURN_IF_ERROR(input_data(context, 0, &x_value, &x));
-  RETURN_IF_ERROR(input_data(context, 1, &w_value, &w));
   std::vector<int64_t> x_dims, w_dims;
-  RETURN_IF_ERROR(shape_of(x_value, &x_dims));
-  RETURN_IF_ERROR(shape_of(w_value, &w_dims));
+  RETURN_IF_ERROR(x_and_weights(context, &x, &w, &x_dims, &w_dims));
   if (x_dims.empty() || w_dims.size() != 2 || x_dims.back() != w_dims[1])
-    return fail(sizeof(W) == 2 ? "Fp16MatMul: X [..., K] and W [N, K] must agree on K"
-                               : "Fp32MatMul: X [..., K] and W [N, K] must agree on K");
+    return fail((std::string(WeightOp<W>::kName) + ": X [..., K] and W [N, K] must agree on K").c_str());
   const int64_t k = w_dims[1], n = w_dims[0];
   int64_t m = 0;
   float* y = nullptr;
   RETURN_IF_ERROR(output_rows(context, x_dims, n, &m, &y));
   if (m == 0 || n == 0) return nullptr;
   WeightProduct<W> p{x, w, y, m, k, n};
-  return run_tasks(context, weight_task<W>, tasks_for(n), &p);
+  // ONNX Runtime's pool splits the tasks between its threads. (Running small products on the calling thread
+  // alone, to spare waking a sleeping worker, measured no faster under 1 MB of weights and slower under 4 MB.)
+  return g_api->KernelContext_ParallelFor(context, weight_task<W>, tasks_for(n), 0, &p);
 }
 
 OrtStatusPtr ORT_API_CALL stateless_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void** kernel) {
@@ -175,14 +167,10 @@ void quant_task(void* data, size_t index) {
 
 OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* context) {
   const QuantKernel& kernel = *static_cast<const QuantKernel*>(kernel_data);
-  const OrtValue *x_value = nullptr, *w_value = nullptr;
   const float* x = nullptr;
   const uint8_t* w = nullptr;
-  RETURN_IF_ERROR(input_data(context, 0, &x_value, &x));
-  RETURN_IF_ERROR(input_data(context, 1, &w_value, &w));
   std::vector<int64_t> x_dims, w_dims;
-  RETURN_IF_ERROR(shape_of(x_value, &x_dims));
-  RETURN_IF_ERROR(shape_of(w_value, &w_dims));
+  RETURN_IF_ERROR(x_and_weights(context, &x, &w, &x_dims, &w_dims));
   QuantWeights qw{w, kernel.n, w_dims.size() == 3 ? w_dims[1] : 0, kernel.bits, kernel.block};
   if (x_dims.empty() || w_dims.size() != 3 || w_dims[0] != qw.groups() || w_dims[2] != qw.block_bytes())
     return fail("BlockQuantMatMul: W must be [ceil(N / 16), blocks, 16 * (block_size * bits / 8 + 4) + 16 * bits / 8]");
@@ -193,10 +181,10 @@ OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* con
   float* y = nullptr;
   RETURN_IF_ERROR(output_rows(context, x_dims, qw.n, &m, &y));
   if (m == 0 || qw.n == 0) return nullptr;
-  std::vector<uint8_t> buffer((size_t)quant_x_bytes(qw, m));
-  QuantProduct p{qw, quantize_x(qw, x, m, k, buffer.data()), y};
+  std::unique_ptr<uint8_t[]> buffer(new uint8_t[quant_x_bytes(qw, m)]);  // quantize_x fills what is read
+  QuantProduct p{qw, quantize_x(qw, x, m, k, buffer.get()), y};
   std::pair<const QuantProduct*, QuantRows> job{&p, kernel.rows};
-  return run_tasks(context, quant_task, tasks_for(qw.n), &job);
+  return g_api->KernelContext_ParallelFor(context, quant_task, tasks_for(qw.n), 0, &job);
 }
 
 OrtStatusPtr ORT_API_CALL quant_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {

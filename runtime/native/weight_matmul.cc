@@ -11,11 +11,6 @@
 namespace rwkv_cpu {
 namespace {
 
-// Software prefetch this far ahead in the weight stream, every line: with the hardware prefetcher alone the
-// 0.1B head product took 8.3-9.9 ms, 4.0-4.8 with this, and a whole decode step 31.7 -> 26.4 ms at 1 thread,
-// 21.5 -> 17.6 at 2 (2 KB and 8 KB measured the same; docs/bench.md "rwkv-deploy's CPU operators").
-constexpr int64_t kPrefetchBytes = 4096;
-
 // -- loading weights of either type as fp32 ------------------------------------------------------------------
 inline float to_float(uint16_t w) { return half_to_float(w); }
 inline float to_float(float w) { return w; }

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN
+
+from .graph_edit import copy_of, finish, rows_of
 
 OP = "Fp16MatMul"
 
@@ -35,8 +36,7 @@ def _cast_to(node: onnx.NodeProto | None, dtype: int) -> bool:
 
 def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with its fp16 weight products on Fp16MatMul, and how many were rewritten."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_of(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {name: node for node in graph.node for name in node.output}
@@ -56,8 +56,7 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             continue
         transposed = weight.name + ".rows"
         if transposed not in new_weights:
-            rows = np.ascontiguousarray(numpy_helper.to_array(weight).T)
-            new_weights[transposed] = numpy_helper.from_array(rows, transposed)
+            new_weights[transposed] = rows_of(weight)
         cast_out = after[0]
         replace[index] = helper.make_node(OP, [cast_in.input[0], transposed], [cast_out.output[0]],
                                           name=(node.name or f"matmul{index}") + "/fp16", domain=CPU_OPS_DOMAIN)
@@ -69,34 +68,4 @@ def rewrite_fp16_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
         nodes.append(replace.get(index, node))
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(new_weights.values())
-    drop_unused(graph)
-    if replace:
-        out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
-    return out, len(replace)
-
-
-def _read_names(node: onnx.NodeProto) -> set[str]:
-    """The names `node` reads: its inputs, and every name read inside its subgraphs (Scan/Loop/If bodies read
-    outer values by name)."""
-    names = set(node.input)
-    for attribute in node.attribute:
-        for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            for inner in sub.node:
-                names |= _read_names(inner)
-    return names
-
-
-def drop_unused(graph: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nobody reads (the fp16 Casts left behind) and initializers nobody reads."""
-    while True:
-        needed = {o.name for o in graph.output} | {name for node in graph.node for name in _read_names(node)}
-        keep = [n for n in graph.node if any(o in needed for o in n.output)]
-        if len(keep) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(keep)
-    needed = {name for node in graph.node for name in _read_names(node)}
-    kept = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    return finish(out, new_weights.values(), len(replace))

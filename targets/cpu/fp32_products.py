@@ -6,21 +6,19 @@ two activations (the WKV state's) stay as they are."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN
 
-from .fp16_products import drop_unused
+from .graph_edit import copy_of, finish, rows_of
 
 OP = "Fp32MatMul"
 
 
 def rewrite_fp32_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with its fp32 weight products on Fp32MatMul, and how many were rewritten."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_of(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     transposed: dict[str, onnx.TensorProto] = {}
@@ -31,13 +29,9 @@ def rewrite_fp32_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             continue
         rows = weight.name + ".rows"
         if rows not in transposed:
-            transposed[rows] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), rows)
+            transposed[rows] = rows_of(weight)
         graph.node[index].CopyFrom(helper.make_node(OP, [node.input[0], rows], list(node.output),
                                                     name=(node.name or f"matmul{index}") + "/fp32",
                                                     domain=CPU_OPS_DOMAIN))
         count += 1
-    graph.initializer.extend(transposed.values())
-    drop_unused(graph)
-    if count and not any(o.domain == CPU_OPS_DOMAIN for o in out.opset_import):
-        out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
-    return out, count
+    return finish(out, transposed.values(), count)

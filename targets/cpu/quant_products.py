@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rwkv_deploy.package.names import CPU_OPS_DOMAIN, CPU_OPS_VERSION
+from rwkv_deploy.package.names import CPU_OPS_DOMAIN
 
-from .fp16_products import drop_unused
+from .graph_edit import copy_of, finish
 
 OP = "BlockQuantMatMul"
 SOURCE_OP, SOURCE_DOMAIN = "MatMulNBits", "com.microsoft"
@@ -71,8 +71,7 @@ def _takes(node: onnx.NodeProto, types: dict[str, int]) -> bool:
 def rewrite_quant_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with its MatMulNBits products on BlockQuantMatMul (weights packed), and how many were
     rewritten."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_of(model)
     inits = {t.name: t for t in out.graph.initializer}
     types = {name: t.data_type for name, t in inits.items()}
     packed: dict[str, onnx.TensorProto] = {}
@@ -91,8 +90,4 @@ def rewrite_quant_products(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
             OP, [node.input[0], name], list(node.output), name=(node.name or f"matmul{index}") + "/q",
             domain=CPU_OPS_DOMAIN, bits=attrs["bits"], block_size=attrs["block_size"], N=attrs["N"]))
         count += 1
-    out.graph.initializer.extend(packed.values())
-    drop_unused(out.graph)
-    if count:
-        out.opset_import.append(helper.make_opsetid(CPU_OPS_DOMAIN, CPU_OPS_VERSION))
-    return out, count
+    return finish(out, packed.values(), count)
