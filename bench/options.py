@@ -51,7 +51,7 @@ class BenchOptions:
     # also measure each package's ONNX Runtime GenAI folder (engine GENAI: decode at batch 1, prefill, fidelity),
     # as a C, C++ or C# application runs it; needs the onnxruntime-genai package
     genai: bool = False
-    # also measure each fp16 or quantized package's CPU step graph (engine DEPLOY_CPU: decode at every batch,
+    # also measure each package's CPU step graph (engine DEPLOY_CPU: decode at every batch,
     # fidelity; with spin_wait also DEPLOY_CPU_SPIN): the weight products on rwkv-deploy's CPU operators; needs
     # the built operator library
     cpu_ops: bool = False

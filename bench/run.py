@@ -261,8 +261,9 @@ def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[s
 
 def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str], progress: Progress,
                     write_cpu_graph: CpuGraphWriter | None) -> list[dict[str, Any]]:
-    """One job per fp16 or quantized package: its CPU step graph in the work folder, decode at every batch (prompts
-    stay on the package's prefill graph, so prefill is not measured again)."""
+    """One job per package: its CPU step graph in the work folder, decode at every batch (prompts stay on the
+    package's prefill graph, so prefill is not measured again). A package the CPU operators have nothing for (an
+    fp32 package of RWKV-4 to 6) gets a note."""
     if not options.cpu_ops:
         return []
     from rwkv_deploy.runtime import cpu_ops
@@ -271,7 +272,7 @@ def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: li
         notes.append("rwkv-deploy-cpu: skipped (rwkv-deploy's CPU operator library is not built in this install)")
         return []
     found = []
-    for job in (j for j in jobs if j["engine"] == DEPLOY and j["precision"] != "fp32"):
+    for job in (j for j in jobs if j["engine"] == DEPLOY):
         name = Path(job["package"]).name
         graph = options.work_dir / "cpu" / name / "step.cpu.onnx"
         graph.parent.mkdir(parents=True, exist_ok=True)
@@ -286,9 +287,10 @@ def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: li
     if found:
         notes.append(f"rwkv-deploy-cpu: packages' step graphs with the weight products on rwkv-deploy's CPU operators "
                      f"(fp16: {cpu_ops.kernel_path()} kernels, fp16 weights read as fp16, fp32 arithmetic; int8/int5/"
-                     f"int4: {cpu_ops.quant_kernel_path()} kernels, MatMulNBits' weights, int8 activations)")
+                     f"int4: {cpu_ops.quant_kernel_path()} kernels, MatMulNBits' weights, int8 activations; fp32: "
+                     f"ONNX Runtime's) and each RWKV-7 layer's time-mix core on one operator")
     else:
-        notes.append("rwkv-deploy-cpu: no fp16 or quantized package to measure")
+        notes.append("rwkv-deploy-cpu: no package the CPU operators have work for")
     return found
 
 

@@ -77,7 +77,7 @@ def bench_cmd(
                                "folder (engine onnxruntime-genai: decode batch 1, prefill, fidelity), as a C, C++ or "
                                "C# application runs it"),
     cpu_ops: bool = typer.Option(DEFAULTS.cpu_ops, "--cpu-ops",
-                                 help="also measure each fp16, int8, int5 or int4 package's CPU step graph (engine "
+                                 help="also measure each package's CPU step graph (engine "
                                  "rwkv-deploy-cpu: the weight products on rwkv-deploy's CPU operators; decode, "
                                  "fidelity)"),
     threads: Optional[str] = typer.Option(None, help="thread counts, each measured in turn (default: 1 and all "

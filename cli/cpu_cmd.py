@@ -17,20 +17,22 @@ def register(app: typer.Typer) -> None:
 
 @one_line_errors
 def build_cpu_cmd(
-    package_dir: Path = typer.Argument(..., metavar="DIR", help="fp16, int8, int5 or int4 package directory (the "
-                                       "CPU graph is added to it)"),
+    package_dir: Path = typer.Argument(..., metavar="DIR", help="fp32, fp16, int8, int5 or int4 package directory "
+                                       "(the CPU graph is added to it)"),
 ) -> None:
     """Add a CPU step graph to a package: its weight products on rwkv-deploy's CPU operators (fp16: weights read as
     fp16, fp32 arithmetic; int8/int5/int4: the same quantized weights against int8 activations, on AVX-512 VNNI
-    where the CPU has it). Writes cpu/step.onnx and its data into the package and lists them in manifest.json;
-    `generate` and `serve` run it on the CPU where this install built the operators."""
+    where the CPU has it; fp32 keeps ONNX Runtime's) and each RWKV-7 layer's time-mix core as one operator.
+    Writes cpu/step.onnx and its data into the package and lists them in manifest.json; `generate` and `serve` run
+    it on the CPU where this install built the operators."""
     require_targets_extra("build-cpu")
     from rwkv_deploy.runtime import cpu_ops
     from rwkv_deploy.targets.cpu.graph_file import install_cpu_graph
 
     written = install_cpu_graph(package_dir)
-    kernels = cpu_ops.kernel_path() if written.precision == "fp16" else cpu_ops.quant_kernel_path()
+    quantized = written.precision.startswith("int")
+    kernels = cpu_ops.quant_kernel_path() if quantized else cpu_ops.kernel_path()
     here = (f"this install runs it with its {kernels} kernels" if kernels else
             "this install has no CPU operator library, so it runs the portable graph")
-    typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products on rwkv-deploy's "
-               f"CPU operators; {here}")
+    typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products and "
+               f"{written.fused_layers} RWKV-7 time-mix cores on rwkv-deploy's CPU operators; {here}")

@@ -59,6 +59,7 @@ ENGINE_FORMAT_VERSION = 2
 
 # -- CPU target graphs (`rwkv-deploy build-cpu`) ----------------------------------------------------------
 CPU_DIR = "cpu"  # cpu/<graph>.onnx and cpu/<graph>.onnx.data; manifest.json's `cpu_graphs` is keyed by graph
-# rwkv-deploy's CPU operator library (runtime/native/); version 2 added BlockQuantMatMul and Fp32MatMul
+# rwkv-deploy's CPU operator library (runtime/native/); version 2 added BlockQuantMatMul and Fp32MatMul, 3
+# Rwkv7WkvStep
 CPU_OPS_DOMAIN = "ai.rwkv_deploy.cpu"
-CPU_OPS_VERSION = 2
+CPU_OPS_VERSION = 3

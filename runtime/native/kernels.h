@@ -80,4 +80,19 @@ using QuantRows = void (*)(const QuantProduct&, int64_t n0, int64_t n1);
 // values or 4-bit blocks of 32 (what rwkv-deploy's int8 / int5 / int4 packages hold).
 QuantRows quant_rows(Path path, int bits, int block);
 
+// -- Rwkv7WkvStep: an RWKV-7 decode step's time-mix core, per (batch row, head) (wkv7_step.cc) ---------------
+struct Wkv7Step {
+  const float *r, *w_hat, *k, *v, *a;  // [rows, C], C = heads * head_size
+  const float *k_k, *k_a, *r_k;        // [C]
+  const float *ln_weight, *ln_bias;    // [C]
+  const float* state;                  // [rows, heads, head_size (value), head_size (key)]
+  float* y;                            // [rows, C]
+  float* state_out;                    // as state
+  int64_t rows, heads, head_size;
+  float decay_scale, norm_floor, eps;  // w = exp(decay_scale * sigmoid(w_hat)); |kk| >= norm_floor; ln_x's eps
+};
+// (row, head) pairs [t0, t1), t = row * heads + head.
+using Wkv7Heads = void (*)(const Wkv7Step&, int64_t t0, int64_t t1);
+Wkv7Heads wkv7_heads(Path path);
+
 }  // namespace rwkv_cpu

@@ -15,7 +15,12 @@
 // int8 per block as MatMulNBits' accuracy_level 4 does, and the int8 x uint8 products on AVX-512 VNNI where the
 // machine has it, AVX2 or portable C++ otherwise.
 //
-// Kernels live in weight_matmul.cc and block_quant_matmul.cc, paths chosen once at load by CPUID (kernels.h).
+// Rwkv7WkvStep(S [B, H, N, N], r, w_hat, k, v, a [B, ..., C], k_k, k_a, r_k, ln_weight, ln_bias [C];
+// decay_scale, norm_floor, epsilon) -> (y [B, ..., C], S'): an RWKV-7 decode step's time-mix core between its
+// weight products (wkv7_step.cc says what it computes), in place of about 45 small nodes per layer.
+//
+// Kernels live in weight_matmul.cc, block_quant_matmul.cc and wkv7_step.cc, paths chosen once at load by CPUID
+// (kernels.h).
 // Loaded with SessionOptions.register_custom_ops_library(path); exports RegisterCustomOps.
 
 #include <cstdint>
@@ -33,13 +38,14 @@ using namespace rwkv_cpu;
 
 const OrtApi* g_api = nullptr;
 constexpr const char* kDomain = "ai.rwkv_deploy.cpu";
-constexpr int kVersion = 2;  // the domain version this library implements: package/names.py CPU_OPS_VERSION
+constexpr int kVersion = 3;  // the domain version this library implements: package/names.py CPU_OPS_VERSION
 constexpr int64_t kRowsPerTask = 64;  // output rows per parallel task
 
 const Path g_fp16_path = chosen_path(false);
 const Fp16Rows g_fp16_rows = fp16_rows(g_fp16_path);
 const Fp32Rows g_fp32_rows = fp32_rows(g_fp16_path);
 const Path g_quant_path = chosen_path(true);
+const Wkv7Heads g_wkv7_heads = wkv7_heads(g_fp16_path);
 
 // -- the ONNX Runtime kernel ---------------------------------------------------------------------------------
 OrtStatusPtr fail(const char* message) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, message); }
@@ -206,15 +212,84 @@ ONNXTensorElementDataType ORT_API_CALL quant_input_type(const OrtCustomOp*, size
 }
 const char* ORT_API_CALL quant_name(const OrtCustomOp*) { return "BlockQuantMatMul"; }
 
+// -- Rwkv7WkvStep -------------------------------------------------------------------------------------------
+struct Wkv7Kernel {
+  float decay_scale, norm_floor, eps;
+};
+
+void wkv7_task(void* data, size_t row) {
+  const Wkv7Step& p = *static_cast<const Wkv7Step*>(data);
+  g_wkv7_heads(p, (int64_t)row * p.heads, (int64_t)(row + 1) * p.heads);
+}
+
+// Input `index` as float data, with its element count.
+OrtStatusPtr float_input(OrtKernelContext* context, size_t index, const float** data, int64_t* count,
+                         std::vector<int64_t>* dims) {
+  const OrtValue* value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, &value));
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(value), (void**)data));
+  RETURN_IF_ERROR(shape_of(value, dims));
+  *count = 1;
+  for (int64_t d : *dims) *count *= d;
+  return nullptr;
+}
+
+OrtStatusPtr ORT_API_CALL wkv7_compute(void* kernel_data, OrtKernelContext* context) {
+  const Wkv7Kernel& kernel = *static_cast<const Wkv7Kernel*>(kernel_data);
+  const float* in[11] = {};
+  int64_t count[11] = {};
+  std::vector<int64_t> dims[11];
+  for (size_t i = 0; i < 11; ++i) RETURN_IF_ERROR(float_input(context, i, &in[i], &count[i], &dims[i]));
+  const std::vector<int64_t>& s = dims[0];
+  if (s.size() != 4 || s[2] != s[3] || s[1] <= 0 || s[2] <= 0)
+    return fail("Rwkv7WkvStep: the state must be [B, H, N, N]");
+  const int64_t rows = s[0], c = s[1] * s[2];
+  for (size_t i = 1; i < 11; ++i) {
+    const bool per_row = i <= 5;
+    if (count[i] != (per_row ? rows * c : c) || (per_row && (dims[i].empty() || dims[i][0] != rows)))
+      return fail("Rwkv7WkvStep: r, w_hat, k, v and a must be [B, ..., C] and k_k, k_a, r_k, ln_weight, ln_bias "
+                  "hold C values, for a state [B, H, N, N] and C = H * N");
+  }
+  OrtValue *y_value = nullptr, *s_value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, 0, dims[1].data(), dims[1].size(), &y_value));
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, 1, s.data(), s.size(), &s_value));
+  Wkv7Step p{in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[0], nullptr, nullptr,
+             rows, s[1], s[2], kernel.decay_scale, kernel.norm_floor, kernel.eps};
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(y_value, (void**)&p.y));
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(s_value, (void**)&p.state_out));
+  if (rows == 0) return nullptr;
+  if (rows == 1) {  // one row's heads take microseconds: waking a worker would cost more than it saves
+    g_wkv7_heads(p, 0, p.heads);
+    return nullptr;
+  }
+  return g_api->KernelContext_ParallelFor(context, wkv7_task, (size_t)rows, 0, &p);
+}
+
+OrtStatusPtr ORT_API_CALL wkv7_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
+  float decay_scale = 0.f, norm_floor = 0.f, eps = 0.f;
+  RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_float(info, "decay_scale", &decay_scale));
+  RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_float(info, "norm_floor", &norm_floor));
+  RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_float(info, "epsilon", &eps));
+  if (!(norm_floor > 0.f) || !(eps > 0.f)) return fail("Rwkv7WkvStep: norm_floor and epsilon must be positive");
+  *kernel = new Wkv7Kernel{decay_scale, norm_floor, eps};
+  return nullptr;
+}
+
+void ORT_API_CALL wkv7_destroy(void* kernel) { delete static_cast<Wkv7Kernel*>(kernel); }
+
+ONNXTensorElementDataType ORT_API_CALL all_float(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+const char* ORT_API_CALL wkv7_name(const OrtCustomOp*) { return "Rwkv7WkvStep"; }
+size_t ORT_API_CALL eleven(const OrtCustomOp*) { return 11; }
+
 // -- the custom-op descriptions ------------------------------------------------------------------------------
 void* ORT_API_CALL create_kernel_v1(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*) { return nullptr; }
 void ORT_API_CALL compute_v1(void*, OrtKernelContext*) {}
 void ORT_API_CALL no_destroy(void*) {}
 const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
-ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp*, size_t) {
-  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-}
 size_t ORT_API_CALL one_count(const OrtCustomOp*) { return 1; }
+size_t ORT_API_CALL two_count(const OrtCustomOp*) { return 2; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
 }
@@ -232,7 +307,7 @@ using ComputeFn = OrtStatusPtr(ORT_API_CALL*)(void*, OrtKernelContext*);
 using DestroyFn = void(ORT_API_CALL*)(void*);
 
 OrtCustomOp make_op(NameFn name, InputTypeFn input_type, CountFn inputs, CreateFn create, ComputeFn compute,
-                    DestroyFn destroy) {
+                    DestroyFn destroy, CountFn outputs = one_count) {
   OrtCustomOp op;
   std::memset(&op, 0, sizeof(op));
   op.version = 17;  // the fields up to KernelComputeV2 and the version range; ONNX Runtime 1.17 and later
@@ -241,8 +316,8 @@ OrtCustomOp make_op(NameFn name, InputTypeFn input_type, CountFn inputs, CreateF
   op.GetExecutionProviderType = op_provider;
   op.GetInputType = input_type;
   op.GetInputTypeCount = inputs;
-  op.GetOutputType = output_type;
-  op.GetOutputTypeCount = one_count;
+  op.GetOutputType = all_float;
+  op.GetOutputTypeCount = outputs;
   op.KernelCompute = compute_v1;
   op.KernelDestroy = destroy;
   op.GetInputCharacteristic = required;
@@ -265,6 +340,7 @@ OrtCustomOp g_fp32_matmul = make_op(weight_name<float>, weight_input_type<float>
                                     weight_compute<float>, no_destroy);
 OrtCustomOp g_block_quant_matmul = make_op(quant_name, quant_input_type, two, quant_create, quant_compute,
                                            quant_destroy);
+OrtCustomOp g_wkv7_step = make_op(wkv7_name, all_float, eleven, wkv7_create, wkv7_compute, wkv7_destroy, two_count);
 
 }  // namespace
 
@@ -287,6 +363,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_fp16_matmul));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_fp32_matmul));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_block_quant_matmul));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_wkv7_step));
   return g_api->AddCustomOpDomain(options, domain);
 }
 

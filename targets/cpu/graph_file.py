@@ -1,6 +1,8 @@
 """A package's CPU step graph: its step graph with the weight products on rwkv-deploy's CPU operators (fp16:
-fp16_products.py; int8, int5, int4: quant_products.py; the fp32 ones of either: fp32_products.py), weights beside
-it in one external-data file, written under temporary names and renamed.
+fp16_products.py; int8, int5, int4: quant_products.py; the fp32 low-rank ones of these: fp32_products.py; an fp32
+package keeps ONNX Runtime's products, which measured faster for fp32 weights) and each RWKV-7 layer's time-mix
+core fused into one operator (rwkv7_wkv.py), weights beside it in one external-data file, written under
+temporary names and renamed.
 
 `install_cpu_graph` puts it in the package (`cpu/step.onnx` and `cpu/step.onnx.data`, hashed into manifest.json
 and listed in its `cpu_graphs` section, manifest.json rewritten last), where `generate`, `serve` and `bench` find
@@ -26,13 +28,15 @@ from rwkv_deploy.package.names import CPU_DIR, CPU_OPS_DOMAIN, CPU_OPS_VERSION, 
 from .fp16_products import rewrite_fp16_products
 from .fp32_products import rewrite_fp32_products
 from .quant_products import rewrite_quant_products
+from .rwkv7_wkv import rewrite_rwkv7_wkv
 
 Rewrite = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]
-# precision -> the rewrite of its step graph, and what it looks for (for the message when it finds none)
-REWRITES: dict[str, tuple[Rewrite, str]] = {
-    "fp16": (rewrite_fp16_products, "no Cast -> MatMul -> Cast product over an fp16 weight"),
-    **{precision: (rewrite_quant_products, "no MatMulNBits product in a format the CPU operators take (8-bit blocks "
-                   "of 16 or 32, 4-bit blocks of 32, zero points, accuracy_level 4)")
+# precision -> the rewrites of its weight products, and what they look for (for the message when nothing is found)
+REWRITES: dict[str, tuple[tuple[Rewrite, ...], str]] = {
+    "fp32": ((), "no RWKV-7 time-mix core (an fp32 package's CPU graph fuses those only)"),
+    "fp16": ((rewrite_fp16_products, rewrite_fp32_products), "no Cast -> MatMul -> Cast product over an fp16 weight"),
+    **{precision: ((rewrite_quant_products, rewrite_fp32_products), "no MatMulNBits product in a format the CPU "
+                   "operators take (8-bit blocks of 16 or 32, 4-bit blocks of 32, zero points, accuracy_level 4)")
        for precision in ("int8", "int5", "int4")},
 }
 SUPPORTED_PRECISIONS = tuple(REWRITES)
@@ -47,9 +51,10 @@ class CpuGraph:
     path: Path
     data: Path
     products: int  # weight products moved onto the CPU operators
-    precision: str  # the package's: fp16, int8, int5 or int4
+    precision: str  # the package's: fp32, fp16, int8, int5 or int4
     sha256: str = ""  # of the graph and of its data, as written
     data_sha256: str = ""
+    fused_layers: int = 0  # RWKV-7 time-mix cores on Rwkv7WkvStep
 
 
 def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
@@ -92,11 +97,16 @@ def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest
     if step.precision not in REWRITES:
         raise CpuGraphError(f"{package_dir}: the package is {step.precision}; the CPU operators take "
                             f"{', '.join(SUPPORTED_PRECISIONS)} packages")
-    rewrite, wanted = REWRITES[step.precision]
-    model, products = rewrite(onnx.load(str(package_dir / step.path), load_external_data=True))
-    if products == 0:
+    rewrites, wanted = REWRITES[step.precision]
+    model, products = onnx.load(str(package_dir / step.path), load_external_data=True), 0
+    for rewrite in rewrites:
+        model, count = rewrite(model)
+        if count == 0 and rewrite is rewrites[0]:
+            raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
+        products += count
+    model, fused = rewrite_rwkv7_wkv(model)
+    if products + fused == 0:
         raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
-    model, fp32_products = rewrite_fp32_products(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # written under the final names in a private folder, then both renamed into place
         onnx.save_model(model, str(staging / out.name), save_as_external_data=True, location=data.name,
@@ -108,5 +118,5 @@ def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CpuGraph(out, data, products + fp32_products, step.precision, *digests), manifest
+    return CpuGraph(out, data, products, step.precision, *digests, fused_layers=fused), manifest
 

@@ -35,7 +35,7 @@ def with_cpu_graph(shared_package, tmp_path_factory):
     shutil.copytree(shared(shared_package, "7", "fp16"), package)
     result = _cli("build-cpu", str(package))
     assert result.exit_code == 0, result.output
-    assert "weight products on rwkv-deploy's CPU operators" in result.output
+    assert "weight products and 2 RWKV-7 time-mix cores on rwkv-deploy's CPU operators" in result.output  # 2 layers
     return package
 
 
@@ -202,7 +202,7 @@ def test_an_int8_package_gets_a_cpu_graph_that_generate_runs_to_the_same_tokens(
     package = _copy(shared(shared_package, "7", "int8"), tmp_path)
     result = _cli("build-cpu", str(package))
     assert result.exit_code == 0, result.output
-    assert "weight products on rwkv-deploy's CPU operators" in result.output
+    assert "weight products and 2 RWKV-7 time-mix cores on rwkv-deploy's CPU operators" in result.output
     command = [sys.executable, "-m", "rwkv_deploy.cli.main", "generate", str(package), "-p", "Hello", "-n", "24",
                "--greedy", "--threads", "2"]
     ours = subprocess.run(command + ["--cpu-graph", "on"], capture_output=True, text=True, timeout=300)
@@ -221,8 +221,8 @@ def test_a_library_left_from_older_sources_is_not_taken_for_a_newer_graph(with_c
 
     package = DeploymentPackage.open(with_cpu_graph)
     assert chosen_cpu_graph(package, "auto", "CPUExecutionProvider") is not None
-    monkeypatch.setattr(cpu_ops, "library_version", lambda: 1)
+    monkeypatch.setattr(cpu_ops, "library_version", lambda: 2)  # from before Rwkv7WkvStep
     assert chosen_cpu_graph(package, "auto", "CPUExecutionProvider") is None
-    with pytest.raises(CpuGraphUnavailable, match="needs operators ai.rwkv_deploy.cpu version 2; this install "
-                                                  "provides ai.rwkv_deploy.cpu version 1"):
+    with pytest.raises(CpuGraphUnavailable, match="needs operators ai.rwkv_deploy.cpu version 3; this install "
+                                                  "provides ai.rwkv_deploy.cpu version 2"):
         chosen_cpu_graph(package, "on", "CPUExecutionProvider")
