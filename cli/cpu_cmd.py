@@ -22,7 +22,8 @@ def build_cpu_cmd(
 ) -> None:
     """Add a CPU step graph to a package: its weight products on rwkv-deploy's CPU operators (fp16: weights read as
     fp16, fp32 arithmetic; int8/int5/int4: the same quantized weights against int8 activations, on AVX-512 VNNI
-    where the CPU has it; fp32 keeps ONNX Runtime's) and each RWKV-7 layer's time-mix core as one operator.
+    where the CPU has it; fp32 keeps ONNX Runtime's), each RWKV-7 layer's time-mix core and each block's token
+    shift as one operator.
     Writes cpu/step.onnx and its data into the package and lists them in manifest.json; `generate` and `serve` run
     it on the CPU where this install built the operators."""
     require_targets_extra("build-cpu")
@@ -34,5 +35,6 @@ def build_cpu_cmd(
     kernels = cpu_ops.quant_kernel_path() if quantized else cpu_ops.kernel_path()
     here = (f"this install runs it with its {kernels} kernels" if kernels else
             "this install has no CPU operator library, so it runs the portable graph")
-    typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products and "
-               f"{written.fused_layers} RWKV-7 time-mix cores on rwkv-deploy's CPU operators; {here}")
+    typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products, "
+               f"{written.fused_layers} RWKV-7 time-mix cores and {written.fused_shifts} token shifts on "
+               f"rwkv-deploy's CPU operators; {here}")

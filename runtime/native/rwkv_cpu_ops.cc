@@ -19,6 +19,10 @@
 // decay_scale, norm_floor, epsilon) -> (y [B, ..., C], S'): an RWKV-7 decode step's time-mix core between its
 // weight products (wkv7_step.cc says what it computes), in place of about 45 small nodes per layer.
 //
+// TokenShiftMix(x [B, 1, C], shift [B, C], mix_1 .. mix_m [C]) -> (x as [B, C], x + (shift - x) * mix_i for
+// each i): a decode step's token shift, the new shift state and every mix of a layer's block in one node (the
+// portable graph's arithmetic, in its order, so bit-identical), in place of 2 + 2m nodes.
+//
 // Kernels live in weight_matmul.cc, block_quant_matmul.cc and wkv7_step.cc, paths chosen once at load by CPUID
 // (kernels.h).
 // Loaded with SessionOptions.register_custom_ops_library(path); exports RegisterCustomOps.
@@ -283,6 +287,51 @@ ONNXTensorElementDataType ORT_API_CALL all_float(const OrtCustomOp*, size_t) {
 const char* ORT_API_CALL wkv7_name(const OrtCustomOp*) { return "Rwkv7WkvStep"; }
 size_t ORT_API_CALL eleven(const OrtCustomOp*) { return 11; }
 
+// -- TokenShiftMix ------------------------------------------------------------------------------------------
+OrtStatusPtr ORT_API_CALL shift_compute(void*, OrtKernelContext* context) {
+  size_t inputs = 0, outputs = 0;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(context, &inputs));
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutputCount(context, &outputs));
+  if (inputs < 3 || outputs != inputs - 1) return fail("TokenShiftMix: takes x, shift and m mixes, gives m + 1 outputs");
+  const float *x = nullptr, *shift = nullptr;
+  int64_t x_count = 0, shift_count = 0;
+  std::vector<int64_t> x_dims, shift_dims;
+  RETURN_IF_ERROR(float_input(context, 0, &x, &x_count, &x_dims));
+  RETURN_IF_ERROR(float_input(context, 1, &shift, &shift_count, &shift_dims));
+  if (shift_dims.size() != 2 || x_count != shift_count || x_dims.empty() || x_dims[0] != shift_dims[0])
+    return fail("TokenShiftMix: x must be [B, 1, C] for a shift state [B, C]");
+  const int64_t c = shift_dims[1];
+  OrtValue* value = nullptr;
+  float* out = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, 0, shift_dims.data(), shift_dims.size(), &value));
+  RETURN_IF_ERROR(g_api->GetTensorMutableData(value, (void**)&out));
+  if (x_count > 0) std::memcpy(out, x, sizeof(float) * x_count);
+  for (size_t i = 2; i < inputs; ++i) {
+    const float* mix = nullptr;
+    int64_t mix_count = 0;
+    std::vector<int64_t> mix_dims;
+    RETURN_IF_ERROR(float_input(context, i, &mix, &mix_count, &mix_dims));
+    if (mix_count != c) return fail("TokenShiftMix: each mix must hold C values");
+    RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, i - 1, x_dims.data(), x_dims.size(), &value));
+    RETURN_IF_ERROR(g_api->GetTensorMutableData(value, (void**)&out));
+    for (int64_t j = 0; j < x_count; ++j) {
+      const float d = shift[j] - x[j];
+      const float m = d * mix[j % c];
+      out[j] = x[j] + m;
+    }
+  }
+  return nullptr;
+}
+
+const char* ORT_API_CALL shift_name(const OrtCustomOp*) { return "TokenShiftMix"; }
+size_t ORT_API_CALL three(const OrtCustomOp*) { return 3; }
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL shift_input(const OrtCustomOp*, size_t index) {
+  return index < 2 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_VARIADIC;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL all_variadic(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_VARIADIC;
+}
+
 // -- the custom-op descriptions ------------------------------------------------------------------------------
 void* ORT_API_CALL create_kernel_v1(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*) { return nullptr; }
 void ORT_API_CALL compute_v1(void*, OrtKernelContext*) {}
@@ -341,6 +390,15 @@ OrtCustomOp g_fp32_matmul = make_op(weight_name<float>, weight_input_type<float>
 OrtCustomOp g_block_quant_matmul = make_op(quant_name, quant_input_type, two, quant_create, quant_compute,
                                            quant_destroy);
 OrtCustomOp g_wkv7_step = make_op(wkv7_name, all_float, eleven, wkv7_create, wkv7_compute, wkv7_destroy, two_count);
+OrtCustomOp g_token_shift_mix = [] {
+  OrtCustomOp op = make_op(shift_name, all_float, three, stateless_create, shift_compute, no_destroy, one_count);
+  op.GetInputCharacteristic = shift_input;  // x, shift, then the mixes
+  op.GetOutputCharacteristic = all_variadic;  // the new shift, then one output per mix
+  op.GetVariadicInputHomogeneity = one;
+  op.GetVariadicOutputMinArity = [](const OrtCustomOp*) -> int { return 2; };
+  op.GetVariadicOutputHomogeneity = one;
+  return op;
+}();
 
 }  // namespace
 
@@ -364,6 +422,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_fp32_matmul));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_block_quant_matmul));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_wkv7_step));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_token_shift_mix));
   return g_api->AddCustomOpDomain(options, domain);
 }
 

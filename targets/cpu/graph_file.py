@@ -1,8 +1,8 @@
 """A package's CPU step graph: its step graph with the weight products on rwkv-deploy's CPU operators (fp16:
 fp16_products.py; int8, int5, int4: quant_products.py; the fp32 low-rank ones of these: fp32_products.py; an fp32
 package keeps ONNX Runtime's products, which measured faster for fp32 weights) and each RWKV-7 layer's time-mix
-core fused into one operator (rwkv7_wkv.py), weights beside it in one external-data file, written under
-temporary names and renamed.
+core and each block's token shift fused into one operator each (rwkv7_wkv.py, token_shift.py), weights beside it
+in one external-data file, written under temporary names and renamed.
 
 `install_cpu_graph` puts it in the package (`cpu/step.onnx` and `cpu/step.onnx.data`, hashed into manifest.json
 and listed in its `cpu_graphs` section, manifest.json rewritten last), where `generate`, `serve` and `bench` find
@@ -29,11 +29,13 @@ from .fp16_products import rewrite_fp16_products
 from .fp32_products import rewrite_fp32_products
 from .quant_products import rewrite_quant_products
 from .rwkv7_wkv import rewrite_rwkv7_wkv
+from .token_shift import rewrite_token_shifts
 
 Rewrite = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]
 # precision -> the rewrites of its weight products, and what they look for (for the message when nothing is found)
 REWRITES: dict[str, tuple[tuple[Rewrite, ...], str]] = {
-    "fp32": ((), "no RWKV-7 time-mix core (an fp32 package's CPU graph fuses those only)"),
+    "fp32": ((), "no RWKV-7 time-mix core and no token shift x + (shift - x) * mix (an fp32 package's CPU graph "
+                 "fuses those only)"),
     "fp16": ((rewrite_fp16_products, rewrite_fp32_products), "no Cast -> MatMul -> Cast product over an fp16 weight"),
     **{precision: ((rewrite_quant_products, rewrite_fp32_products), "no MatMulNBits product in a format the CPU "
                    "operators take (8-bit blocks of 16 or 32, 4-bit blocks of 32, zero points, accuracy_level 4)")
@@ -55,6 +57,7 @@ class CpuGraph:
     sha256: str = ""  # of the graph and of its data, as written
     data_sha256: str = ""
     fused_layers: int = 0  # RWKV-7 time-mix cores on Rwkv7WkvStep
+    fused_shifts: int = 0  # blocks' token shifts on TokenShiftMix
 
 
 def install_cpu_graph(package_dir: str | Path) -> CpuGraph:
@@ -105,7 +108,8 @@ def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest
             raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
         products += count
     model, fused = rewrite_rwkv7_wkv(model)
-    if products + fused == 0:
+    model, shifts = rewrite_token_shifts(model)
+    if products + fused + shifts == 0:
         raise CpuGraphError(f"{package_dir / step.path}: {wanted} found")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # written under the final names in a private folder, then both renamed into place
@@ -118,5 +122,5 @@ def _write(package_dir: str | Path, out: str | Path) -> tuple[CpuGraph, Manifest
         os.replace(staging / out.name, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CpuGraph(out, data, products, step.precision, *digests, fused_layers=fused), manifest
+    return CpuGraph(out, data, products, step.precision, *digests, fused_layers=fused, fused_shifts=shifts), manifest
 

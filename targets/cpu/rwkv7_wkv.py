@@ -11,117 +11,49 @@ another version, or one exported differently, keeps its portable nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import permutations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from rwkv_deploy.package.names import CPU_OPS_DOMAIN, STATE_OUTPUT_PREFIX, state_input, state_output
 
-from .graph_edit import copy_of, finish
+from .graph_edit import GraphIndex, NoMatch, copy_of, finish
 
 OP = "Rwkv7WkvStep"
 WKV_STATE_SUFFIX = ".wkv"
 
 
-class _NoMatch(Exception):
-    """The layer's nodes are not the pattern (says which check failed, for tests and debugging)."""
-
-
-@dataclass
-class _Graph:
-    """Who produces and who reads each name, and the constant values, of a graph being matched."""
-
-    producer: dict[str, onnx.NodeProto]
-    readers: dict[str, list[onnx.NodeProto]]
-    constants: dict[str, onnx.TensorProto]  # initializers and Constant nodes' values, read when asked for
-    inputs: dict[str, onnx.ValueInfoProto]
-
-    @classmethod
-    def of(cls, graph: onnx.GraphProto) -> "_Graph":
-        producer, readers, constants = {}, {}, {t.name: t for t in graph.initializer}
-        for node in graph.node:
-            for name in node.output:
-                producer[name] = node
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
-            if node.op_type == "Constant" and node.domain == "" and node.attribute[0].name == "value":
-                constants[node.output[0]] = node.attribute[0].t
-        return cls(producer, readers, constants, {i.name: i for i in graph.input})
-
-    def through_reshapes(self, name: str) -> str:
-        """The name a chain of Reshapes ending in `name` starts from."""
-        while (node := self.producer.get(name)) is not None and node.op_type == "Reshape" and node.domain == "":
-            name = node.input[0]
-        return name
-
-    def node(self, name: str, op_type: str) -> onnx.NodeProto:
-        """The `op_type` node producing `name` (Reshapes looked through)."""
-        node = self.producer.get(self.through_reshapes(name))
-        if node is None or node.op_type != op_type or node.domain != "":
-            raise _NoMatch(f"{name}: not produced by {op_type}")
-        return node
-
-    def reader(self, name: str, op_type: str) -> onnx.NodeProto:
-        """The one `op_type` node reading `name` (through Reshapes read by nothing else)."""
-        while True:
-            readers = self.readers.get(name, [])
-            if len(readers) != 1:
-                raise _NoMatch(f"{name}: read by {len(readers)} nodes, expected one {op_type}")
-            node = readers[0]
-            if node.op_type == "Reshape" and node.domain == "" and op_type != "Reshape":
-                name = node.output[0]
-                continue
-            if node.op_type != op_type or node.domain != "":
-                raise _NoMatch(f"{name}: read by {node.op_type}, expected {op_type}")
-            return node
-
-    def constant(self, name: str, most: int = 1 << 16) -> np.ndarray:
-        """The value of the constant `name`, when it holds at most `most` values (the pattern's are per-channel
-        vectors and scalars; weights are never read here)."""
-        tensor = self.constants.get(name)
-        if tensor is None or int(np.prod(tensor.dims)) > most:
-            raise _NoMatch(f"{name}: not a constant of at most {most} values")
-        return numpy_helper.to_array(tensor)
-
-    def scalar(self, name: str, expected: float | None = None) -> float:
-        value = self.constant(name)
-        if value.size != 1 or (expected is not None and not np.isclose(float(value.reshape(())), expected)):
-            raise _NoMatch(f"{name}: expected the scalar {expected}")
-        return float(value.reshape(()))
-
-
-def _split(g: _Graph, node: onnx.NodeProto, first: str) -> tuple[onnx.NodeProto, str]:
+def _split(g: GraphIndex, node: onnx.NodeProto, first: str) -> tuple[onnx.NodeProto, str]:
     """For a commutative two-input node: (the `first`-type producer of one input, the other input's name)."""
     for mine, other in permutations(node.input):
         try:
             return g.node(mine, first), other
-        except _NoMatch:
+        except NoMatch:
             continue
-    raise _NoMatch(f"{node.name}: no input produced by {first}")
+    raise NoMatch(f"{node.name}: no input produced by {first}")
 
 
-def _constant_side(g: _Graph, node: onnx.NodeProto) -> tuple[str, str]:
+def _constant_side(g: GraphIndex, node: onnx.NodeProto) -> tuple[str, str]:
     """For a commutative two-input node with one constant input: (the constant's name, the other name)."""
     for mine, other in permutations(node.input):
         if mine in g.constants and other not in g.constants:
             return mine, other
-    raise _NoMatch(f"{node.name}: no constant input")
+    raise NoMatch(f"{node.name}: no constant input")
 
 
-def _check_last_axis(g: _Graph, node: onnx.NodeProto, head_size: int) -> None:
+def _check_last_axis(g: GraphIndex, node: onnx.NodeProto, head_size: int) -> None:
     """A reduction over the last axis (of a tensor grouped per head: its Reshape ends in the head size)."""
     axes = g.constant(node.input[1]) if len(node.input) > 1 else None
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
     if axes is None or axes.tolist() != [-1] or keep != 1:
-        raise _NoMatch(f"{node.name}: not a reduction over the last axis")
+        raise NoMatch(f"{node.name}: not a reduction over the last axis")
     if _last_dim(g, node.input[0]) != head_size:
-        raise _NoMatch(f"{node.name}: its input is not grouped per head of {head_size}")
+        raise NoMatch(f"{node.name}: its input is not grouped per head of {head_size}")
 
 
-def _last_dim(g: _Graph, name: str) -> int | None:
+def _last_dim(g: GraphIndex, name: str) -> int | None:
     """The last dimension of `name` where the graph states it: a constant's, a Reshape's target (constant, last
     entry positive), or for an elementwise product the one its known inputs agree on."""
     if name in g.constants:
@@ -139,26 +71,26 @@ def _last_dim(g: _Graph, name: str) -> int | None:
     return None
 
 
-def _match_layer(g: _Graph, state_out: str, heads: int, head_size: int) -> tuple[onnx.NodeProto, list[str],
+def _match_layer(g: GraphIndex, state_out: str, heads: int, head_size: int) -> tuple[onnx.NodeProto, list[str],
                                                                                  dict[str, float], str]:
     """(the node producing the core's output y, the fused node's inputs, its attributes, y's name) for the layer
     whose new WKV state is `state_out`."""
     c = heads * head_size
     update = g.producer.get(state_out)
     if update is None or update.op_type != "Add":
-        raise _NoMatch(f"{state_out}: not produced by Add")
+        raise NoMatch(f"{state_out}: not produced by Add")
     decay_mul, update_mm = None, None
     for mine, other in permutations(update.input):
         try:
             decay_mul, update_mm = g.node(mine, "Mul"), g.node(other, "MatMul")
             break
-        except _NoMatch:
+        except NoMatch:
             continue
     if decay_mul is None or update_mm is None:
-        raise _NoMatch(f"{update.name}: not S * w + left @ right")
+        raise NoMatch(f"{update.name}: not S * w + left @ right")
     state = next((name for name in decay_mul.input if name in g.inputs), None)
     if state is None:
-        raise _NoMatch(f"{decay_mul.name}: no graph input (the state) among its inputs")
+        raise NoMatch(f"{decay_mul.name}: no graph input (the state) among its inputs")
     w_view = next(name for name in decay_mul.input if name != state)
     scaled = g.node(g.node(w_view, "Exp").input[0], "Mul")
     sigmoid, scale_name = _split(g, scaled, "Sigmoid")
@@ -166,15 +98,15 @@ def _match_layer(g: _Graph, state_out: str, heads: int, head_size: int) -> tuple
 
     left, right = g.node(update_mm.input[0], "Concat"), g.node(update_mm.input[1], "Concat")
     if len(left.input) != 2 or len(right.input) != 2:
-        raise _NoMatch(f"{update_mm.name}: its operands are not two-part Concats")
+        raise NoMatch(f"{update_mm.name}: its operands are not two-part Concats")
     state_alpha = g.node(left.input[0], "MatMul")
     if state_alpha.input[0] != state:
-        raise _NoMatch(f"{state_alpha.name}: does not read the state")
+        raise NoMatch(f"{state_alpha.name}: does not read the state")
     kk = g.node(state_alpha.input[1], "Neg").input[0]
     v = g.through_reshapes(left.input[1])
     beta_mul = g.node(right.input[0], "Mul")
     if g.through_reshapes(kk) not in {g.through_reshapes(i) for i in beta_mul.input}:
-        raise _NoMatch(f"{beta_mul.name}: not kk * a")
+        raise NoMatch(f"{beta_mul.name}: not kk * a")
     a = g.through_reshapes(next(i for i in beta_mul.input if g.through_reshapes(i) != g.through_reshapes(kk)))
     k_prime_mul = g.node(right.input[1], "Mul")
 
@@ -183,25 +115,25 @@ def _match_layer(g: _Graph, state_out: str, heads: int, head_size: int) -> tuple
     clip = g.node(norm.input[1], "Clip")
     l2 = g.node(clip.input[0], "ReduceL2")
     if l2.input[0] != kk_raw or len(clip.input) < 2 or (len(clip.input) > 2 and clip.input[2]):
-        raise _NoMatch(f"{norm.name}: not kk / max(|kk|, floor)")
+        raise NoMatch(f"{norm.name}: not kk / max(|kk|, floor)")
     _check_last_axis(g, l2, head_size)
     norm_floor = g.scalar(clip.input[1])
     k_k, k = _constant_side(g, g.node(kk_raw, "Mul"))
 
     factor_add, k_again = _split(g, k_prime_mul, "Add")
     if g.through_reshapes(k_again) != k:
-        raise _NoMatch(f"{k_prime_mul.name}: not k * (1 + (a - 1) * k_a)")
+        raise NoMatch(f"{k_prime_mul.name}: not k * (1 + (a - 1) * k_a)")
     one, scaled_a = _constant_side(g, factor_add)
     g.scalar(one, 1.0)
     k_a, a_minus = _constant_side(g, g.node(scaled_a, "Mul"))
     sub = g.node(a_minus, "Sub")
     if g.through_reshapes(sub.input[0]) != a:
-        raise _NoMatch(f"{sub.name}: not a - 1")
+        raise NoMatch(f"{sub.name}: not a - 1")
     g.scalar(sub.input[1], 1.0)
 
     readout = next((n for n in g.readers.get(state_out, []) if n.op_type == "MatMul"), None)
     if readout is None or readout.input[0] != state_out:
-        raise _NoMatch(f"{state_out}: no readout S' @ r")
+        raise NoMatch(f"{state_out}: no readout S' @ r")
     r = g.through_reshapes(readout.input[1])
     group_norm = g.reader(readout.output[0], "LayerNormalization")
     eps = next((a.f for a in group_norm.attribute if a.name == "epsilon"), 1e-5)
@@ -209,7 +141,7 @@ def _match_layer(g: _Graph, state_out: str, heads: int, head_size: int) -> tuple
     scale = g.constant(group_norm.input[1])
     if axis != -1 or scale.size != head_size or not np.all(scale == 1) or (len(group_norm.input) > 2 and
                                                                           group_norm.input[2]):
-        raise _NoMatch(f"{group_norm.name}: not a per-head normalisation without affine")
+        raise NoMatch(f"{group_norm.name}: not a per-head normalisation without affine")
     ln_mul = g.reader(group_norm.output[0], "Mul")
     ln_weight, _ = _constant_side(g, ln_mul)
     ln_add = g.reader(ln_mul.output[0], "Add")
@@ -219,16 +151,16 @@ def _match_layer(g: _Graph, state_out: str, heads: int, head_size: int) -> tuple
     bonus = g.node(next(i for i in y_add.input if i != ln_add.output[0]), "Mul")
     total, v_again = _split(g, bonus, "ReduceSum")
     if g.through_reshapes(v_again) != v:
-        raise _NoMatch(f"{bonus.name}: not sum(...) * v")
+        raise NoMatch(f"{bonus.name}: not sum(...) * v")
     _check_last_axis(g, total, head_size)
     r_k, rk_product = _constant_side(g, g.node(total.input[0], "Mul"))
     pair = g.node(rk_product, "Mul")
     if {g.through_reshapes(i) for i in pair.input} != {r, g.through_reshapes(k_prime_mul.output[0])}:
-        raise _NoMatch(f"{pair.name}: not r * k'")
+        raise NoMatch(f"{pair.name}: not r * k'")
 
     for name in (k_k, k_a, r_k, ln_weight, ln_bias):
         if g.constant(name).size != c:
-            raise _NoMatch(f"{name}: holds {g.constant(name).size} values, not C = {c}")
+            raise NoMatch(f"{name}: holds {g.constant(name).size} values, not C = {c}")
     inputs = [state, r, w_hat, k, v, a, k_k, k_a, r_k, ln_weight, ln_bias]
     return y_add, inputs, {"decay_scale": decay_scale, "norm_floor": norm_floor, "epsilon": eps}, y_add.output[0]
 
@@ -244,7 +176,7 @@ def rewrite_rwkv7_wkv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with every RWKV-7 layer's time-mix core on Rwkv7WkvStep, and how many were fused."""
     out = copy_of(model)
     graph = out.graph
-    g = _Graph.of(graph)
+    g = GraphIndex.of(graph)
     fused: list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]] = []  # (state producer, y producer, new)
     for output in graph.output:
         name = output.name
@@ -258,7 +190,7 @@ def rewrite_rwkv7_wkv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             continue
         try:
             y_node, inputs, attributes, y = _match_layer(g, name, *shape)
-        except _NoMatch:
+        except NoMatch:
             continue
         if inputs[0] != state_in:
             continue

@@ -35,7 +35,8 @@ def with_cpu_graph(shared_package, tmp_path_factory):
     shutil.copytree(shared(shared_package, "7", "fp16"), package)
     result = _cli("build-cpu", str(package))
     assert result.exit_code == 0, result.output
-    assert "weight products and 2 RWKV-7 time-mix cores on rwkv-deploy's CPU operators" in result.output  # 2 layers
+    assert ("weight products, 2 RWKV-7 time-mix cores and 4 token shifts on rwkv-deploy's CPU operators"  # 2 layers
+            in result.output)
     return package
 
 
@@ -202,7 +203,8 @@ def test_an_int8_package_gets_a_cpu_graph_that_generate_runs_to_the_same_tokens(
     package = _copy(shared(shared_package, "7", "int8"), tmp_path)
     result = _cli("build-cpu", str(package))
     assert result.exit_code == 0, result.output
-    assert "weight products and 2 RWKV-7 time-mix cores on rwkv-deploy's CPU operators" in result.output
+    assert ("weight products, 2 RWKV-7 time-mix cores and 4 token shifts on rwkv-deploy's CPU operators"
+            in result.output)
     command = [sys.executable, "-m", "rwkv_deploy.cli.main", "generate", str(package), "-p", "Hello", "-n", "24",
                "--greedy", "--threads", "2"]
     ours = subprocess.run(command + ["--cpu-graph", "on"], capture_output=True, text=True, timeout=300)

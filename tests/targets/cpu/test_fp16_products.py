@@ -75,9 +75,10 @@ def test_a_product_whose_pattern_differs_is_left_alone() -> None:
 
 
 def test_a_package_with_nothing_for_the_operators_is_refused_in_one_line(tmp_path) -> None:
-    """An fp32 package keeps ONNX Runtime's products; RWKV-4 has no time-mix core to fuse either."""
-    with pytest.raises(CpuGraphError, match=r"v4-fp32/.*\.onnx: no RWKV-7 time-mix core \(an fp32 package's CPU graph "
-                                            r"fuses those only\) found"):
+    """An fp32 package keeps ONNX Runtime's products; RWKV-4 has no time-mix core to fuse, and mixes its token
+    shift as x * mix + shift * (1 - mix)."""
+    with pytest.raises(CpuGraphError, match=r"v4-fp32/.*\.onnx: no RWKV-7 time-mix core and no token shift x \+ "
+                                            r"\(shift - x\) \* mix \(an fp32 package's CPU graph fuses those only\) found"):
         write_cpu_graph(golden_package("v4-fp32"), tmp_path / "step.cpu.onnx")
     assert list(tmp_path.iterdir()) == []
 
