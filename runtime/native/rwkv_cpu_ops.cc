@@ -314,11 +314,12 @@ OrtStatusPtr ORT_API_CALL shift_compute(void*, OrtKernelContext* context) {
     if (mix_count != c) return fail("TokenShiftMix: each mix must hold C values");
     RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, i - 1, x_dims.data(), x_dims.size(), &value));
     RETURN_IF_ERROR(g_api->GetTensorMutableData(value, (void**)&out));
-    for (int64_t j = 0; j < x_count; ++j) {
-      const float d = shift[j] - x[j];
-      const float m = d * mix[j % c];
-      out[j] = x[j] + m;
-    }
+    for (int64_t at = 0; at < x_count; at += c)
+      for (int64_t j = 0; j < c; ++j) {
+        const float d = shift[at + j] - x[at + j];
+        const float m = d * mix[j];
+        out[at + j] = x[at + j] + m;
+      }
   }
   return nullptr;
 }
