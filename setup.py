@@ -43,9 +43,9 @@ setup(
     ext_modules=[Extension(
         "rwkv_deploy.runtime._rwkv_cpu_ops",
         sources=["runtime/native/rwkv_cpu_ops.cc", "runtime/native/weight_matmul.cc",
-                 "runtime/native/block_quant_matmul.cc", "runtime/native/wkv7_step.cc"], depends=["runtime/native/kernels.h"], language="c++",
+                 "runtime/native/block_quant_matmul.cc", "runtime/native/wkv7_step.cc", "runtime/native/worker_pool.cc"], depends=["runtime/native/kernels.h"], language="c++",
         include_dirs=_include_dirs(), optional=True,
-        extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-uninitialized",
+        extra_link_args=["-pthread"], extra_compile_args=["-O3", "-pthread", "-std=c++17", "-fvisibility=hidden", "-Wno-uninitialized",
                             "-Wno-maybe-uninitialized", "-Wno-psabi"])],
     cmdclass={"build_ext": BuildNativeLibrary},
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,6 +63,24 @@ def library_version() -> int | None:
         return None
     function = getattr(ctypes.CDLL(str(path)), "RwkvCpuOpsVersion", None)
     return 1 if function is None else int(function())
+
+
+@lru_cache(maxsize=1)
+def _loaded() -> ctypes.CDLL:
+    """The library, loaded once and kept loaded: its worker threads run its code for the life of the process."""
+    return ctypes.CDLL(str(require_library()))
+
+
+def start_workers(threads: int | None) -> None:
+    """Run the operators' parallel loops on the library's own `threads` - 1 workers and the calling thread
+    (None: one per core this process may use; 1: none, ONNX Runtime's pool then runs them).
+
+    They replace ONNX Runtime's pool for the operators: its sleeping workers take ~20 us to wake for each of a
+    step's ~100 loops and its spinning ones keep cores busy between steps; these stay awake for 200 us after a
+    loop, yielding to anything else runnable, then sleep (docs/bench.md "The operators' own workers"). One set
+    per process: the last call sets the count."""
+    count = len(os.sched_getaffinity(0)) if threads is None else threads
+    _loaded().RwkvCpuOpsSetThreads(ctypes.c_int(count))
 
 
 def kernel_path() -> str | None:

@@ -111,6 +111,7 @@ class OnnxStepBackend:
                 from . import cpu_ops
 
                 options.register_custom_ops_library(str(cpu_ops.require_library()))
+                cpu_ops.start_workers(threads)
             if cpu_graph_file is not None:
                 self.session = ort.InferenceSession(str(cpu_graph_file), options, providers=providers)
             elif entry is not None:

@@ -5,11 +5,19 @@
 
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace rwkv_cpu {
 
 enum class Path { kPortable, kAvx2, kAvx512 };
+
+// -- the operators' own workers (worker_pool.cc) -----------------------------------------------------------------
+using TaskFn = void (*)(void*, size_t);
+// Start `threads` - 1 workers (0 or 1: none, and the operators use ONNX Runtime's pool), replacing any.
+void set_pool_threads(int threads);
+// fn(data, i) for i in [0, tasks) on the calling thread and the workers; false when there are no workers.
+bool pool_run(size_t tasks, TaskFn fn, void* data);
 
 // Software prefetch this far ahead in every kernel's weight stream, every line: with the hardware prefetcher
 // alone the 0.1B fp16 head product took 8.3-9.9 ms, 4.0-4.8 with this, and a whole decode step 31.7 -> 26.4 ms

@@ -98,6 +98,13 @@ OrtStatusPtr output_rows(OrtKernelContext* context, const std::vector<int64_t>& 
   return g_api->GetTensorMutableData(y_value, (void**)y);
 }
 
+// Tasks on the operators' own workers when the runtime started them (RwkvCpuOpsSetThreads), else on ONNX
+// Runtime's pool.
+OrtStatusPtr parallel_for(OrtKernelContext* context, TaskFn fn, size_t tasks, void* data) {
+  if (pool_run(tasks, fn, data)) return nullptr;
+  return g_api->KernelContext_ParallelFor(context, fn, tasks, 0, data);
+}
+
 size_t tasks_for(int64_t n) { return (size_t)((n + kRowsPerTask - 1) / kRowsPerTask); }
 
 void task_rows(int64_t n, size_t index, int64_t* n0, int64_t* n1) {
@@ -145,7 +152,7 @@ OrtStatusPtr ORT_API_CALL weight_compute(void* /*kernel*/, OrtKernelContext* con
   WeightProduct<W> p{x, w, y, m, k, n};
   // ONNX Runtime's pool splits the tasks between its threads. (Running small products on the calling thread
   // alone, to spare waking a sleeping worker, measured no faster under 1 MB of weights and slower under 4 MB.)
-  return g_api->KernelContext_ParallelFor(context, weight_task<W>, tasks_for(n), 0, &p);
+  return parallel_for(context, weight_task<W>, tasks_for(n), &p);
 }
 
 OrtStatusPtr ORT_API_CALL stateless_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void** kernel) {
@@ -194,7 +201,7 @@ OrtStatusPtr ORT_API_CALL quant_compute(void* kernel_data, OrtKernelContext* con
   std::unique_ptr<uint8_t[]> buffer(new uint8_t[quant_x_bytes(qw, m)]);  // quantize_x fills what is read
   QuantProduct p{qw, quantize_x(qw, x, m, k, buffer.get()), y};
   std::pair<const QuantProduct*, QuantRows> job{&p, kernel.rows};
-  return g_api->KernelContext_ParallelFor(context, quant_task, tasks_for(qw.n), 0, &job);
+  return parallel_for(context, quant_task, tasks_for(qw.n), &job);
 }
 
 OrtStatusPtr ORT_API_CALL quant_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
@@ -266,7 +273,7 @@ OrtStatusPtr ORT_API_CALL wkv7_compute(void* kernel_data, OrtKernelContext* cont
     g_wkv7_heads(p, 0, p.heads);
     return nullptr;
   }
-  return g_api->KernelContext_ParallelFor(context, wkv7_task, (size_t)rows, 0, &p);
+  return parallel_for(context, wkv7_task, (size_t)rows, &p);
 }
 
 OrtStatusPtr ORT_API_CALL wkv7_create(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
@@ -409,6 +416,10 @@ extern "C" {
 // quantized products take "avx512" only with AVX-512 VNNI.
 __attribute__((visibility("default"))) const char* RwkvCpuOpsPath() { return path_name(g_fp16_path); }
 __attribute__((visibility("default"))) const char* RwkvCpuOpsQuantPath() { return path_name(g_quant_path); }
+
+// Start the operators' own workers for `threads` threads in all (the calling thread is one), or none for 1 or
+// less: the runtime calls it with the session's thread count before running a CPU graph.
+__attribute__((visibility("default"))) void RwkvCpuOpsSetThreads(int threads) { set_pool_threads(threads); }
 
 // The operator domain version this library implements (a library built from older sources says less).
 __attribute__((visibility("default"))) int RwkvCpuOpsVersion() { return kVersion; }

@@ -92,6 +92,10 @@ def _match_layer(g: GraphIndex, state_out: str, heads: int, head_size: int) -> t
     if state is None:
         raise NoMatch(f"{decay_mul.name}: no graph input (the state) among its inputs")
     w_view = next(name for name in decay_mul.input if name != state)
+    w_row = g.producer.get(w_view)
+    if (w_row is None or w_row.op_type != "Reshape" or w_row.input[1] not in g.constants
+            or g.constant(w_row.input[1]).tolist()[-2:] != [1, head_size]):
+        raise NoMatch(f"{decay_mul.name}: the decay is not a row [.., 1, N] (S · diag(w))")
     scaled = g.node(g.node(w_view, "Exp").input[0], "Mul")
     sigmoid, scale_name = _split(g, scaled, "Sigmoid")
     decay_scale, w_hat = g.scalar(scale_name), sigmoid.input[0]
