@@ -53,7 +53,9 @@ def session_options(threads: int | None, spin_wait: bool = False) -> ort.Session
     step), and costs as much when the cores are shared: the spinning threads take the CPU the others need.
     Measured (RWKV-7 0.1B shape, int8, 2 threads, 2-core machine; docs/bench.md "Spin-waiting threads"):
     quiet 16.5 ms no-spin vs 13.6 ms spinning; beside one busy process 18.9 vs 23.5 ms. Servers share their
-    cores, so no spinning is the default; `spin_wait=True` is for a machine given to the model."""
+    cores, so no spinning is the default; `spin_wait=True` is for a machine given to the model. (A CPU graph's
+    own operators run their loops on the operator library's workers instead, which stay awake only between a
+    step's loops: cpu_ops.start_workers.)"""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops per step: nothing to overlap
