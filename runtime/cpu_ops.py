@@ -1,10 +1,15 @@
 """rwkv-deploy's CPU operator library for ONNX Runtime (runtime/native/rwkv_cpu_ops.cc, built by `pip install`).
 
-It provides the weight products of CPU target graphs (targets/cpu/), kernels chosen at load by CPUID:
-- `ai.rwkv_deploy.cpu::Fp16MatMul`: fp16 weights read as fp16, fp32 arithmetic (AVX-512 / AVX2+F16C / portable);
+It provides the operators of CPU target graphs (targets/cpu/), kernels chosen at load by CPUID:
+- `ai.rwkv_deploy.cpu::Fp16MatMul` / `Fp32MatMul`: fp16 weights read as fp16 / fp32 weights, fp32 arithmetic
+  (AVX-512 / AVX2+F16C / portable);
 - `ai.rwkv_deploy.cpu::BlockQuantMatMul`: MatMulNBits' 8- and 4-bit weights against int8 activations
-  (AVX-512 VNNI / AVX2 / portable). The library comes from the
-install only, never from a package: a package is untrusted input and must not bring code to load."""
+  (AVX-512 VNNI / AVX2 / portable);
+- `ai.rwkv_deploy.cpu::Rwkv7WkvStep`, `TokenShiftMix`: an RWKV-7 layer's time-mix core and a block's token shift,
+  each one node in place of many small ones.
+Their parallel loops run on the library's own workers once `start_workers` is called (the runtime does, for a
+CPU graph), on ONNX Runtime's pool otherwise. The library comes from the install only, never from a package: a
+package is untrusted input and must not bring code to load."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Rewrite the fp32 weight products of a CPU step graph: every `MatMul(X, W float32 [K, N] initializer)` (the
 low-rank (LoRA) products every package keeps in fp32) becomes `ai.rwkv_deploy.cpu::Fp32MatMul(X, Wᵀ [N, K])`,
-the same fp32 arithmetic summed in another order. Small products run on the calling thread instead of waking
-ONNX Runtime's sleeping workers for a few microseconds of work, and the weight stream is prefetched. Products of
-two activations (the WKV state's) stay as they are."""
+the same fp32 arithmetic summed in another order, the weight stream prefetched. Products of two activations (the
+WKV state's) stay as they are. (An fp32 package's own products stay on ONNX Runtime: graph_file.py.)"""
 
 from __future__ import annotations
 
