@@ -55,13 +55,17 @@ class DeployEngine(Engine):
     name = DEPLOY
 
     def __init__(self, package_dir: Path, backend: str, threads: int, vocab_size: int, seed: int,
-                 spin_wait: bool = False, cpu_graph: Path | None = None) -> None:
+                 spin_wait: bool = False, cpu_graph: Path | None = None, cpu_prefill: Path | None = None) -> None:
         super().__init__(vocab_size, seed)
         from rwkv_deploy.runtime import DeploymentPackage
         from rwkv_deploy.runtime.backends import cpu_options, make_backend
 
         self.package = DeploymentPackage.open(package_dir, verify=False)
-        extra = {"cpu_graph_file": cpu_graph} if cpu_graph is not None else {}  # the CPU step graph (DEPLOY_CPU)
+        extra: dict[str, Path] = {}  # the CPU step graph (DEPLOY_CPU) and CPU prefill graph, when made
+        if cpu_graph is not None:
+            extra["cpu_graph_file"] = cpu_graph
+        if cpu_prefill is not None:
+            extra["cpu_prefill_file"] = cpu_prefill
         self.backend = make_backend(backend, self.package, **cpu_options(backend, threads, spin_wait), **extra)
 
     def decode_call(self, batch: int, state: Any = None) -> Callable[[], None]:

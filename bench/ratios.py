@@ -123,6 +123,10 @@ def compute_ratios(rows: list[dict[str, Any]], decode_weight_bytes: dict[str, in
                 "decode tokens/s at batch 1 of the CPU step graph (rwkv-deploy's CPU operators) over the portable graph's")
             add("cpu_decode_b16_vs_portable", p, row(DEPLOY_CPU, "decode", 16, 0, p), row(DEPLOY, "decode", 16, 0, p),
                 None, "decode tokens/s at batch 16 of the CPU step graph over the portable graph's")
+            for length in prefill_lengths:
+                add(f"cpu_prefill{length}_vs_portable", p, row(DEPLOY_CPU, "prefill", 1, length, p),
+                    row(DEPLOY, "prefill", 1, length, p), None,
+                    f"prefill tokens/s at T={length} of the CPU prefill graph over the portable graph's")
             genai = row(GENAI, "decode", 1, 0, p)
             add("genai_decode_b1_cost", p, decode1, genai, GENAI_DECODE_COST,
                 "ONNX Runtime GenAI's time per token at batch 1 over our runtime's (its threads spin, ours do not)",

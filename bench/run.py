@@ -44,7 +44,8 @@ Exporter = Callable[[Path, Path, str], None]
 # Writes the ONNX Runtime GenAI folder of a package (`package --genai`) into a folder, replacing it; raises an
 # RwkvDeployError for a package GenAI cannot run. The command passes it in: bench does not import the targets.
 GenaiWriter = Callable[[Path, Path], None]
-CpuGraphWriter = Callable[[Path, Path], None]  # (package, graph file): targets.cpu's write_cpu_graph
+# (package, graph file) -> what was written: targets.cpu's write_cpu_graph (its `prefill`: the CPU prefill graph)
+CpuGraphWriter = Callable[[Path, Path], Any]
 Progress = Callable[[str], None]
 
 
@@ -261,9 +262,9 @@ def _genai_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[s
 
 def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: list[str], progress: Progress,
                     write_cpu_graph: CpuGraphWriter | None) -> list[dict[str, Any]]:
-    """One job per package: its CPU step graph in the work folder, decode at every batch (prompts stay on the
-    package's prefill graph, so prefill is not measured again). A package the CPU operators have nothing for (an
-    fp32 package of RWKV-4 to 6) gets a note."""
+    """One job per package: its CPU graphs in the work folder, decode at every batch, and prefill where a CPU
+    prefill graph was made (otherwise prompts stay on the package's prefill graph, not measured again). A package
+    the CPU operators have nothing for (an fp32 package of RWKV-4 to 6) gets a note."""
     if not options.cpu_ops:
         return []
     from rwkv_deploy.runtime import cpu_ops
@@ -278,12 +279,14 @@ def _cpu_graph_jobs(options: BenchOptions, jobs: list[dict[str, Any]], notes: li
         graph.parent.mkdir(parents=True, exist_ok=True)
         progress(f"CPU step graph of {name}")
         try:
-            write_cpu_graph(Path(job["package"]), graph)
+            prefill = getattr(write_cpu_graph(Path(job["package"]), graph), "prefill", None)
         except RwkvDeployError as exc:
             notes.append(f"rwkv-deploy-cpu {job['precision']}: skipped ({exc})")
             continue
-        found.append({**job, "engine": DEPLOY_CPU, "cpu_graph": str(graph), "prefill_lengths": [],
-                      "context_states": {}})
+        # prompts on the CPU prefill graph where one was made (measured), else on the package's (not measured again)
+        found.append({**job, "engine": DEPLOY_CPU, "cpu_graph": str(graph), "context_states": {},
+                      "cpu_prefill": str(prefill) if prefill else None,
+                      "prefill_lengths": job["prefill_lengths"] if prefill else []})
     if found:
         notes.append(f"rwkv-deploy-cpu: packages' step graphs with the weight products on rwkv-deploy's CPU operators "
                      f"(fp16: {cpu_ops.kernel_path()} kernels, fp16 weights read as fp16, fp32 arithmetic; int8/int5/"

@@ -26,7 +26,8 @@ def make_engine(job: dict[str, Any]) -> Engine:
                             spin_wait=job["engine"] == DEPLOY_SPIN)
     if job["engine"] in (DEPLOY_CPU, DEPLOY_CPU_SPIN):
         return DeployEngine(Path(job["package"]), job["backend"], job["threads"], job["vocab_size"], job["seed"],
-                            spin_wait=job["engine"] == DEPLOY_CPU_SPIN, cpu_graph=Path(job["cpu_graph"]))
+                            spin_wait=job["engine"] == DEPLOY_CPU_SPIN, cpu_graph=Path(job["cpu_graph"]),
+                            cpu_prefill=Path(job["cpu_prefill"]) if job.get("cpu_prefill") else None)
     if job["engine"] == TORCH_REFERENCE:
         import torch
 

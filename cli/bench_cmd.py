@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -127,11 +127,12 @@ def bench_cmd(
         typer.echo(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
 
 
-def _cpu_graph_for_bench(package: Path, out: Path) -> None:
-    """What `bench --cpu-ops` runs: the package's CPU step graph (targets.cpu), written afresh."""
+def _cpu_graph_for_bench(package: Path, out: Path) -> Any:
+    """What `bench --cpu-ops` runs: the package's CPU graphs (targets.cpu), written afresh (CpuGraph: `prefill`
+    names the CPU prefill graph when one was made)."""
     from rwkv_deploy.targets.cpu.graph_file import write_cpu_graph
 
-    write_cpu_graph(package, out)
+    return write_cpu_graph(package, out)
 
 
 def _genai_for_bench(package: Path, out: Path) -> None:

@@ -24,8 +24,9 @@ def build_cpu_cmd(
     fp16, fp32 arithmetic; int8/int5/int4: the same quantized weights against int8 activations, on AVX-512 VNNI
     where the CPU has it; fp32 keeps ONNX Runtime's), each RWKV-7 layer's time-mix core and each block's token
     shift as one operator.
-    Writes cpu/step.onnx and its data into the package and lists them in manifest.json; `generate` and `serve` run
-    it on the CPU where this install built the operators."""
+    With a prefill graph, also cpu/prefill.onnx (its products the same way, the weights shared). Writes them and
+    their data into the package and lists them in manifest.json; `generate` and `serve` run them on the CPU where
+    this install built the operators."""
     require_targets_extra("build-cpu")
     from rwkv_deploy.runtime import cpu_ops
     from rwkv_deploy.targets.cpu.graph_file import install_cpu_graph
@@ -38,3 +39,6 @@ def build_cpu_cmd(
     typer.echo(f"wrote {written.path} and {written.data.name}: {written.products} weight products, "
                f"{written.fused_layers} RWKV-7 time-mix cores and {written.fused_shifts} token shifts on "
                f"rwkv-deploy's CPU operators; {here}")
+    if written.prefill is not None:
+        typer.echo(f"wrote {written.prefill}: the prefill graph's {written.prefill_products} weight products on them, "
+                   f"its weights in {written.data.name} too")

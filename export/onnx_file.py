@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 from onnx.external_data_helper import uses_external_data
+
+from rwkv_deploy.package.onnx_weights import external_location
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
@@ -43,75 +44,6 @@ def _key(field: int, length: int) -> bytes:
     """Tag and length prefix of a length-delimited protobuf field."""
     return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(length)
 
-
-def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and every subgraph (Scan/Loop/If bodies) inside it, at any depth."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from subgraphs(attribute.g)
-            for sub in attribute.graphs:
-                yield from subgraphs(sub)
-
-
-def external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
-    """(file, offset, length or None for "to the end") of a tensor stored as ONNX external data."""
-    info = {e.key: e.value for e in tensor.external_data}
-    return info["location"], int(info.get("offset", 0)), (int(info["length"]) if "length" in info else None)
-
-
-def tensor_nbytes(tensor: TensorProto) -> int:
-    """Bytes of a tensor's values, wherever they are stored."""
-    if uses_external_data(tensor):
-        return external_location(tensor)[2] or 0
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    return numpy_helper.to_array(tensor).nbytes
-
-
-class TensorReader:
-    """The values of a graph's initializers, inline or external; external tensors are read with plain file reads
-    (not a memory map, whose touched pages would count as this process's memory until it closes), so a rewrite
-    holds one tensor's bytes at a time (`with TensorReader(folder) as reader: ...`)."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self._files: dict[str, BinaryIO] = {}
-
-    def raw(self, tensor: TensorProto) -> bytes | bytearray:
-        if not uses_external_data(tensor):
-            return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
-        location, offset, length = external_location(tensor)
-        if location not in self._files:
-            self._files[location] = open(self.base / location, "rb")
-        f = self._files[location]
-        size = os.fstat(f.fileno()).st_size
-        end = size if length is None else offset + length
-        if end > size or offset > end:
-            raise OSError(f"{self.base / location}: external data ends before tensor {tensor.name!r} does")
-        buffer = bytearray(end - offset)
-        f.seek(offset)
-        if f.readinto(buffer) != len(buffer):
-            raise OSError(f"{self.base / location}: external data ends before tensor {tensor.name!r} does")
-        return buffer
-
-    def array(self, tensor: TensorProto) -> np.ndarray:
-        if uses_external_data(tensor) or tensor.HasField("raw_data"):
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            return np.frombuffer(self.raw(tensor), dtype=dtype).reshape(tuple(tensor.dims))
-        return numpy_helper.to_array(tensor)
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-    def __enter__(self) -> "TensorReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _write_tensor_record(out: BinaryIO, tensor: onnx.TensorProto, base: Path) -> None:

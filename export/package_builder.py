@@ -33,7 +33,7 @@ from .onnx_checks import check_onnx_file, check_opset
 from .options import MIN_OPSET, QUANTIZED_PRECISIONS, ExportError, ExportOptions
 from .precision import apply_precision
 from .quantize import quantize_staged_graph
-from .shared_weights import share_weights
+from rwkv_deploy.package.onnx_weights import share_weights
 from .tokenizer_choice import choose_tokenizer, install_tokenizer
 
 INITIAL_STATE_FILE = "initial_state.npz"

@@ -36,8 +36,9 @@ from onnx.external_data_helper import uses_external_data
 
 from rwkv_deploy.errors import RefusedError
 from rwkv_deploy.package.names import LOGITS_OUTPUT
+from rwkv_deploy.package.onnx_weights import TensorReader, subgraphs, tensor_nbytes
 
-from .onnx_file import INLINE_WEIGHTS_MAX, TensorReader, inline_external_data, subgraphs, tensor_nbytes
+from .onnx_file import INLINE_WEIGHTS_MAX, inline_external_data
 
 MS_DOMAIN = "com.microsoft"
 _ALIGN = 64  # byte alignment of every tensor in the staged data file

@@ -91,11 +91,12 @@ class OnnxStepBackend:
 
     def __init__(self, package: DeploymentPackage, providers: Sequence[Provider] | None = None,
                  threads: int | None = None, spin_wait: bool = False, cpu_graph: str = "off",
-                 cpu_graph_file: str | Path | None = None) -> None:
-        """`cpu_graph`: "auto", "on" or "off": whether to step with the package's CPU graph (runtime/cpu_graph.py).
-        `cpu_graph_file`: a CPU graph of this package's step graph outside it (bench's work folder; a trusted local
-        file, not hashed) to step with instead. Either runs with rwkv-deploy's CPU operator library; the graph's
-        inputs and outputs are checked against the manifest."""
+                 cpu_graph_file: str | Path | None = None, cpu_prefill_file: str | Path | None = None) -> None:
+        """`cpu_graph`: "auto", "on" or "off": whether to step with the package's CPU graph (runtime/cpu_graph.py),
+        and prefill with its CPU prefill graph when it has one. `cpu_graph_file` / `cpu_prefill_file`: CPU graphs
+        of this package's step / prefill graph outside it (bench's work folder; trusted local files, not hashed) to
+        run instead. Either runs with rwkv-deploy's CPU operator library; the graph's inputs and outputs are
+        checked against the manifest."""
         self.package = package
         providers = list(providers) if providers else default_providers()
         missing = [_provider_name(p) for p in providers if _provider_name(p) not in ort.get_available_providers()]
@@ -104,6 +105,12 @@ class OnnxStepBackend:
                                f"(available: {', '.join(ort.get_available_providers())})")
         self._threads, self._spin_wait = threads, spin_wait  # the prefill graph's session gets the same options
         entry = chosen_cpu_graph(package, cpu_graph, _provider_name(providers[0]))
+        # prompts take the package's CPU prefill graph when the step takes its CPU graph (same operators, one
+        # weights file), or the one beside a given CPU graph file
+        prefill_entry = package.manifest.cpu_graphs.get(PREFILL_GRAPH) if entry is not None else None
+        self._cpu_prefill: tuple[str, str | None] | Path | None = (
+            Path(cpu_prefill_file) if cpu_prefill_file is not None
+            else (prefill_entry.path, prefill_entry.external_data) if prefill_entry is not None else None)
         self.graph_path = (Path(cpu_graph_file) if cpu_graph_file is not None
                            else package.directory / entry.path if entry is not None else package.graph_path)
         self.runs_cpu_graph = cpu_graph_file is not None or entry is not None
@@ -183,9 +190,20 @@ class OnnxStepBackend:
                 raise BackendError(f"{self.package.directory}: the package has no prefill graph "
                                    f"(export it with `rwkv-deploy export --prefill`)")
             try:
-                self._prefill_session = pinned_session(self.package, PREFILL_GRAPH,
-                                                       session_options(self._threads, self._spin_wait),
-                                                       self.session.get_providers())
+                options = session_options(self._threads, self._spin_wait)
+                providers = self.session.get_providers()
+                if self._cpu_prefill is not None:
+                    from . import cpu_ops
+
+                    options.register_custom_ops_library(str(cpu_ops.require_library()))
+                if isinstance(self._cpu_prefill, Path):
+                    path = self._cpu_prefill
+                    self._prefill_session = ort.InferenceSession(str(path), options, providers=providers)
+                elif self._cpu_prefill is not None:
+                    path = self.package.directory / self._cpu_prefill[0]
+                    self._prefill_session = pinned_file_session(self.package, *self._cpu_prefill, options, providers)
+                else:
+                    self._prefill_session = pinned_session(self.package, PREFILL_GRAPH, options, providers)
             except PackageFilesChanged:
                 raise
             except Exception as exc:  # ORT raises its own exception types

@@ -4,6 +4,7 @@ file, checked by `verify`, carried by archives, and run by `generate` and `serve
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -59,18 +60,58 @@ def test_the_cpu_graph_is_listed_hashed_and_verified(with_cpu_graph):
     assert verify_package(with_cpu_graph) == []
 
 
-def test_a_changed_cpu_graph_is_refused_before_it_runs(with_cpu_graph, tmp_path):
+def test_the_prefill_graph_gets_a_cpu_graph_sharing_the_step_graphs_weights(with_cpu_graph):
+    """One copy of each weight on disk (and, mapped by both sessions, in memory): the CPU prefill graph's products
+    read the same packed tensors as the step graph's."""
+    import onnx
+
+    from rwkv_deploy.package.manifest import sha256_file
+
+    manifest = json.loads((with_cpu_graph / "manifest.json").read_text())
+    entry = manifest["cpu_graphs"]["prefill"]
+    assert entry["path"] == "cpu/prefill.onnx" and entry["external_data"] == "step.onnx.data"
+    assert entry["source"] == manifest["graphs"]["prefill"]["path"]
+    assert manifest["files"]["cpu/prefill.onnx"] == sha256_file(with_cpu_graph / "cpu/prefill.onnx")
+    referenced = 0
+    for name in ("step", "prefill"):
+        graph = onnx.load(str(with_cpu_graph / "cpu" / f"{name}.onnx"), load_external_data=False).graph
+        ops = {n.op_type for n in graph.node}
+        assert "Fp16MatMul" in ops
+        referenced += sum(int(e.value) for t in graph.initializer for e in t.external_data if e.key == "length")
+    assert (with_cpu_graph / "cpu/step.onnx.data").stat().st_size < 0.6 * referenced
+    assert sorted(p.name for p in (with_cpu_graph / "cpu").iterdir()) == ["prefill.onnx", "step.onnx",
+                                                                          "step.onnx.data"]
+
+
+@needs_library
+def test_prompts_take_the_cpu_prefill_graph_with_the_portable_logits(with_cpu_graph):
+    from rwkv_deploy.runtime import DeploymentPackage
+    from rwkv_deploy.runtime.onnx_backend import OnnxStepBackend
+
+    package = DeploymentPackage.open(with_cpu_graph)
+    portable, ours = OnnxStepBackend(package, threads=2), OnnxStepBackend(package, threads=2, cpu_graph="on")
+    prompt = TOKENS[None, :20]
+    want, want_state = portable.prefill(prompt, package.fresh_state(1))
+    got, got_state = ours.prefill(prompt, package.fresh_state(1))
+    assert ours._cpu_prefill == ("cpu/prefill.onnx", "step.onnx.data") and portable._cpu_prefill is None
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()  # fp16 rounding of the products
+    for a, b in zip(want_state.values, got_state.values):
+        assert np.abs(a - b).max() <= 2e-3 * max(np.abs(a).max(), 1.0)
+
+
+@pytest.mark.parametrize("name", ["cpu/step.onnx.data", "cpu/prefill.onnx"])
+def test_a_changed_cpu_graph_is_refused_before_it_runs(with_cpu_graph, tmp_path, name):
     from rwkv_deploy.package.verify import verify_package
     from rwkv_deploy.runtime import DeploymentPackage
     from rwkv_deploy.runtime.package import PackageError
 
     package = _copy(with_cpu_graph, tmp_path)
-    data = package / "cpu" / "step.onnx.data"
+    data = package / name
     raw = bytearray(data.read_bytes())
     raw[100] ^= 1
     data.write_bytes(bytes(raw))
-    assert any("cpu/step.onnx.data" in p and "sha256" in p for p in verify_package(package))
-    with pytest.raises(PackageError, match=r"cpu/step\.onnx\.data"):
+    assert any(name in p and "sha256" in p for p in verify_package(package))
+    with pytest.raises(PackageError, match=re.escape(name)):
         DeploymentPackage.open(package)
 
 

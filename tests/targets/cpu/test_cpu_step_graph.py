@@ -83,11 +83,13 @@ def test_bench_measures_the_cpu_graph_beside_the_portable_one(shared_package, tm
     report = json.loads(result.stdout)
     cpu = [r for r in report["rows"] if r["engine"] == "rwkv-deploy-cpu"]
     assert {(r["precision"], r["mode"], r["batch"], r["threads"]) for r in cpu} == {
-        (p, "decode", b, t) for p in ("fp16", "fp32", "int8") for b in (1, 16) for t in (1, 2)}
+        (p, "decode", b, t) for p in ("fp16", "fp32", "int8") for b in (1, 16) for t in (1, 2)} | {
+        (p, "prefill", 1, t) for p in ("fp16", "int8") for t in (1, 2)}  # fp32 keeps the package's prefill graph
     spinning = [r for r in report["rows"] if r["engine"] == "rwkv-deploy-cpu-spin"]
     assert {(r["precision"], r["batch"], r["threads"]) for r in spinning} == {
         (p, 1, 2) for p in ("fp16", "fp32", "int8")}
     assert all(r["tokens_per_s"] > 0 for r in cpu)
     names = {(r["name"], r["precision"]) for r in report["ratios"]}
-    assert {("cpu_decode_b1_vs_portable", "fp16"), ("cpu_decode_b16_vs_portable", "int8")} <= names
+    assert {("cpu_decode_b1_vs_portable", "fp16"), ("cpu_decode_b16_vs_portable", "int8"),
+            ("cpu_prefill8_vs_portable", "int8")} <= names
     assert any(n.startswith("rwkv-deploy-cpu: packages' step graphs") for n in report["notes"])
